@@ -1,0 +1,476 @@
+"""The job engine: two lanes, install chains, queue rules, persistence, restore.
+
+Theory of operation
+-------------------
+Every job lives in exactly one place while active:
+
+* **held** - a dependent whose prerequisite has not completed; off every lane;
+* **queued on its lane** - waiting for a slot (and, for uploads, the build gate and
+  device exclusivity);
+* **running** - in a lane slot, as an asyncio task around its runner.
+
+All bookkeeping happens synchronously on the event loop (no ``await`` between reading
+and changing state), so rules never race each other. Each status change is written to
+SQLite before its event is published. A terminal status releases or cancels the
+job's held dependents: completed places them on their lane, failed or cancelled
+cancels them, so a build that did not complete can never be flashed.
+
+Shutdown cancels both lanes; jobs interrupted by it go back to ``queued`` (not
+``cancelled``): a daemon restart is not the user changing their mind. Restore applies
+the same rules to whatever the database holds, computed over the whole set so the
+result does not depend on row order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from meshd.jobs import events
+from meshd.jobs.events import EventBus
+from meshd.jobs.lanes import Lane, LaneStatus
+from meshd.jobs.logs import JobLogs
+from meshd.jobs.model import LOCAL_RUNNER, Job, JobStatus, JobType, LaneName, now
+from meshd.jobs.orphans import kill_orphan_group, process_identity
+from meshd.jobs.runner import JobContext, JobFailed, Runner
+from meshd.jobs.store import DB_FILENAME, JobStore
+
+_LOGGER = logging.getLogger(__name__)
+
+DEFAULT_UPLOAD_SLOTS = 4
+
+# The job types a newer job (or a clean) of the same configuration replaces.
+SUPERSEDABLE = frozenset({JobType.COMPILE, JobType.UPLOAD, JobType.RENAME})
+
+# job_progress is published only when progress moves by at least this much, so a
+# tool printing every 0.1 % does not flood websocket clients.
+PROGRESS_STEP = 0.01
+
+
+class EngineError(Exception):
+    """Root of the errors the engine raises to its callers."""
+
+
+class InvalidJob(EngineError, ValueError):
+    """The request cannot become a job (missing device, unknown prerequisite...)."""
+
+
+class UnknownJob(EngineError, KeyError):
+    """No job with that id exists."""
+
+    def __str__(self) -> str:
+        return f"unknown job {self.args[0]!r}"
+
+
+class EngineStopped(EngineError):
+    """The engine is shutting down and takes no new work."""
+
+
+class Outcome(enum.Enum):
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    INTERRUPTED = "interrupted"  # by shutdown: back to queued
+
+
+class Engine:
+    def __init__(
+        self,
+        data_dir: Path,
+        runners: Mapping[JobType, Runner],
+        *,
+        bus: EventBus | None = None,
+        upload_slots: int = DEFAULT_UPLOAD_SLOTS,
+    ) -> None:
+        self.data_dir = data_dir
+        data_dir.mkdir(parents=True, exist_ok=True)
+        self.bus = bus or EventBus()
+        self.store = JobStore(data_dir / DB_FILENAME)
+        self.logs = JobLogs(data_dir / "logs")
+        self._runners = dict(runners)
+        self._active: dict[str, Job] = {}
+        self._held: dict[str, list[Job]] = {}
+        self._cancel_requested: set[str] = set()
+        self._stopping = False
+        self._seq = 0
+        self._supervisor: asyncio.Task[None] | None = None
+        self.compile_lane = Lane(
+            LaneName.COMPILE,
+            1,
+            execute=self._execute,
+            on_finished=self._on_finished,
+            on_status=self._publish_lane_status,
+        )
+        self.upload_lane = Lane(
+            LaneName.UPLOAD,
+            upload_slots,
+            execute=self._execute,
+            on_finished=self._on_finished,
+            on_status=self._publish_lane_status,
+            can_start=self._upload_may_start,
+        )
+
+    # -- life cycle -----------------------------------------------------------
+
+    async def start(self) -> None:
+        """Restore persisted jobs, then start both lanes."""
+        self._restore()
+        self._supervisor = asyncio.create_task(self._supervise(), name="meshd-lanes")
+
+    async def _supervise(self) -> None:
+        # TaskGroup: a lane that dies cancels (and so drains) its sibling before the
+        # error propagates to whoever awaits join().
+        async with asyncio.TaskGroup() as group:
+            group.create_task(self.compile_lane.run(), name="compile-lane")
+            group.create_task(self.upload_lane.run(), name="upload-lane")
+
+    async def join(self) -> None:
+        """Wait for the lanes to end; raises if a lane crashed."""
+        if self._supervisor is not None:
+            await self._supervisor
+
+    async def stop(self) -> None:
+        """Stop taking work, interrupt and drain both lanes, persist, close files."""
+        self._stopping = True
+        if self._supervisor is not None and not self._supervisor.done():
+            self._supervisor.cancel()
+            try:
+                await self._supervisor
+            except asyncio.CancelledError:
+                pass
+            except BaseException:
+                _LOGGER.exception("a lane ended with an error during shutdown")
+        self.logs.close_all()
+        self.store.close()
+
+    # -- queries --------------------------------------------------------------
+
+    def get(self, job_id: str) -> Job:
+        job = self._active.get(job_id)
+        if job is not None:
+            return job
+        for stored in self.store.load_all():
+            if stored.id == job_id:
+                return stored
+        raise UnknownJob(job_id)
+
+    def jobs(self) -> list[Job]:
+        """Every job the store knows, active ones as they are in memory, oldest first."""
+        merged = {job.id: job for job in self.store.load_all()}
+        merged.update(self._active)
+        return sorted(merged.values(), key=lambda job: job.seq)
+
+    def lane(self, name: LaneName) -> Lane:
+        return self.compile_lane if name is LaneName.COMPILE else self.upload_lane
+
+    def lane_status(self, name: LaneName) -> LaneStatus:
+        return self.lane(name).status()
+
+    def is_held(self, job_id: str) -> bool:
+        return any(job.id == job_id for deps in self._held.values() for job in deps)
+
+    # -- submitting -----------------------------------------------------------
+
+    def submit(
+        self,
+        job_type: JobType,
+        configuration: str,
+        device: str | None = None,
+        *,
+        args: Mapping[str, Any] | None = None,
+    ) -> Job:
+        """Queue one job, superseding other active jobs of its configuration."""
+        job = Job(type=job_type, configuration=configuration, device=device, args=dict(args or {}))
+        self._admit([job])
+        return job
+
+    def install(
+        self,
+        configuration: str,
+        device: str,
+        *,
+        args: Mapping[str, Any] | None = None,
+    ) -> tuple[Job, Job]:
+        """Queue a compile and an upload held until the compile completes."""
+        compile_job = Job(
+            type=JobType.COMPILE, configuration=configuration, device=device, args=dict(args or {})
+        )
+        upload_job = Job(
+            type=JobType.UPLOAD,
+            configuration=configuration,
+            device=device,
+            depends_on=compile_job.id,
+        )
+        self._admit([compile_job, upload_job])
+        return compile_job, upload_job
+
+    def _validate(self, job: Job) -> None:
+        if not job.configuration:
+            raise InvalidJob("a job needs a configuration")
+        if job.type is JobType.UPLOAD and not job.device:
+            raise InvalidJob("an upload needs a device (IP address, hostname or serial port)")
+        if job.type is JobType.RENAME and not job.args.get("new_name"):
+            raise InvalidJob("a rename needs a new name")
+
+    def _admit(self, unit: list[Job]) -> None:
+        if self._stopping:
+            raise EngineStopped("meshd is shutting down and takes no new jobs")
+        for job in unit:
+            self._validate(job)
+        ids = {job.id for job in unit}
+        head = unit[0]
+        for job in unit:
+            self._seq += 1
+            job.seq = self._seq
+        # Persist the unit before its rules cancel anything: a crash in between then
+        # leaves the new work plus old work the restore rules still handle.
+        self.store.save_many(unit)
+        if head.type is JobType.RESET_BUILD_ENV:
+            victims = [job for job in self._active.values() if job.id not in ids]
+            reason = f"cancelled by reset of the build environment ({head.id})"
+        else:
+            # Only build work is superseded: a clean in progress is maintenance the
+            # user asked for, and the build gate (not a cancel) orders uploads after it.
+            victims = [
+                job
+                for job in self._active.values()
+                if job.configuration == head.configuration
+                and job.id not in ids
+                and job.type in SUPERSEDABLE
+            ]
+            verb = "clean" if head.type is JobType.CLEAN else "newer job"
+            reason = f"superseded by {verb} {head.id}"
+        for victim in victims:
+            self._cancel_now(victim, reason)
+        for job in unit:
+            self._active[job.id] = job
+            self.logs.append(job.id, f"queued {job.type.value} for {job.configuration}")
+            self.bus.publish(events.JOB_QUEUED, job=job.to_dict())
+        for job in unit:
+            self._place(job)
+        # A cancelled gatekeeper or a new one changes what uploads may start.
+        self.upload_lane.wake()
+
+    def _place(self, job: Job) -> None:
+        """Put an active queued job where it belongs: held, or on its lane."""
+        if job.depends_on is not None:
+            prereq = self._active.get(job.depends_on)
+            if prereq is not None:
+                self._held.setdefault(prereq.id, []).append(job)
+                return
+        self.lane(job.lane).enqueue(job)
+
+    # -- cancelling -----------------------------------------------------------
+
+    async def cancel(self, job_id: str) -> Job:
+        """Cancel a job; returns once it is terminal. Cancelling a terminal job is a no-op."""
+        job = self._active.get(job_id)
+        if job is None:
+            return self.get(job_id)
+        self._cancel_now(job, "cancelled by request")
+        task = self.lane(job.lane).task_of(job.id)
+        if task is not None:
+            await asyncio.shield(asyncio.wait([task]))
+        return job
+
+    def _cancel_now(self, job: Job, reason: str) -> None:
+        if job.status.terminal:
+            return
+        if job.status is JobStatus.RUNNING:
+            task = self.lane(job.lane).task_of(job.id)
+            if task is not None and job.id not in self._cancel_requested:
+                self._cancel_requested.add(job.id)
+                job.error = reason
+                self.logs.append(job.id, reason)
+                task.cancel()
+            return
+        self.lane(job.lane).remove_queued(job.id)
+        self._unhold(job)
+        self._finish(job, Outcome.CANCELLED, reason)
+
+    def _unhold(self, job: Job) -> None:
+        if job.depends_on is None:
+            return
+        dependents = self._held.get(job.depends_on)
+        if dependents and job in dependents:
+            dependents.remove(job)
+            if not dependents:
+                del self._held[job.depends_on]
+
+    # -- running --------------------------------------------------------------
+
+    def _upload_may_start(self, job: Job) -> bool:
+        for running in self.upload_lane.running_jobs():
+            if running.device == job.device:
+                return False
+        for other in self._active.values():
+            if other.type is JobType.RESET_BUILD_ENV:
+                return False
+            if other.type is JobType.CLEAN and other.configuration == job.configuration:
+                return False
+        return True
+
+    async def _execute(self, job: Job) -> tuple[Outcome, str | None]:
+        """Run a job to an outcome; never raises (a runner's bug is a failed job)."""
+        job.status = JobStatus.RUNNING
+        job.started_at = now()
+        job.runner = job.runner or LOCAL_RUNNER
+        job.reason = job.reason or _default_reason(job)
+        self.store.save(job)
+        self.logs.append(job.id, f"started on {job.runner}: {job.reason}")
+        self.bus.publish(events.JOB_STARTED, job=job.to_dict())
+        runner = self._runners.get(job.type)
+        if runner is None:
+            return Outcome.FAILED, f"no runner for {job.type.value} jobs on this node"
+        try:
+            await runner.run(
+                JobContext(job, self._log_for(job), self._progress_for(job), self._process_for(job))
+            )
+        except asyncio.CancelledError:
+            if job.id in self._cancel_requested:
+                return Outcome.CANCELLED, job.error
+            return Outcome.INTERRUPTED, None
+        except JobFailed as exc:
+            return Outcome.FAILED, str(exc) or "failed"
+        except Exception as exc:
+            _LOGGER.exception("runner for %s crashed", job.id)
+            return Outcome.FAILED, f"internal error: {exc!r}"
+        if job.id in self._cancel_requested:
+            # It finished between the cancel request and the signal: still cancelled,
+            # because the user was told it would not flash.
+            return Outcome.CANCELLED, job.error
+        return Outcome.COMPLETED, None
+
+    def _log_for(self, job: Job) -> Any:
+        def log(line: str) -> None:
+            self.logs.append(job.id, line)
+            self.bus.publish(events.JOB_OUTPUT, job=job.to_dict(), line=line)
+
+        return log
+
+    def _progress_for(self, job: Job) -> Any:
+        def progress(fraction: float) -> None:
+            fraction = min(1.0, max(0.0, fraction))
+            last = job.progress
+            if last is not None and abs(fraction - last) < PROGRESS_STEP and fraction < 1.0:
+                return
+            job.progress = fraction
+            self.bus.publish(events.JOB_PROGRESS, job=job.to_dict(), progress=fraction)
+
+        return progress
+
+    def _process_for(self, job: Job) -> Any:
+        def on_process(pgid: int) -> None:
+            identity = process_identity(pgid)
+            if identity is not None:
+                self.store.record_process(job.id, pgid, identity)
+
+        return on_process
+
+    def _on_finished(self, job: Job, result: tuple[Outcome, str | None]) -> None:
+        outcome, error = result
+        self.store.forget_processes(job.id)
+        if outcome is Outcome.INTERRUPTED:
+            self._requeue_interrupted(job)
+            return
+        self._finish(job, outcome, error)
+
+    def _requeue_interrupted(self, job: Job) -> None:
+        job.status = JobStatus.QUEUED
+        job.started_at = None
+        job.progress = None
+        self.store.save(job)
+        self.logs.append(job.id, "interrupted by meshd shutdown; it runs again after restart")
+        self.logs.close(job.id)
+
+    def _finish(self, job: Job, outcome: Outcome, error: str | None) -> None:
+        """Make a job terminal: persist, announce, then settle its held dependents."""
+        job.status = JobStatus(outcome.value)
+        job.finished_at = now()
+        job.error = None if outcome is Outcome.COMPLETED else (error or outcome.value)
+        self._active.pop(job.id, None)
+        self._cancel_requested.discard(job.id)
+        self.store.save(job)
+        self.logs.append(job.id, f"{job.status.value}" + (f": {job.error}" if job.error else ""))
+        self.logs.close(job.id)
+        event = {
+            JobStatus.COMPLETED: events.JOB_COMPLETED,
+            JobStatus.FAILED: events.JOB_FAILED,
+            JobStatus.CANCELLED: events.JOB_CANCELLED,
+        }[job.status]
+        self.bus.publish(event, job=job.to_dict())
+        for dependent in self._held.pop(job.id, []):
+            if job.status is JobStatus.COMPLETED:
+                self.lane(dependent.lane).enqueue(dependent)
+            else:
+                self._finish(
+                    dependent,
+                    Outcome.CANCELLED,
+                    f"prerequisite {job.type.value} {job.id} {job.status.value}",
+                )
+        # A finished clean or reset may open the build gate for waiting uploads.
+        self.upload_lane.wake()
+
+    def _publish_lane_status(self, status: LaneStatus) -> None:
+        self.bus.publish(events.LANE_STATUS, **status.to_dict())
+
+    # -- restore --------------------------------------------------------------
+
+    def _restore(self) -> None:
+        """Rebuild queues from the store; the outcome is independent of row order."""
+        for job_id, pgid, identity in self.store.take_processes():
+            if kill_orphan_group(pgid, identity):
+                self.logs.append(job_id, f"killed process group {pgid} left by the previous run")
+        stored = {job.id: job for job in self.store.load_all()}
+        self._seq = max((job.seq for job in stored.values()), default=0)
+        for job in stored.values():
+            if job.status is JobStatus.RUNNING:
+                job.status = JobStatus.QUEUED
+                job.started_at = None
+                job.progress = None
+                self.store.save(job)
+                self.logs.append(job.id, "restarted: meshd stopped while this job ran")
+        verdicts: dict[str, str | None] = {}
+        for job in stored.values():
+            _restore_verdict(job, stored, verdicts)
+        for job in sorted(stored.values(), key=lambda j: j.seq):
+            if job.status.terminal:
+                continue
+            cancel_reason = verdicts[job.id]
+            if cancel_reason is not None:
+                self._finish(job, Outcome.CANCELLED, cancel_reason)
+                continue
+            self._active[job.id] = job
+        for job in sorted(self._active.values(), key=lambda j: j.seq):
+            self._place(job)
+        self.logs.close_all()
+
+
+def _restore_verdict(
+    job: Job, stored: Mapping[str, Job], verdicts: dict[str, str | None]
+) -> str | None:
+    """None if an active job may stay, else why it must be cancelled (memoised, recursive)."""
+    if job.id in verdicts:
+        return verdicts[job.id]
+    verdicts[job.id] = None  # guards against a (corrupt) dependency cycle
+    verdict: str | None = None
+    if job.status.active and job.depends_on is not None:
+        prereq = stored.get(job.depends_on)
+        if prereq is None:
+            verdict = f"prerequisite {job.depends_on} is missing after restart"
+        elif prereq.status in (JobStatus.FAILED, JobStatus.CANCELLED):
+            verdict = f"prerequisite {prereq.type.value} {prereq.id} {prereq.status.value}"
+        elif prereq.status.active and _restore_verdict(prereq, stored, verdicts) is not None:
+            verdict = f"prerequisite {prereq.type.value} {prereq.id} cancelled"
+    verdicts[job.id] = verdict
+    return verdict
+
+
+def _default_reason(job: Job) -> str:
+    if job.type is JobType.UPLOAD:
+        return "uploads always run on the node that reaches the device"
+    return "local compile lane"

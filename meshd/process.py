@@ -1,0 +1,101 @@
+"""Run a child in its own process group, stream its lines, and kill the whole group.
+
+esphome spawns PlatformIO which spawns compilers; killing only the direct child would
+leave them running. So every child gets ``start_new_session=True`` and a cancel sends
+SIGTERM to the group, waits a grace period, then SIGKILL. The caller's
+``CancelledError`` is always re-raised once the group is gone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+# Long enough for esphome/PlatformIO to write their state files on SIGTERM, short
+# enough that a cancel in the UI feels immediate.
+DEFAULT_KILL_GRACE = 5.0
+
+# Tool output lines longer than this are cut: a runaway line must not grow memory.
+MAX_LINE = 64 * 1024
+
+
+@dataclass(frozen=True)
+class ProcessResult:
+    returncode: int
+    tail: tuple[str, ...]
+    """The last lines of output, for error messages."""
+
+
+def _kill_group(pgid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+
+
+async def _terminate(proc: asyncio.subprocess.Process, grace: float) -> None:
+    """SIGTERM the group, then SIGKILL whatever is left after ``grace`` seconds."""
+    pgid = proc.pid  # start_new_session makes the child its group leader
+    _kill_group(pgid, signal.SIGTERM)
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(proc.wait(), grace)
+    # Grandchildren may outlive the leader; the group id stays valid while any live.
+    _kill_group(pgid, signal.SIGKILL)
+    with contextlib.suppress(ProcessLookupError):
+        await proc.wait()
+
+
+async def run_process(
+    argv: Sequence[str],
+    *,
+    on_line: Callable[[str], None],
+    cwd: str | os.PathLike[str] | None = None,
+    env: Mapping[str, str] | None = None,
+    kill_grace: float = DEFAULT_KILL_GRACE,
+    tail_lines: int = 40,
+    on_start: Callable[[int], None] | None = None,
+) -> ProcessResult:
+    """Run ``argv`` to completion, calling ``on_line`` for each line of stdout+stderr.
+
+    Raises ``FileNotFoundError`` when the program does not exist. On cancellation the
+    whole process group is terminated before ``CancelledError`` propagates.
+    """
+    proc = await asyncio.create_subprocess_exec(
+        *argv,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        cwd=cwd,
+        env=dict(env) if env is not None else None,
+        start_new_session=True,
+        limit=MAX_LINE,
+    )
+    if on_start is not None:
+        on_start(proc.pid)
+    tail: list[str] = []
+    assert proc.stdout is not None
+    try:
+        while True:
+            try:
+                raw = await proc.stdout.readuntil(b"\n")
+            except asyncio.IncompleteReadError as exc:
+                raw = exc.partial
+                if not raw:
+                    break
+            except asyncio.LimitOverrunError as exc:
+                raw = await proc.stdout.readexactly(exc.consumed)
+            # Progress bars redraw with \r; the last segment is what a terminal shows.
+            line = raw.decode("utf-8", "replace").rstrip("\r\n").rsplit("\r", 1)[-1]
+            tail.append(line)
+            if len(tail) > tail_lines:
+                del tail[0]
+            on_line(line)
+        returncode = await proc.wait()
+    except BaseException:
+        await asyncio.shield(_terminate(proc, kill_grace))
+        raise
+    # The leader exited; anything it left behind in its group is an orphan of ours.
+    _kill_group(proc.pid, signal.SIGKILL)
+    return ProcessResult(returncode=returncode, tail=tuple(tail))
