@@ -27,6 +27,7 @@ import asyncio
 import enum
 import logging
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,7 @@ from meshd.jobs.lanes import Lane, LaneStatus
 from meshd.jobs.logs import JobLogs
 from meshd.jobs.model import LOCAL_RUNNER, Job, JobStatus, JobType, LaneName, now
 from meshd.jobs.orphans import kill_orphan_group, process_identity
+from meshd.jobs.placement import LocalPlacer, Placement, Placer, Reroute, Where
 from meshd.jobs.runner import JobContext, JobFailed, Runner
 from meshd.jobs.store import DB_FILENAME, JobStore
 
@@ -75,6 +77,19 @@ class Outcome(enum.Enum):
     FAILED = "failed"
     CANCELLED = "cancelled"
     INTERRUPTED = "interrupted"  # by shutdown: back to queued
+    REROUTE = "reroute"  # receiver lost: back to the queue, that receiver excluded
+
+
+@dataclass(frozen=True)
+class Result:
+    outcome: Outcome
+    error: str | None = None
+    exclude: str | None = None
+
+
+# A compile whose receiver was lost this many times is built locally instead: the
+# fleet may be flapping, and the user's install must still end.
+MAX_REROUTES = 3
 
 
 class Engine:
@@ -98,12 +113,15 @@ class Engine:
         self._stopping = False
         self._seq = 0
         self._supervisor: asyncio.Task[None] | None = None
+        self.remote_runner: Runner | None = None
+        """Runs compiles the placer sends to a receiver (set by the mesh)."""
         self.compile_lane = Lane(
             LaneName.COMPILE,
             1,
             execute=self._execute,
             on_finished=self._on_finished,
             on_status=self._publish_lane_status,
+            placer=LocalPlacer(),
         )
         self.upload_lane = Lane(
             LaneName.UPLOAD,
@@ -112,7 +130,18 @@ class Engine:
             on_finished=self._on_finished,
             on_status=self._publish_lane_status,
             can_start=self._upload_may_start,
+            local_reason="uploads always run on the node that reaches the device",
         )
+
+    def use_mesh(self, placer: Placer, remote_runner: Runner) -> None:
+        """Let the compile lane dispatch compiles to receivers (the dispatch pool)."""
+        self.compile_lane.placer = placer
+        self.remote_runner = remote_runner
+        self.compile_lane.wake()
+
+    def reschedule(self) -> None:
+        """Re-run placement now: a peer, its status or trust changed."""
+        self.compile_lane.wake()
 
     # -- life cycle -----------------------------------------------------------
 
@@ -314,36 +343,44 @@ class Engine:
                 return False
         return True
 
-    async def _execute(self, job: Job) -> tuple[Outcome, str | None]:
+    async def _execute(self, job: Job, placement: Placement) -> Result:
         """Run a job to an outcome; never raises (a runner's bug is a failed job)."""
+        if placement.where is Where.FAIL:
+            job.reason = placement.reason
+            return Result(Outcome.FAILED, placement.reason)
+        remote = placement.where is Where.REMOTE
         job.status = JobStatus.RUNNING
         job.started_at = now()
-        job.runner = job.runner or LOCAL_RUNNER
-        job.reason = job.reason or _default_reason(job)
+        job.runner = placement.runner if remote else LOCAL_RUNNER
+        job.reason = placement.reason
         self.store.save(job)
         self.logs.append(job.id, f"started on {job.runner}: {job.reason}")
         self.bus.publish(events.JOB_STARTED, job=job.to_dict())
-        runner = self._runners.get(job.type)
+        runner = self.remote_runner if remote else self._runners.get(job.type)
         if runner is None:
-            return Outcome.FAILED, f"no runner for {job.type.value} jobs on this node"
+            return Result(Outcome.FAILED, f"no runner for {job.type.value} jobs on this node")
         try:
             await runner.run(
                 JobContext(job, self._log_for(job), self._progress_for(job), self._process_for(job))
             )
         except asyncio.CancelledError:
             if job.id in self._cancel_requested:
-                return Outcome.CANCELLED, job.error
-            return Outcome.INTERRUPTED, None
+                return Result(Outcome.CANCELLED, job.error)
+            return Result(Outcome.INTERRUPTED)
+        except Reroute as exc:
+            if job.id in self._cancel_requested:
+                return Result(Outcome.CANCELLED, job.error)
+            return Result(Outcome.REROUTE, str(exc), exc.exclude)
         except JobFailed as exc:
-            return Outcome.FAILED, str(exc) or "failed"
+            return Result(Outcome.FAILED, str(exc) or "failed")
         except Exception as exc:
             _LOGGER.exception("runner for %s crashed", job.id)
-            return Outcome.FAILED, f"internal error: {exc!r}"
+            return Result(Outcome.FAILED, f"internal error: {exc!r}")
         if job.id in self._cancel_requested:
             # It finished between the cancel request and the signal: still cancelled,
             # because the user was told it would not flash.
-            return Outcome.CANCELLED, job.error
-        return Outcome.COMPLETED, None
+            return Result(Outcome.CANCELLED, job.error)
+        return Result(Outcome.COMPLETED)
 
     def _log_for(self, job: Job) -> Any:
         def log(line: str) -> None:
@@ -371,21 +408,36 @@ class Engine:
 
         return on_process
 
-    def _on_finished(self, job: Job, result: tuple[Outcome, str | None]) -> None:
-        outcome, error = result
+    def _on_finished(self, job: Job, result: Result) -> None:
         self.store.forget_processes(job.id)
-        if outcome is Outcome.INTERRUPTED:
-            self._requeue_interrupted(job)
+        if result.outcome is Outcome.INTERRUPTED:
+            _back_to_queued(job)
+            self.store.save(job)
+            self.logs.append(job.id, "interrupted by meshd shutdown; it runs again after restart")
+            self.logs.close(job.id)
             return
-        self._finish(job, outcome, error)
+        if result.outcome is Outcome.REROUTE:
+            self._reroute(job, result.error or "receiver lost", result.exclude)
+            return
+        self._finish(job, result.outcome, result.error)
 
-    def _requeue_interrupted(self, job: Job) -> None:
-        job.status = JobStatus.QUEUED
-        job.started_at = None
-        job.progress = None
+    def _reroute(self, job: Job, reason: str, exclude: str | None) -> None:
+        """Put a compile whose receiver was lost back in the queue, at its old place."""
+        attempts = int(job.args.get("reroutes", 0)) + 1
+        job.args["reroutes"] = attempts
+        if exclude is not None:
+            excluded = list(job.args.get("excluded_receivers", []))
+            job.args["excluded_receivers"] = [*excluded, exclude]
+        self.logs.append(job.id, f"re-routing (attempt {attempts}): {reason}")
+        if attempts >= MAX_REROUTES:
+            job.args["force_local"] = True
+            self.logs.append(
+                job.id, f"lost {attempts} receivers; building locally as a last resort"
+            )
+        _back_to_queued(job)
         self.store.save(job)
-        self.logs.append(job.id, "interrupted by meshd shutdown; it runs again after restart")
-        self.logs.close(job.id)
+        self.bus.publish(events.JOB_QUEUED, job=job.to_dict())
+        self.compile_lane.enqueue(job)
 
     def _finish(self, job: Job, outcome: Outcome, error: str | None) -> None:
         """Make a job terminal: persist, announce, then settle its held dependents."""
@@ -429,9 +481,7 @@ class Engine:
         self._seq = max((job.seq for job in stored.values()), default=0)
         for job in stored.values():
             if job.status is JobStatus.RUNNING:
-                job.status = JobStatus.QUEUED
-                job.started_at = None
-                job.progress = None
+                _back_to_queued(job)
                 self.store.save(job)
                 self.logs.append(job.id, "restarted: meshd stopped while this job ran")
         verdicts: dict[str, str | None] = {}
@@ -470,7 +520,9 @@ def _restore_verdict(
     return verdict
 
 
-def _default_reason(job: Job) -> str:
-    if job.type is JobType.UPLOAD:
-        return "uploads always run on the node that reaches the device"
-    return "local compile lane"
+def _back_to_queued(job: Job) -> None:
+    """Forget a run that did not finish; where it runs next is decided afresh."""
+    job.status = JobStatus.QUEUED
+    job.started_at = None
+    job.progress = None
+    job.runner = None

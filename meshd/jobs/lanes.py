@@ -1,8 +1,10 @@
-"""A lane: a FIFO queue, a fixed number of slots, and the task that fills them.
+"""A lane: a FIFO queue, a fixed number of local slots, and the task that fills them.
 
-The lane knows nothing about job rules; the engine gives it two callables:
-``can_start(job)`` (device exclusivity, the build gate) and ``execute(job)`` (runs
-the job to an outcome). The lane calls ``on_finished(job, outcome)`` only after the
+The lane knows nothing about job rules; the engine gives it callables:
+``can_start(job)`` (device exclusivity, the build gate), ``execute(job, placement)``
+(runs the job to an outcome) and, for the compile lane, a ``Placer`` that may send
+jobs to remote receivers beside the local slots (the dispatch pool). Remote jobs do
+not occupy a local slot. The lane calls ``on_finished(job, outcome)`` only after the
 job's slot is released, so whoever reacts to a terminal status already sees the lane
 free (an offloader must never see a stale "busy").
 """
@@ -17,23 +19,29 @@ from dataclasses import dataclass
 from typing import Any
 
 from meshd.jobs.model import Job, LaneName
+from meshd.jobs.placement import Placement, Placer, Where
 
 
 @dataclass(frozen=True)
 class LaneStatus:
     lane: LaneName
     idle: bool
+    """No local job running and nothing queued: this node could take a compile now."""
     running: tuple[str, ...]
+    """Every running job, local and remote."""
     queued: int
     idle_since: float | None
     """Epoch seconds of the last transition to idle; None while busy."""
     slots: int
+    remote: tuple[str, ...] = ()
+    """The running jobs dispatched to receivers (compile lane only)."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "lane": self.lane.value,
             "idle": self.idle,
             "running": list(self.running),
+            "remote": list(self.remote),
             "queued": self.queued,
             "idle_since": self.idle_since,
             "slots": self.slots,
@@ -46,10 +54,12 @@ class Lane:
         name: LaneName,
         slots: int,
         *,
-        execute: Callable[[Job], Awaitable[Any]],
+        execute: Callable[[Job, Placement], Awaitable[Any]],
         on_finished: Callable[[Job, Any], None],
         on_status: Callable[[LaneStatus], None],
         can_start: Callable[[Job], bool] = lambda _job: True,
+        placer: Placer | None = None,
+        local_reason: str = "local",
     ) -> None:
         if slots < 1:
             raise ValueError(f"a lane needs at least one slot, got {slots}")
@@ -59,8 +69,11 @@ class Lane:
         self._on_finished = on_finished
         self._on_status = on_status
         self._can_start = can_start
+        self.placer = placer
+        self._local_reason = local_reason
         self._queue: list[Job] = []
         self._running: dict[str, tuple[Job, asyncio.Task[Any]]] = {}
+        self._remote: set[str] = set()
         self._wake = asyncio.Event()
         self._idle_since: float | None = time.time()
         self._last_status: LaneStatus | None = None
@@ -96,8 +109,14 @@ class Lane:
 
     # -- status ---------------------------------------------------------------
 
+    def _local_running(self) -> int:
+        return len(self._running) - len(self._remote)
+
+    def _is_idle(self) -> bool:
+        return self._local_running() == 0 and not self._queue
+
     def status(self) -> LaneStatus:
-        idle = not self._running and not self._queue
+        idle = self._is_idle()
         return LaneStatus(
             lane=self.name,
             idle=idle,
@@ -105,10 +124,11 @@ class Lane:
             queued=len(self._queue),
             idle_since=self._idle_since if idle else None,
             slots=self.slots,
+            remote=tuple(job_id for job_id in self._running if job_id in self._remote),
         )
 
     def _status_changed(self) -> None:
-        idle_now = not self._running and not self._queue
+        idle_now = self._is_idle()
         was_idle = self._last_status.idle if self._last_status else True
         if idle_now and not was_idle:
             self._idle_since = time.time()
@@ -133,20 +153,40 @@ class Lane:
     def _fill(self) -> None:
         if not self._accepting:
             return
-        for job in list(self._queue):
-            if len(self._running) >= self.slots:
-                break
-            if not self._can_start(job):
-                continue
-            self._queue.remove(job)
-            task = asyncio.create_task(self._run_job(job), name=f"job-{job.id}")
-            self._running[job.id] = (job, task)
+        if self.placer is not None:
+            self._fill_placed(self.placer)
+        else:
+            for job in list(self._queue):
+                if self._local_running() >= self.slots:
+                    break
+                if self._can_start(job):
+                    self._start(job, Placement(Where.LOCAL, self._local_reason))
         self._status_changed()
 
-    async def _run_job(self, job: Job) -> None:
-        outcome = await self._execute(job)
+    def _fill_placed(self, placer: Placer) -> None:
+        queued = [job for job in self._queue if self._can_start(job)]
+        if not queued:
+            return
+        placements = placer.place(queued, self._local_running() < self.slots)
+        for job, placement in zip(queued, placements, strict=True):
+            if placement.where is Where.WAIT:
+                continue
+            if placement.where is Where.LOCAL and self._local_running() >= self.slots:
+                continue  # a placer that over-commits the local slot is not obeyed
+            self._start(job, placement)
+
+    def _start(self, job: Job, placement: Placement) -> None:
+        self._queue.remove(job)
+        if placement.where is Where.REMOTE:
+            self._remote.add(job.id)
+        task = asyncio.create_task(self._run_job(job, placement), name=f"job-{job.id}")
+        self._running[job.id] = (job, task)
+
+    async def _run_job(self, job: Job, placement: Placement) -> None:
+        outcome = await self._execute(job, placement)
         # Release the slot first, then report: see the module docstring.
         del self._running[job.id]
+        self._remote.discard(job.id)
         self._status_changed()
         self._on_finished(job, outcome)
         self.wake()

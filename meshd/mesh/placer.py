@@ -1,0 +1,71 @@
+"""Adapts the pure scheduler to the compile lane's ``Placer`` seam.
+
+The lane hands over its FIFO queue; this reads the mesh's live peer registry and the
+jobs already in flight, asks ``scheduler.plan``, and translates each decision into a
+placement whose reason is stored on the job.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+
+from meshd.jobs.model import Job
+from meshd.jobs.placement import Placement, Where
+from meshd.mesh.scheduler import Kind, PeerView, VersionPolicy, WaitingJob, plan
+
+_WHERE = {
+    Kind.REMOTE: Where.REMOTE,
+    Kind.LOCAL: Where.LOCAL,
+    Kind.WAIT: Where.WAIT,
+    Kind.FAIL: Where.FAIL,
+}
+
+
+def waiting_job(job: Job) -> WaitingJob:
+    return WaitingJob(
+        id=job.id,
+        force_local=bool(job.args.get("force_local")),
+        excluded=frozenset(job.args.get("excluded_receivers", ())),
+    )
+
+
+class MeshPlacer:
+    def __init__(
+        self,
+        peers: Callable[[], Sequence[PeerView]],
+        in_flight: Callable[[], set[str]],
+        *,
+        local_version: Callable[[], str],
+        policy: VersionPolicy = VersionPolicy.RELEASE,
+        include_local: bool = True,
+    ) -> None:
+        self._peers = peers
+        self._in_flight = in_flight
+        self._local_version = local_version
+        self.policy = policy
+        self.include_local = include_local
+        self.last_decisions: dict[str, str] = {}
+        """Why each job last waited, for ``meshd show`` while it is still queued."""
+
+    def place(self, queued: Sequence[Job], local_free: bool) -> Sequence[Placement]:
+        busy = self._in_flight()
+        views = [replace(p, in_flight=p.fingerprint in busy) for p in self._peers()]
+        decisions = plan(
+            [waiting_job(job) for job in queued],
+            views,
+            local_version=self._local_version(),
+            local_free=local_free,
+            policy=self.policy,
+            include_local=self.include_local,
+        )
+        placements = []
+        for job, decision in zip(queued, decisions, strict=True):
+            self.last_decisions[job.id] = decision.reason
+            placements.append(
+                Placement(_WHERE[decision.kind], decision.reason, decision.peer or "local")
+            )
+        waiting = {job.id for job in queued}
+        for job_id in [j for j in self.last_decisions if j not in waiting]:
+            del self.last_decisions[job_id]
+        return placements

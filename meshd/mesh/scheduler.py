@@ -1,0 +1,187 @@
+"""Where each waiting compile runs: a pure function over a snapshot.
+
+No I/O, no clock, no mutable state: the dispatch pool calls ``plan`` on every peer,
+status and lane event with what it knows right then, and acts on the result. That
+makes every branch testable with hand-built snapshots, and every decision carries the
+reason that is stored on the job.
+
+Rules (DESIGN.md, "Scheduling"):
+
+* eligible receivers are trusted, connected, accepting builds, compatible under the
+  version policy, not already running one of our compiles, and not excluded for this
+  job (a receiver that was lost mid-build of it);
+* the idle eligible receiver idle the longest (oldest ``idle_since``) gets the oldest
+  waiting job; each receiver takes one job at a time;
+* with eligible receivers but none idle: run locally if include-local is on and the
+  local slot is free, else wait;
+* with no eligible receiver at all: run locally (wait for the local slot if busy),
+  unless the policy is ``exact_required``, which fails instead;
+* a job forced local runs locally, waiting for the local slot if need be.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+class VersionPolicy(enum.StrEnum):
+    ANY = "any"
+    RELEASE = "release"  # same YYYY.MM
+    EXACT = "exact"
+    EXACT_REQUIRED = "exact_required"  # exact, and fail rather than build locally
+
+
+class Kind(enum.StrEnum):
+    REMOTE = "remote"
+    LOCAL = "local"
+    WAIT = "wait"
+    FAIL = "fail"
+
+
+@dataclass(frozen=True)
+class PeerView:
+    """What the scheduler needs to know of one receiver."""
+
+    fingerprint: str
+    name: str
+    trusted: bool
+    connected: bool
+    accepts_builds: bool
+    esphome_version: str | None
+    idle: bool
+    idle_since: float | None
+    in_flight: bool = False
+    """One of our compiles is already running there (or on its way)."""
+
+
+@dataclass(frozen=True)
+class WaitingJob:
+    id: str
+    force_local: bool = False
+    excluded: frozenset[str] = frozenset()
+    """Receivers not to use for this job (lost mid-build of it before)."""
+
+
+@dataclass(frozen=True)
+class Decision:
+    kind: Kind
+    reason: str
+    peer: str | None = None
+
+
+def release_of(version: str) -> str:
+    """``2026.6.5`` → ``2026.6``; a version without a dot is its own release."""
+    parts = version.split(".")
+    return ".".join(parts[:2])
+
+
+def compatible(local_version: str, peer_version: str | None, policy: VersionPolicy) -> bool:
+    if policy is VersionPolicy.ANY:
+        return True
+    if peer_version is None:
+        return False
+    if policy is VersionPolicy.RELEASE:
+        return release_of(peer_version) == release_of(local_version)
+    return peer_version == local_version
+
+
+def _ineligibility(
+    peer: PeerView, local_version: str, policy: VersionPolicy, job: WaitingJob
+) -> str | None:
+    if not peer.trusted:
+        return "not trusted"
+    if not peer.connected:
+        return "not connected"
+    if not peer.accepts_builds:
+        return "does not accept builds"
+    if not compatible(local_version, peer.esphome_version, policy):
+        return f"esphome {peer.esphome_version} is not {policy.value}-compatible"
+    if peer.fingerprint in job.excluded:
+        return "lost earlier while building this job"
+    return None
+
+
+def plan(
+    jobs: Sequence[WaitingJob],
+    peers: Sequence[PeerView],
+    *,
+    local_version: str,
+    local_free: bool,
+    policy: VersionPolicy = VersionPolicy.RELEASE,
+    include_local: bool = True,
+) -> list[Decision]:
+    """One decision per job, in the jobs' (FIFO) order."""
+    taken: set[str] = set()
+    local_available = local_free
+    decisions: list[Decision] = []
+    for job in jobs:
+        decision = _decide(job, peers, taken, local_available, local_version, policy, include_local)
+        if decision.kind is Kind.REMOTE and decision.peer is not None:
+            taken.add(decision.peer)
+        if decision.kind is Kind.LOCAL:
+            local_available = False
+        decisions.append(decision)
+    return decisions
+
+
+def _decide(
+    job: WaitingJob,
+    peers: Sequence[PeerView],
+    taken: set[str],
+    local_free: bool,
+    local_version: str,
+    policy: VersionPolicy,
+    include_local: bool,
+) -> Decision:
+    if job.force_local:
+        if local_free:
+            return Decision(Kind.LOCAL, "forced local (--local)")
+        return Decision(Kind.WAIT, "forced local; waiting for the local compile slot")
+
+    eligible = [p for p in peers if _ineligibility(p, local_version, policy, job) is None]
+    if not eligible:
+        if policy is VersionPolicy.EXACT_REQUIRED:
+            return Decision(
+                Kind.FAIL,
+                f"no connected, trusted receiver runs esphome {local_version} exactly "
+                "(policy exact_required)",
+            )
+        why = _summarise_ineligible(peers, local_version, policy, job)
+        if local_free:
+            return Decision(Kind.LOCAL, f"no eligible receiver ({why}); building locally")
+        return Decision(Kind.WAIT, f"no eligible receiver ({why}); waiting for the local slot")
+
+    idle = [p for p in eligible if p.idle and not p.in_flight and p.fingerprint not in taken]
+    if idle:
+        chosen = min(idle, key=lambda p: (_since(p), p.fingerprint))
+        return Decision(
+            Kind.REMOTE,
+            f"receiver {chosen.name} has been idle the longest of {len(idle)} idle",
+            peer=chosen.fingerprint,
+        )
+    if include_local and local_free:
+        return Decision(
+            Kind.LOCAL, f"all {len(eligible)} eligible receivers busy; local compile slot free"
+        )
+    if include_local:
+        return Decision(
+            Kind.WAIT, f"all {len(eligible)} eligible receivers and the local slot busy"
+        )
+    return Decision(Kind.WAIT, f"all {len(eligible)} eligible receivers busy (include-local off)")
+
+
+def _since(peer: PeerView) -> float:
+    # A receiver that reports idle without a timestamp is treated as just idle.
+    return peer.idle_since if peer.idle_since is not None else float("inf")
+
+
+def _summarise_ineligible(
+    peers: Sequence[PeerView], local_version: str, policy: VersionPolicy, job: WaitingJob
+) -> str:
+    if not peers:
+        return "none known"
+    reasons = [f"{p.name}: {_ineligibility(p, local_version, policy, job)}" for p in peers[:3]]
+    more = f", +{len(peers) - 3} more" if len(peers) > 3 else ""
+    return "; ".join(reasons) + more
