@@ -98,8 +98,12 @@ class BundleManifest:
         return manifest
 
 
-def safe_relative_path(name: object) -> str:
-    """A normalised relative POSIX path, or BundleRejected naming the problem."""
+def safe_relative_path(name: object, *, allow_cache: bool = False) -> str:
+    """A normalised relative POSIX path, or BundleRejected naming the problem.
+
+    ``allow_cache`` admits paths into build-cache directories (artifacts live there;
+    bundle files never may).
+    """
     if not isinstance(name, str) or not name:
         raise BundleRejected(f"bad path {name!r:.80}")
     if len(name) > MAX_PATH_LENGTH:
@@ -114,7 +118,7 @@ def safe_relative_path(name: object) -> str:
         raise BundleRejected(f"empty path {name!r:.80}")
     if ".." in parts:
         raise BundleRejected(f"path {name!r:.80} escapes the bundle with '..'")
-    if parts[0] in PRESERVED:
+    if parts[0] in PRESERVED and not allow_cache:
         raise BundleRejected(f"path {name!r:.80} would overwrite the build cache")
     return "/".join(parts)
 

@@ -1,0 +1,206 @@
+"""Build artifacts: collected on the receiver, materialised on the offloader.
+
+The receiver reads ESPHome's own build record (``meshd.build.storage``) to list the
+files a flash needs, puts them in its content store, and describes them relative to
+its ESPHome data directory. The offloader validates that description as hostile
+input, pulls only blobs it lacks, and writes each file to the same place under *its*
+data directory. The absolute paths inside ESPHome's JSON records (build path,
+firmware path, idedata images) are rewritten from the receiver's data directory to
+the local one. ``esphome upload`` then finds everything as after a local compile.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from meshd.build.storage import (
+    ArtifactError,
+    FlashMethod,
+    data_dir,
+    flash_plan,
+    load_storage,
+)
+from meshd.mesh.bundle import BundleRejected, safe_relative_path
+from meshd.mesh.content import ContentError, ContentStore, check_digest
+
+# An ESP32-S3 ELF is 20+ MiB; images are a few MiB. Anything claiming more is refused
+# before a byte is pulled.
+MAX_ARTIFACT_BYTES = 128 * 1024 * 1024
+MAX_ARTIFACT_FILES = 32
+
+# Files whose JSON holds absolute paths into the data directory.
+_JSON_ROLES = frozenset({"storage", "idedata"})
+# Written first: esphome trusts idedata only while it is newer than platformio.ini,
+# and the validated config only while newer than the YAML.
+_WRITE_ORDER = {"platformio_ini": 0, "app": 1, "storage": 2, "idedata": 3, "validated_config": 4}
+
+
+@dataclass(frozen=True)
+class Artifact:
+    role: str
+    path: str
+    """Relative to the ESPHome data directory."""
+    digest: str
+    size: int
+
+
+@dataclass(frozen=True)
+class ArtifactManifest:
+    name: str
+    esphome_version: str | None
+    data_dir: str
+    """The receiver's data directory, as written inside its JSON records."""
+    files: tuple[Artifact, ...]
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "esphome_version": self.esphome_version,
+            "data_dir": self.data_dir,
+            "files": [
+                {"role": f.role, "path": f.path, "digest": f.digest, "size": f.size}
+                for f in self.files
+            ],
+        }
+
+    @classmethod
+    def from_wire(cls, data: Any) -> ArtifactManifest:
+        """Validate an artifact manifest from a peer: paths, digests, sizes, caps."""
+        try:
+            if not isinstance(data, dict) or not isinstance(data.get("files"), list):
+                raise BundleRejected("artifact manifest is not a map with a file list")
+            if len(data["files"]) > MAX_ARTIFACT_FILES:
+                raise BundleRejected(f"more than {MAX_ARTIFACT_FILES} artifacts")
+            files = []
+            for raw in data["files"]:
+                if not isinstance(raw, dict):
+                    raise BundleRejected("artifact entry is not a map")
+                size = raw.get("size")
+                if not isinstance(size, int) or size < 0:
+                    raise BundleRejected("artifact has a bad size")
+                if size > MAX_ARTIFACT_BYTES:
+                    raise BundleRejected(
+                        f"artifact {raw.get('path')!r:.80} claims {size} bytes "
+                        f"(max {MAX_ARTIFACT_BYTES})"
+                    )
+                role = raw.get("role")
+                if not isinstance(role, str) or len(role) > 32:
+                    raise BundleRejected("artifact has a bad role")
+                files.append(
+                    Artifact(
+                        role=role,
+                        path=safe_relative_path(raw.get("path"), allow_cache=True),
+                        digest=check_digest(raw.get("digest")),  # type: ignore[arg-type]
+                        size=size,
+                    )
+                )
+            name, remote_dir = data.get("name"), data.get("data_dir")
+            if not isinstance(name, str) or not isinstance(remote_dir, str):
+                raise BundleRejected("artifact manifest lacks name or data_dir")
+            version = data.get("esphome_version")
+            return cls(
+                name, version if isinstance(version, str) else None, remote_dir, tuple(files)
+            )
+        except ContentError as exc:
+            raise BundleRejected(str(exc)) from None
+
+    @property
+    def total_size(self) -> int:
+        return sum(f.size for f in self.files)
+
+
+def collect_artifacts(
+    config: Path,
+    method: FlashMethod,
+    store: ContentStore,
+    *,
+    include_elf: bool = False,
+    env: Mapping[str, str] | None = None,
+) -> ArtifactManifest:
+    """Put the files needed to flash ``config``'s last build into ``store``."""
+    record = load_storage(config, env)
+    plan = flash_plan(record, method, config, env)
+    missing = plan.missing()
+    if missing:
+        raise ArtifactError("build finished without " + ", ".join(str(p) for p in missing))
+    root = data_dir(config, env).resolve()
+    chosen = [(f.role, f.path) for f in plan.files if f.path.is_file()]
+    if include_elf and record.firmware_bin_path is not None:
+        elf = record.firmware_bin_path.with_name("firmware.elf")
+        if elf.is_file():
+            chosen.append(("elf", elf))
+    files = []
+    for role, path in chosen:
+        resolved = path.resolve()
+        if not resolved.is_relative_to(root):
+            raise ArtifactError(
+                f"{path} is outside ESPHome's data directory {root}; remote builds need "
+                "the build inside it (no custom build_path)"
+            )
+        files.append(
+            Artifact(
+                role,
+                resolved.relative_to(root).as_posix(),
+                store.put_file(resolved),
+                resolved.stat().st_size,
+            )
+        )
+    return ArtifactManifest(record.name, record.esphome_version, str(root), tuple(files))
+
+
+def materialise_artifacts(
+    manifest: ArtifactManifest,
+    store: ContentStore,
+    config: Path,
+    env: Mapping[str, str] | None = None,
+) -> list[Path]:
+    """Write every artifact where a local compile of ``config`` would have left it."""
+    local_root = data_dir(config, env)
+    local_root.mkdir(parents=True, exist_ok=True)
+    root = local_root.resolve()
+    written: list[Path] = []
+    ordered = sorted(manifest.files, key=lambda f: _WRITE_ORDER.get(f.role, 1))
+    for artifact in ordered:
+        target = root / artifact.path
+        if not target.resolve().is_relative_to(root):
+            raise BundleRejected(f"artifact {artifact.path!r} resolves outside {root}")
+        data = store.path(artifact.digest).read_bytes()
+        if artifact.role in _JSON_ROLES:
+            data = _rewrite_paths(data, manifest.data_dir, str(root))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.meshd-tmp")
+        tmp.write_bytes(data)
+        tmp.chmod(0o755 if artifact.role == "app" else 0o644)
+        tmp.replace(target)
+        written.append(target)
+    # Every file is newer than the YAML (and idedata than platformio.ini), as after a
+    # local compile, so esphome upload trusts its caches.
+    for path in written:
+        os.utime(path)
+    return written
+
+
+def _rewrite_paths(data: bytes, remote_root: str, local_root: str) -> bytes:
+    """Replace the receiver's data-dir prefix in every string of a JSON document."""
+    try:
+        document = json.loads(data)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BundleRejected(f"artifact JSON record is malformed: {exc}") from None
+
+    def fix(value: Any) -> Any:
+        if isinstance(value, str) and (
+            value == remote_root or value.startswith(remote_root.rstrip("/") + "/")
+        ):
+            return local_root + value[len(remote_root.rstrip("/")) :]
+        if isinstance(value, list):
+            return [fix(v) for v in value]
+        if isinstance(value, dict):
+            return {k: fix(v) for k, v in value.items()}
+        return value
+
+    return json.dumps(fix(document), indent=2).encode()
