@@ -1,0 +1,428 @@
+"""Every message of the link, as frozen dataclasses that validate, plus the codec.
+
+On the wire a message is the msgpack array ``[type, rid, body]`` (PROTOCOL.md
+"Messages"): ``type`` names the message, ``rid`` correlates a request with its
+response (0 for one-way messages), ``body`` is a map of field name to value. Unknown
+body keys are ignored and unknown types decode to ``UnknownMessage`` so newer peers
+can add both without breaking older ones.
+
+The registry lists messages the mesh will use later (compile, logs, artifacts) even
+where only the generic ones are exercised today, so the spec and the code agree.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from dataclasses import dataclass
+from typing import Any, ClassVar, Self, TypeVar
+
+import msgpack
+
+from meshd.link.errors import LocalProtocolError, RemoteProtocolError
+from meshd.link.fields import (
+    Bin,
+    Bool,
+    Choice,
+    Float,
+    Int,
+    Opt,
+    Seq,
+    Str,
+    StrMap,
+    field_spec,
+    spec,
+)
+from meshd.link.limits import (
+    MAX_CAPS,
+    MAX_CHUNK_SIZE,
+    MAX_LIST,
+    MAX_META,
+    MAX_NAME,
+    MAX_STR,
+)
+
+U32 = Int(0, 2**32 - 1)
+U64 = Int()
+NAME = Str(MAX_NAME)
+TEXT = Str(MAX_STR)
+DIGEST = Bin(32, 32)
+JOB_ID = Str(MAX_NAME, min_len=1)
+STREAM_ID = Int(1, 2**63 - 1)
+
+
+class Kind(enum.Enum):
+    """How a message relates to others: one-way, a request, or a response."""
+
+    ONEWAY = "oneway"
+    REQUEST = "request"
+    RESPONSE = "response"
+
+
+@dataclass(frozen=True)
+class Message:
+    """Base of every registered message; subclasses set TYPE, KIND and fields."""
+
+    TYPE: ClassVar[str] = ""
+    KIND: ClassVar[Kind] = Kind.ONEWAY
+    # Allowed on a session whose peer is not (yet) trusted: a pairing session may
+    # only carry these, so an untrusted peer never reaches job handlers.
+    PRE_TRUST: ClassVar[bool] = False
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            normalised = field_spec(f).check(value, f"{self.TYPE}.{f.name}")
+            if normalised is not value:
+                object.__setattr__(self, f.name, normalised)
+
+    def to_wire(self) -> dict[str, Any]:
+        """The body map, field name to value, in declaration order."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_wire(cls, body: dict[str, Any]) -> Self:
+        """Build from a decoded body; unknown keys are ignored, missing required ones fail."""
+        kwargs: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            if f.name in body:
+                kwargs[f.name] = body[f.name]
+            elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise LocalProtocolError(f"{cls.TYPE}: missing field {f.name!r}")
+        return cls(**kwargs)
+
+
+@dataclass(frozen=True)
+class UnknownMessage:
+    """A message type this version does not know; sessions ignore it."""
+
+    type: str
+    body: dict[str, Any]
+
+
+REGISTRY: dict[str, type[Message]] = {}
+_M = TypeVar("_M", bound=type[Message])
+
+
+def register(cls: _M) -> _M:
+    """Add a message class to the registry under its TYPE (which must be unique)."""
+    if not cls.TYPE or cls.TYPE in REGISTRY:
+        raise RuntimeError(f"message type {cls.TYPE!r} missing or registered twice")
+    REGISTRY[cls.TYPE] = cls
+    return cls
+
+
+# -- control -----------------------------------------------------------------------
+
+
+@register
+@dataclass(frozen=True)
+class Hello(Message):
+    """Responder's acceptance after the handshake: the negotiated capabilities."""
+
+    TYPE = "hello"
+    PRE_TRUST = True
+    caps: tuple[str, ...] = spec(Seq(NAME, MAX_CAPS))
+    agent: str = spec(NAME, default="")
+
+
+@register
+@dataclass(frozen=True)
+class Ping(Message):
+    """Heartbeat probe; the peer answers with a Pong carrying the same seq."""
+
+    TYPE = "ping"
+    PRE_TRUST = True
+    seq: int = spec(U64)
+
+
+@register
+@dataclass(frozen=True)
+class Pong(Message):
+    """Heartbeat answer."""
+
+    TYPE = "pong"
+    PRE_TRUST = True
+    seq: int = spec(U64)
+
+
+@register
+@dataclass(frozen=True)
+class Close(Message):
+    """Last message of a session: why it ends (a CloseReason value)."""
+
+    TYPE = "close"
+    PRE_TRUST = True
+    reason: int = spec(U32)
+    message: str = spec(TEXT, default="")
+
+
+@register
+@dataclass(frozen=True)
+class Error(Message):
+    """Failure answer to a request (an ErrorCode value); the session stays open."""
+
+    TYPE = "error"
+    KIND = Kind.RESPONSE
+    PRE_TRUST = True
+    code: int = spec(U32)
+    message: str = spec(TEXT, default="")
+
+
+# -- pairing -------------------------------------------------------------------------
+
+
+@register
+@dataclass(frozen=True)
+class PairProof(Message):
+    """Joiner proves it holds the pairing secret, bound to this session's transcript."""
+
+    TYPE = "pair_proof"
+    KIND = Kind.REQUEST
+    PRE_TRUST = True
+    proof: bytes = spec(DIGEST)
+    name: str = spec(NAME, default="")
+
+
+@register
+@dataclass(frozen=True)
+class PairAccept(Message):
+    """Receiver accepted the proof and now trusts the joiner."""
+
+    TYPE = "pair_accept"
+    KIND = Kind.RESPONSE
+    PRE_TRUST = True
+    name: str = spec(NAME, default="")
+
+
+# -- mesh: lanes and remote compiles -------------------------------------------------
+
+
+@register
+@dataclass(frozen=True)
+class LaneStatus(Message):
+    """Compile-lane state, pushed on every change to connected peers."""
+
+    TYPE = "lane_status"
+    idle: bool = spec(Bool())
+    running: int = spec(U32)
+    queued: int = spec(U32)
+    idle_since: float | None = spec(Opt(Float(0.0)), default=None)
+    esphome_version: str = spec(NAME, default="")
+
+
+@register
+@dataclass(frozen=True)
+class CompileRequest(Message):
+    """Offloader asks a receiver to compile a bundle it has sent or will send."""
+
+    TYPE = "compile_request"
+    KIND = Kind.REQUEST
+    job_id: str = spec(JOB_ID)
+    configuration: str = spec(NAME)
+    esphome_version: str = spec(NAME)
+    bundle_digest: bytes = spec(DIGEST)
+    bundle_size: int = spec(U64)
+
+
+@register
+@dataclass(frozen=True)
+class CompileAccept(Message):
+    """Receiver took the compile; state and logs follow as JobState and LogLine."""
+
+    TYPE = "compile_accept"
+    KIND = Kind.RESPONSE
+    job_id: str = spec(JOB_ID)
+    position: int = spec(U32, default=0)
+
+
+COMPILE_REJECT_REASONS = frozenset(
+    {"busy", "version_mismatch", "forbidden", "invalid", "shutting_down", "missing_content"}
+)
+
+
+@register
+@dataclass(frozen=True)
+class CompileReject(Message):
+    """Receiver declined the compile; the offloader routes it elsewhere."""
+
+    TYPE = "compile_reject"
+    KIND = Kind.RESPONSE
+    job_id: str = spec(JOB_ID)
+    reason: str = spec(Choice(COMPILE_REJECT_REASONS))
+    message: str = spec(TEXT, default="")
+
+
+@register
+@dataclass(frozen=True)
+class LogLine(Message):
+    """One line of build output for a remote job."""
+
+    TYPE = "log_line"
+    job_id: str = spec(JOB_ID)
+    line: str = spec(TEXT)
+    stream: str = spec(Choice(frozenset({"stdout", "stderr", "meshd"})), default="stdout")
+
+
+JOB_STATES = frozenset({"queued", "running", "completed", "failed", "cancelled"})
+
+
+@register
+@dataclass(frozen=True)
+class JobState(Message):
+    """State change of a remote job (same vocabulary as meshd's job statuses)."""
+
+    TYPE = "job_state"
+    job_id: str = spec(JOB_ID)
+    state: str = spec(Choice(JOB_STATES))
+    progress: float | None = spec(Opt(Float(0.0, 1.0)), default=None)
+    error: str = spec(TEXT, default="")
+
+
+@register
+@dataclass(frozen=True)
+class Cancel(Message):
+    """Offloader cancels a remote job; the receiver answers with a JobState."""
+
+    TYPE = "cancel"
+    job_id: str = spec(JOB_ID)
+    reason: str = spec(TEXT, default="")
+
+
+@register
+@dataclass(frozen=True)
+class HaveQuery(Message):
+    """Which of these content digests (SHA-256) does the receiver lack?"""
+
+    TYPE = "have_query"
+    KIND = Kind.REQUEST
+    digests: tuple[bytes, ...] = spec(Seq(DIGEST, MAX_LIST))
+
+
+@register
+@dataclass(frozen=True)
+class HaveReply(Message):
+    """The subset of queried digests the receiver needs sent."""
+
+    TYPE = "have_reply"
+    KIND = Kind.RESPONSE
+    missing: tuple[bytes, ...] = spec(Seq(DIGEST, MAX_LIST))
+
+
+@register
+@dataclass(frozen=True)
+class ArtifactRequest(Message):
+    """Offloader pulls named build artifacts of a finished remote job."""
+
+    TYPE = "artifact_request"
+    KIND = Kind.REQUEST
+    job_id: str = spec(JOB_ID)
+    names: tuple[str, ...] = spec(Seq(NAME, MAX_LIST))
+
+
+@register
+@dataclass(frozen=True)
+class ArtifactReply(Message):
+    """Stream ids (one per requested name, same order) the artifacts will arrive on."""
+
+    TYPE = "artifact_reply"
+    KIND = Kind.RESPONSE
+    job_id: str = spec(JOB_ID)
+    streams: tuple[int, ...] = spec(Seq(STREAM_ID, MAX_LIST))
+
+
+# -- streams -------------------------------------------------------------------------
+
+
+@register
+@dataclass(frozen=True)
+class StreamOpen(Message):
+    """Start of a stream of raw bytes (a bundle, an artifact)."""
+
+    TYPE = "stream_open"
+    sid: int = spec(STREAM_ID)
+    kind: str = spec(Str(MAX_NAME, min_len=1))
+    name: str = spec(NAME, default="")
+    size: int | None = spec(Opt(U64), default=None)
+    meta: dict[str, str] = spec(  # noqa: RUF009 - spec() returns a dataclasses.field
+        StrMap(MAX_META, Str(MAX_NAME), Str(MAX_NAME)), default_factory=dict
+    )
+
+
+@register
+@dataclass(frozen=True)
+class StreamChunk(Message):
+    """Next bytes of a stream, as msgpack bin (no base64)."""
+
+    TYPE = "stream_chunk"
+    sid: int = spec(STREAM_ID)
+    data: bytes | memoryview = spec(Bin(MAX_CHUNK_SIZE))  # noqa: RUF009 - a dataclasses.field
+
+
+@register
+@dataclass(frozen=True)
+class StreamEnd(Message):
+    """End of a stream; the receiver checks the SHA-256 of everything it got."""
+
+    TYPE = "stream_end"
+    sid: int = spec(STREAM_ID)
+    sha256: bytes = spec(DIGEST)
+
+
+@register
+@dataclass(frozen=True)
+class StreamAbort(Message):
+    """Either side gives up on a stream; the session stays open."""
+
+    TYPE = "stream_abort"
+    sid: int = spec(STREAM_ID)
+    reason: str = spec(TEXT, default="")
+
+
+@register
+@dataclass(frozen=True)
+class StreamWindow(Message):
+    """Receiver grants the sender ``credit`` more bytes of stream data (flow control)."""
+
+    TYPE = "stream_window"
+    sid: int = spec(STREAM_ID)
+    credit: int = spec(U32)
+
+
+# -- codec ---------------------------------------------------------------------------
+
+
+def encode(message: Message, rid: int = 0) -> bytes:
+    """msgpack ``[type, rid, body]`` for a message (the plaintext of one frame)."""
+    if not 0 <= rid <= U64.hi:
+        raise LocalProtocolError(f"request id {rid} out of range")
+    if (message.KIND is Kind.ONEWAY) != (rid == 0):
+        raise LocalProtocolError(f"{message.TYPE} is {message.KIND.value}; rid {rid} invalid")
+    packed: bytes = msgpack.packb([message.TYPE, rid, message.to_wire()], use_bin_type=True)
+    return packed
+
+
+def decode(plaintext: bytes) -> tuple[Message | UnknownMessage, int]:
+    """Parse one frame's plaintext into (message, rid); RemoteProtocolError if invalid."""
+    try:
+        envelope = msgpack.unpackb(plaintext, raw=False, use_list=True, strict_map_key=True)
+    except (ValueError, TypeError, msgpack.UnpackException) as exc:
+        raise RemoteProtocolError(f"undecodable message: {exc}") from exc
+    if not isinstance(envelope, list) or len(envelope) != 3:
+        raise RemoteProtocolError("message is not a [type, rid, body] array")
+    type_, rid, body = envelope
+    if not isinstance(type_, str) or not 0 < len(type_) <= MAX_NAME:
+        raise RemoteProtocolError("message type is not a short string")
+    if not isinstance(rid, int) or isinstance(rid, bool) or not 0 <= rid <= U64.hi:
+        raise RemoteProtocolError("request id is not an unsigned 64-bit integer")
+    if not isinstance(body, dict) or not all(isinstance(k, str) for k in body):
+        raise RemoteProtocolError("message body is not a map with string keys")
+    cls = REGISTRY.get(type_)
+    if cls is None:
+        return UnknownMessage(type_, body), rid
+    if (cls.KIND is Kind.ONEWAY) != (rid == 0):
+        raise RemoteProtocolError(f"{type_} is {cls.KIND.value}; rid {rid} invalid")
+    try:
+        return cls.from_wire(body), rid
+    except LocalProtocolError as exc:
+        raise RemoteProtocolError(str(exc)) from exc

@@ -1,0 +1,293 @@
+"""Pairing: two nodes come to trust each other with a one-time code, no key typing.
+
+The receiver opens a window (``PairingReceiver.open``, default 5 minutes, one use) and
+shows a code: ``PPPP-PPPP-PPPP-PPPP-PPPP-SSSS-SSSS-SSSS`` (base32). The first 20
+characters are a prefix of the receiver's fingerprint; the last 12 are a random
+secret. The joiner (``pair_join``) connects in pairing mode and, when HS2 reveals the
+receiver's authenticated key, checks it against the prefix *before* HS3: on a mismatch
+it hangs up having sent neither its identity nor anything derived from the secret.
+On a match it proves the secret inside the encrypted channel with an HMAC bound to the
+session's transcript hash and both keys, so the proof cannot be replayed or relayed.
+Then the receiver trusts the joiner with ``may_send_work`` and the joiner trusts the
+receiver with ``may_build_for_me``.
+
+Wrong proofs are logged and rate-limited (exponential backoff, then the window closes);
+expired and used windows refuse pairing handshakes outright.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import logging
+import re
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Final
+
+from meshd.link.errors import (
+    CloseReason,
+    ErrorCode,
+    LinkError,
+    RejectRequest,
+    RequestFailed,
+    TrustRefused,
+)
+from meshd.link.handshake import Mode
+from meshd.link.messages import PairAccept, PairProof
+from meshd.link.server import PeerCandidate, connect
+from meshd.link.session import LinkSession, Router
+from meshd.mesh.identity import Identity, short_fingerprint
+from meshd.mesh.trust import TrustedPeer, TrustStore
+
+log = logging.getLogger(__name__)
+
+DEFAULT_WINDOW: Final = 300.0  # seconds a pairing window stays open
+
+# Fingerprint bits carried by the code: 20 base32 characters = 100 bits. The window
+# does not bound an attacker's time, because the receiver's fingerprint is long-lived
+# and public (mDNS TXT), so they can grind keys offline for as long as they like. A
+# key whose SHA-256 fingerprint starts with 100 given bits is a second preimage: about
+# 2**100 Ed25519 key generations (each worth ~2**16 SHA-256 runs, so ~2**116 hashes).
+# The whole Bitcoin network (~2**69 hashes/s in 2025) would need ~2**47 s, millions of
+# years; even against a million receivers at once (2**20 targets) it is 2**27 s ~ 4
+# years of that network, for one LAN key substitution. 80 bits would not survive that.
+PREFIX_CHARS: Final = 20
+
+# Secret bits: 12 base32 characters = 60 bits. The secret can only be guessed online,
+# within one window, at a rate-limited MAX_FAILURES guesses: success odds ~2**-57.
+SECRET_CHARS: Final = 12
+
+# Wrong proofs allowed per window before it closes; each one doubles the wait before
+# the next attempt (BACKOFF, 2*BACKOFF, ...), so a typo costs seconds, a brute force
+# gets nowhere.
+MAX_FAILURES: Final = 5
+BACKOFF: Final = 1.0
+
+PROOF_LABEL: Final = b"meshd-link-v1 pair proof"
+_ALPHABET: Final = "abcdefghijklmnopqrstuvwxyz234567"  # RFC 4648 base32, lower case
+_CODE_RE = re.compile(rf"^[{_ALPHABET}]{{{PREFIX_CHARS + SECRET_CHARS}}}$")
+
+
+class PairingError(TrustRefused):
+    """Pairing did not happen: code malformed, key mismatch, refused, expired or wrong."""
+
+    default_reason = CloseReason.PAIRING_FAILED
+
+
+def fingerprint_prefix(fingerprint: bytes) -> str:
+    """The code's fingerprint part: the first PREFIX_CHARS base32 characters."""
+    return base64.b32encode(fingerprint).decode("ascii").lower()[:PREFIX_CHARS]
+
+
+@dataclass(frozen=True)
+class PairingCode:
+    """A one-time pairing code: receiver fingerprint prefix + secret."""
+
+    prefix: str
+    secret: str
+
+    def __str__(self) -> str:
+        text = (self.prefix + self.secret).upper()
+        return "-".join(text[i : i + 4] for i in range(0, len(text), 4))
+
+    @classmethod
+    def parse(cls, text: str) -> PairingCode:
+        """Accept the code as typed: any case, with or without dashes and spaces."""
+        cleaned = re.sub(r"[\s\-]", "", text).lower()
+        if not _CODE_RE.match(cleaned):
+            raise PairingError(f"a pairing code is {PREFIX_CHARS + SECRET_CHARS} base32 characters")
+        return cls(cleaned[:PREFIX_CHARS], cleaned[PREFIX_CHARS:])
+
+    @classmethod
+    def new(cls, fingerprint: bytes) -> PairingCode:
+        secret = "".join(secrets.choice(_ALPHABET) for _ in range(SECRET_CHARS))
+        return cls(fingerprint_prefix(fingerprint), secret)
+
+    def matches(self, fingerprint: bytes) -> bool:
+        """Whether a peer's fingerprint is the one this code names."""
+        return hmac.compare_digest(self.prefix, fingerprint_prefix(fingerprint))
+
+
+def pairing_proof(secret: str, session_id: bytes, joiner_key: bytes, receiver_key: bytes) -> bytes:
+    """HMAC-SHA256(secret, label || session id || joiner key || receiver key)."""
+    message = PROOF_LABEL + session_id + joiner_key + receiver_key
+    return hmac.new(secret.encode("ascii"), message, hashlib.sha256).digest()
+
+
+@dataclass
+class _Window:
+    code: PairingCode
+    expires_at: float
+    used: bool = False
+    failures: int = 0
+    retry_at: float = 0.0
+
+
+class PairingReceiver:
+    """The receiver side: opens windows, gates pairing handshakes, checks proofs.
+
+    Plug into the server as ``LinkServer(..., pairing=receiver.allow_handshake,
+    pairing_router=receiver.router)``.
+    """
+
+    def __init__(
+        self,
+        identity: Identity,
+        trust_store: TrustStore,
+        *,
+        name: str = "",
+        clock: Callable[[], float] = time.monotonic,
+        max_failures: int = MAX_FAILURES,
+        backoff: float = BACKOFF,
+    ) -> None:
+        self._identity = identity
+        self._trust = trust_store
+        self._name = name
+        self._clock = clock
+        self._max_failures = max_failures
+        self._backoff = backoff
+        self._window: _Window | None = None
+        self.router = Router()
+        self.router.on(PairProof, self.handle_proof)
+
+    def open(self, ttl: float = DEFAULT_WINDOW) -> PairingCode:
+        """Open a new window (replacing any open one) and return its code."""
+        code = PairingCode.new(self._identity.fingerprint)
+        self._window = _Window(code, self._clock() + ttl)
+        log.info("pairing window open for %.0f s", ttl)
+        return code
+
+    def close(self) -> None:
+        self._window = None
+
+    @property
+    def is_open(self) -> bool:
+        window = self._window
+        return window is not None and not window.used and self._clock() < window.expires_at
+
+    def expires_in(self) -> float | None:
+        """Seconds left in the open window, None if none is open."""
+        if not self.is_open or self._window is None:
+            return None
+        return self._window.expires_at - self._clock()
+
+    def allow_handshake(self, candidate: PeerCandidate) -> bool:
+        """Pairing-mode handshake gate: only while a window is open and not backing off."""
+        window = self._window
+        if not self.is_open or window is None:
+            log.info("pairing attempt from %s refused: no open window", candidate.address)
+            return False
+        if self._clock() < window.retry_at:
+            log.warning("pairing attempt from %s refused: rate limited", candidate.address)
+            return False
+        return True
+
+    async def handle_proof(self, session: LinkSession, message: PairProof) -> PairAccept:
+        """Router handler for ``pair_proof``: trust the joiner if the proof is right."""
+        window = self._window
+        peer = session.peer
+        if peer.mode is not Mode.PAIRING:
+            raise RejectRequest(ErrorCode.FORBIDDEN, "pairing proofs belong in pairing mode")
+        if not self.is_open or window is None:
+            raise RejectRequest(ErrorCode.PAIRING_FAILED, "pairing window closed or expired")
+        now = self._clock()
+        if now < window.retry_at:
+            raise RejectRequest(ErrorCode.RATE_LIMITED, "too many wrong codes; wait")
+        expected = pairing_proof(
+            window.code.secret, peer.session_id, peer.public_key, self._identity.public_key
+        )
+        if not hmac.compare_digest(expected, message.proof):
+            window.failures += 1
+            window.retry_at = now + self._backoff * 2 ** (window.failures - 1)
+            log.warning(
+                "wrong pairing code from %s (%s), attempt %d of %d",
+                peer.address,
+                short_fingerprint(peer.fingerprint),
+                window.failures,
+                self._max_failures,
+            )
+            if window.failures >= self._max_failures:
+                log.warning("pairing window closed after %d wrong codes", window.failures)
+                self._window = None
+            raise RejectRequest(ErrorCode.PAIRING_FAILED, "wrong pairing code")
+        window.used = True
+        self._trust.add(
+            peer.fingerprint,
+            public_key=peer.public_key,
+            name=message.name,
+            may_send_work=True,
+        )
+        log.info(
+            "paired with %s (%s)", message.name or "unnamed", short_fingerprint(peer.fingerprint)
+        )
+        return PairAccept(self._name)
+
+
+async def pair_join(
+    host: str,
+    port: int,
+    code: str | PairingCode,
+    identity: Identity,
+    trust_store: TrustStore,
+    *,
+    name: str = "",
+    timeout: float = 30.0,  # noqa: ASYNC109 - bounds connect, handshake and the proof round trip
+) -> TrustedPeer:
+    """Pair with the receiver at ``host:port`` using its code; return the stored peer.
+
+    Raises ``PairingError`` if the code is malformed, the receiver's key does not match
+    it (nothing secret is sent then), or the receiver refuses.
+    """
+    parsed = code if isinstance(code, PairingCode) else PairingCode.parse(code)
+    mismatch = False
+
+    def check(candidate: PeerCandidate) -> bool:
+        nonlocal mismatch
+        mismatch = not parsed.matches(candidate.fingerprint)
+        if mismatch:
+            log.warning(
+                "receiver at %s:%d has key %s, which does not match the pairing code",
+                host,
+                port,
+                short_fingerprint(candidate.fingerprint),
+            )
+        return not mismatch
+
+    try:
+        session = await connect(
+            host, port, identity, authorize=check, mode=Mode.PAIRING, timeout=timeout
+        )
+    except TrustRefused as exc:
+        if mismatch:
+            raise PairingError(
+                "the receiver's key does not match the code (wrong code, or someone in "
+                "between); nothing was sent"
+            ) from exc
+        raise PairingError(f"the receiver refused pairing: {exc}", reason=exc.reason) from exc
+    outcome = CloseReason.PAIRING_FAILED
+    try:
+        proof = pairing_proof(
+            parsed.secret, session.peer.session_id, identity.public_key, session.peer.public_key
+        )
+        try:
+            reply = await session.request(PairProof(proof, name), PairAccept, timeout=timeout)
+        except RequestFailed as exc:
+            raise PairingError(f"the receiver rejected the pairing: {exc.detail}") from exc
+        except LinkError as exc:
+            raise PairingError(f"pairing interrupted: {exc}", reason=exc.reason) from exc
+        peer = trust_store.add(
+            session.peer.fingerprint,
+            public_key=session.peer.public_key,
+            name=reply.name,
+            addresses=[f"{host}:{port}"],
+            may_build_for_me=True,
+        )
+        outcome = CloseReason.PAIRING_COMPLETE
+    finally:
+        await session.close(outcome)
+    log.info("paired with receiver %s at %s:%d", peer.fingerprint[:16], host, port)
+    return peer

@@ -1,0 +1,321 @@
+#!/usr/bin/env python3
+"""Generate the golden vectors of the meshd peer link (deterministic).
+
+    python protocol/vectors/generate.py          # rewrite the *.json files
+    python protocol/vectors/generate.py --check  # exit 1 if they differ
+
+Every input is fixed (identity seeds, ephemeral X25519 keys, handshake nonces), and
+Ed25519 signatures, HKDF and ChaCha20-Poly1305 are deterministic, so the output is the
+same on every run and platform. tests/link/test_vectors.py replays the files byte for
+byte against the implementation; another implementation can do the same.
+
+Encoding in the JSON: byte strings are lower-case hex; message bodies use
+{"$bin": "<hex>"} for msgpack bin values so they survive JSON.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey  # noqa: E402
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey  # noqa: E402
+
+from meshd.link.connection import (  # noqa: E402
+    Connection,
+    Established,
+    MessageReceived,
+    PeerAuthenticated,
+    Role,
+)
+from meshd.link.framing import FrameSealer  # noqa: E402
+from meshd.link.handshake import Mode  # noqa: E402
+from meshd.link.messages import (  # noqa: E402
+    REGISTRY,
+    HaveQuery,
+    HaveReply,
+    LaneStatus,
+    Message,
+    Ping,
+    Pong,
+    StreamChunk,
+    StreamEnd,
+    StreamOpen,
+    encode,
+)
+
+HERE = Path(__file__).resolve().parent
+
+INPUTS: dict[str, str] = {
+    "initiator_identity_seed": "11" * 32,
+    "responder_identity_seed": "22" * 32,
+    "initiator_ephemeral_private": "33" * 32,
+    "responder_ephemeral_private": "44" * 32,
+    "initiator_nonce": "55" * 32,
+    "responder_nonce": "66" * 32,
+}
+INITIATOR_CAPS = ("pair", "stream")
+RESPONDER_CAPS = ("stream", "x-future", "pair")
+AGENT = "meshd/vectors"
+FRAME_KEY = "77" * 32
+STREAM_CHUNK = 1000
+STREAM_TOTAL = 2500
+
+
+def to_json(value: Any) -> Any:
+    """Message field values -> JSON (bytes as {"$bin": hex})."""
+    if isinstance(value, bytes | bytearray | memoryview):
+        return {"$bin": bytes(value).hex()}
+    if isinstance(value, tuple | list):
+        return [to_json(v) for v in value]
+    if isinstance(value, dict):
+        return {k: to_json(v) for k, v in value.items()}
+    return value
+
+
+def from_json(value: Any) -> Any:
+    """Inverse of ``to_json`` (arrays come back as lists; messages make them tuples)."""
+    if isinstance(value, dict):
+        if set(value) == {"$bin"}:
+            return bytes.fromhex(value["$bin"])
+        return {k: from_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [from_json(v) for v in value]
+    return value
+
+
+def message_json(message: Message, rid: int) -> dict[str, Any]:
+    return {"type": message.TYPE, "rid": rid, "body": to_json(message.to_wire())}
+
+
+def message_from_json(data: dict[str, Any]) -> tuple[Message, int]:
+    cls = REGISTRY[data["type"]]
+    return cls.from_wire(from_json(data["body"])), int(data["rid"])
+
+
+def make_connections(mode: Mode) -> tuple[Connection, Connection]:
+    """The two fixed-input connections every vector starts from."""
+
+    def key(name: str) -> bytes:
+        return bytes.fromhex(INPUTS[name])
+
+    initiator = Connection(
+        Role.INITIATOR,
+        Ed25519PrivateKey.from_private_bytes(key("initiator_identity_seed")),
+        mode=mode,
+        caps=INITIATOR_CAPS,
+        agent=AGENT,
+        ephemeral=X25519PrivateKey.from_private_bytes(key("initiator_ephemeral_private")),
+        nonce=key("initiator_nonce"),
+    )
+    responder = Connection(
+        Role.RESPONDER,
+        Ed25519PrivateKey.from_private_bytes(key("responder_identity_seed")),
+        caps=RESPONDER_CAPS,
+        agent=AGENT,
+        ephemeral=X25519PrivateKey.from_private_bytes(key("responder_ephemeral_private")),
+        nonce=key("responder_nonce"),
+    )
+    return initiator, responder
+
+
+def session_messages() -> list[tuple[str, Message, int]]:
+    """Messages exchanged after the handshake, in order: (direction, message, rid)."""
+    return [
+        ("i2r", Ping(1), 0),
+        ("r2i", Pong(1), 0),
+        ("i2r", HaveQuery((hashlib.sha256(b"a").digest(), hashlib.sha256(b"b").digest())), 1),
+        ("r2i", HaveReply((hashlib.sha256(b"b").digest(),)), 1),
+        ("r2i", LaneStatus(idle=True, running=0, queued=0, idle_since=1767225600.5), 0),
+    ]
+
+
+def handshake_vector(mode: Mode) -> dict[str, Any]:
+    initiator, responder = make_connections(mode)
+    hs1 = initiator.initiate()
+    responder.receive_data(hs1)
+    responder.next_event()
+    hs2 = responder.data_to_send()
+    initiator.receive_data(hs2)
+    seen_by_initiator = initiator.next_event()
+    assert isinstance(seen_by_initiator, PeerAuthenticated)
+    initiator.accept_peer()
+    hs3 = initiator.data_to_send()
+    responder.receive_data(hs3)
+    seen_by_responder = responder.next_event()
+    assert isinstance(seen_by_responder, PeerAuthenticated)
+    responder.accept_peer()
+    established = responder.next_event()
+    assert isinstance(established, Established)
+    hello = responder.data_to_send()
+    initiator.receive_data(hello)
+    assert isinstance(initiator.next_event(), Established)
+    frames = []
+    for direction, message, rid in session_messages():
+        sender, receiver = (initiator, responder) if direction == "i2r" else (responder, initiator)
+        wire = sender.send(message, rid)
+        receiver.receive_data(wire)
+        got = receiver.next_event()
+        assert isinstance(got, MessageReceived) and got.message == message
+        frames.append(
+            {"direction": direction, "message": message_json(message, rid), "wire": wire.hex()}
+        )
+    close = initiator.close()
+    k = initiator.keys
+    return {
+        "description": f"full handshake ({mode.name.lower()} mode) then messages, both ways",
+        "mode": int(mode),
+        "inputs": INPUTS,
+        "initiator_caps": list(INITIATOR_CAPS),
+        "responder_caps": list(RESPONDER_CAPS),
+        "agent": AGENT,
+        "initiator_public_key": seen_by_responder.public_key.hex(),
+        "responder_public_key": seen_by_initiator.public_key.hex(),
+        "initiator_fingerprint": seen_by_responder.fingerprint.hex(),
+        "responder_fingerprint": seen_by_initiator.fingerprint.hex(),
+        "hs1": hs1.hex(),
+        "hs2": hs2.hex(),
+        "hs3": hs3.hex(),
+        "hello": hello.hex(),
+        "negotiated_caps": list(established.caps),
+        "key_schedule": {
+            "h1": k.h1.hex(),
+            "h2": k.h2.hex(),
+            "h3": k.h3.hex(),
+            "h4_session_id": k.h4.hex(),
+            "x25519_shared": k.shared.hex(),
+            "k_hs_r2i": k.k_hs_r2i.hex(),
+            "k_hs_i2r": k.k_hs_i2r.hex(),
+            "k_i2r": k.k_i2r.hex(),
+            "k_r2i": k.k_r2i.hex(),
+        },
+        "frames": frames,
+        "initiator_close": {"reason": 0, "message": "", "wire": close.hex()},
+    }
+
+
+def frames_vector() -> dict[str, Any]:
+    """One of every registered message type, sealed under a fixed key, counters 0.."""
+    from meshd.link.messages import (
+        ArtifactReply,
+        ArtifactRequest,
+        Cancel,
+        Close,
+        CompileAccept,
+        CompileReject,
+        CompileRequest,
+        Error,
+        Hello,
+        JobState,
+        LogLine,
+        PairAccept,
+        PairProof,
+        StreamAbort,
+        StreamWindow,
+    )
+
+    digest = hashlib.sha256(b"bundle").digest()
+    samples: list[tuple[Message, int]] = [
+        (Hello(("pair", "stream"), "meshd/0.1.0"), 0),
+        (Ping(7), 0),
+        (Pong(7), 0),
+        (Close(9, "paired"), 0),
+        (Error(4, "too many requests in flight"), 3),
+        (PairProof(hashlib.sha256(b"proof").digest(), "pi"), 1),
+        (PairAccept("desktop"), 1),
+        (LaneStatus(False, 1, 2, None, "2026.6.5"), 0),
+        (CompileRequest("a1b2c3d4e5f6", "kitchen.yaml", "2026.6.5", digest, 123456), 2),
+        (CompileAccept("a1b2c3d4e5f6", 0), 2),
+        (CompileReject("a1b2c3d4e5f6", "busy", "compile lane busy"), 2),
+        (LogLine("a1b2c3d4e5f6", "Compiling src/main.cpp.o", "stdout"), 0),
+        (JobState("a1b2c3d4e5f6", "running", 0.25, ""), 0),
+        (Cancel("a1b2c3d4e5f6", "superseded"), 0),
+        (HaveQuery((digest,)), 4),
+        (HaveReply(()), 4),
+        (ArtifactRequest("a1b2c3d4e5f6", ("firmware.bin", "firmware.elf")), 5),
+        (ArtifactReply("a1b2c3d4e5f6", (3, 5)), 5),
+        (StreamOpen(3, "artifact", "firmware.bin", 4, {"offset": "0x10000"}), 0),
+        (StreamChunk(3, b"\x00\x01\x02\x03"), 0),
+        (StreamEnd(3, hashlib.sha256(b"\x00\x01\x02\x03").digest()), 0),
+        (StreamAbort(5, "disk full"), 0),
+        (StreamWindow(3, 1048576), 0),
+    ]
+    missing = set(REGISTRY) - {m.TYPE for m, _ in samples}
+    assert not missing, f"frames vector lacks {sorted(missing)}"
+    sealer = FrameSealer(bytes.fromhex(FRAME_KEY))
+    out = []
+    for counter, (message, rid) in enumerate(samples):
+        plaintext = encode(message, rid)
+        out.append(
+            {
+                "counter": counter,
+                "message": message_json(message, rid),
+                "plaintext": plaintext.hex(),
+                "wire": sealer.seal(plaintext).hex(),
+            }
+        )
+    return {
+        "description": "every message type, sealed in order under one direction key",
+        "key": FRAME_KEY,
+        "frames": out,
+    }
+
+
+def stream_vector() -> dict[str, Any]:
+    """A small stream (open, three chunks, end) sealed under a fixed key."""
+    data = b"".join(
+        hashlib.sha256(i.to_bytes(4, "big")).digest() for i in range(STREAM_TOTAL // 32 + 1)
+    )[:STREAM_TOTAL]
+    messages: list[Message] = [StreamOpen(1, "bundle", "kitchen.tar", len(data), {})]
+    messages += [
+        StreamChunk(1, data[i : i + STREAM_CHUNK]) for i in range(0, len(data), STREAM_CHUNK)
+    ]
+    messages.append(StreamEnd(1, hashlib.sha256(data).digest()))
+    sealer = FrameSealer(bytes.fromhex(FRAME_KEY))
+    return {
+        "description": "a 2500-byte stream in 1000-byte chunks, sealed under one key",
+        "key": FRAME_KEY,
+        "data": data.hex(),
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "frames": [
+            {"message": message_json(m, 0), "wire": sealer.seal(encode(m)).hex()} for m in messages
+        ],
+    }
+
+
+def build() -> dict[str, str]:
+    """File name -> exact file content."""
+    vectors = {
+        "handshake.json": handshake_vector(Mode.NORMAL),
+        "handshake_pairing.json": handshake_vector(Mode.PAIRING),
+        "frames.json": frames_vector(),
+        "stream.json": stream_vector(),
+    }
+    return {name: json.dumps(v, indent=2, sort_keys=True) + "\n" for name, v in vectors.items()}
+
+
+def main(argv: list[str]) -> int:
+    check = "--check" in argv
+    stale = []
+    for name, content in build().items():
+        path = HERE / name
+        if check:
+            if not path.exists() or path.read_text() != content:
+                stale.append(name)
+        else:
+            path.write_text(content)
+    if stale:
+        print("stale vectors:", ", ".join(stale), file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,212 @@
+#!/usr/bin/env python3
+"""Micro-benchmark of the peer link on loopback, against a raw TCP copy in the same run.
+
+    python tests/bench/bench_link.py [--size-mib 128] [--rounds 3] [--handshakes 40]
+
+Measures, side by side and alternating so machine noise hits both alike:
+
+* raw: an asyncio stream server reading and discarding N bytes written in 256 KiB
+  pieces with drain(): the ceiling for anything built on asyncio streams;
+* link: ``LinkSession.send_stream`` of the same N bytes to a ``LinkServer`` stream
+  handler (ChaCha20-Poly1305 per frame, msgpack, SHA-256 on both ends, flow control);
+* handshake: TCP connect + full handshake + first hello, and the sans-IO handshake
+  alone (CPU cost without sockets).
+
+Prints a table and writes tests/bench/results/link.json. Talks to 127.0.0.1 only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey  # noqa: E402
+
+from meshd.link import IncomingStream, LinkServer, LinkSession, Router, connect  # noqa: E402
+from meshd.link.connection import NEED_DATA, Connection, Role  # noqa: E402
+from meshd.link.limits import DEFAULT_CHUNK_SIZE  # noqa: E402
+
+LOOPBACK = "127.0.0.1"
+RESULTS = Path(__file__).resolve().parent / "results" / "link.json"
+MIB = 1024 * 1024
+
+
+async def raw_copy(payload: bytes) -> float:
+    """Seconds to move ``payload`` over a plain asyncio TCP connection."""
+    done = asyncio.get_running_loop().create_future()
+
+    async def sink(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        got = 0
+        while got < len(payload):
+            data = await reader.read(MIB)
+            if not data:
+                break
+            got += len(data)
+        done.set_result(got)
+        writer.close()
+
+    server = await asyncio.start_server(sink, LOOPBACK, 0, limit=MIB)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        _reader, writer = await asyncio.open_connection(LOOPBACK, port, limit=MIB)
+        view = memoryview(payload)
+        start = time.perf_counter()
+        for i in range(0, len(view), DEFAULT_CHUNK_SIZE):
+            writer.write(view[i : i + DEFAULT_CHUNK_SIZE])
+            await writer.drain()
+        got = await done
+        elapsed = time.perf_counter() - start
+        writer.close()
+        await writer.wait_closed()
+    finally:
+        server.close()
+        await server.wait_closed()
+    if got != len(payload):
+        raise RuntimeError("raw copy lost bytes")
+    return elapsed
+
+
+async def link_copy(payload: bytes, server: LinkServer, client_key: Ed25519PrivateKey) -> float:
+    """Seconds to stream ``payload`` over an established link session."""
+    session = await connect(LOOPBACK, server.port, client_key, authorize=lambda c: True)
+    try:
+        start = time.perf_counter()
+        digest = await session.send_stream(payload, kind="bench")
+        got, received_digest = await RECEIVED.get()
+        elapsed = time.perf_counter() - start
+    finally:
+        await session.close()
+    if got != len(payload) or received_digest != digest:
+        raise RuntimeError("link copy lost or changed bytes")
+    return elapsed
+
+
+RECEIVED: asyncio.Queue[tuple[int, bytes | None]]
+
+
+async def bench_sink(_session: LinkSession, stream: IncomingStream) -> None:
+    got = 0
+    async for chunk in stream:
+        got += len(chunk)
+    await RECEIVED.put((got, stream.digest))
+
+
+def sans_io_handshake() -> float:
+    """Seconds for one in-memory handshake (both sides' CPU work, no sockets)."""
+    start = time.perf_counter()
+    i = Connection(Role.INITIATOR, Ed25519PrivateKey.generate())
+    r = Connection(Role.RESPONDER, Ed25519PrivateKey.generate())
+    r.receive_data(i.initiate())
+    r.next_event()
+    i.receive_data(r.data_to_send())
+    i.next_event()
+    i.accept_peer()
+    r.receive_data(i.data_to_send())
+    r.next_event()
+    r.accept_peer()
+    r.next_event()
+    i.receive_data(r.data_to_send())
+    event = i.next_event()
+    if event is NEED_DATA:
+        raise RuntimeError("handshake did not finish")
+    return time.perf_counter() - start
+
+
+async def run(size_mib: int, rounds: int, handshakes: int) -> dict[str, Any]:
+    global RECEIVED
+    RECEIVED = asyncio.Queue()
+    payload = os.urandom(size_mib * MIB)
+    router = Router()
+    router.on_stream("bench", bench_sink)
+    server_key, client_key = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
+    server = LinkServer(server_key, authorize=lambda c: True, router=router)
+    await server.start(LOOPBACK, 0)
+    raw_times: list[float] = []
+    link_times: list[float] = []
+    connect_times: list[float] = []
+    try:
+        await link_copy(payload[: 4 * MIB], server, client_key)  # warm-up
+        for _ in range(rounds):
+            raw_times.append(await raw_copy(payload))
+            link_times.append(await link_copy(payload, server, client_key))
+        for _ in range(handshakes):
+            start = time.perf_counter()
+            session = await connect(LOOPBACK, server.port, client_key, authorize=lambda c: True)
+            connect_times.append(time.perf_counter() - start)
+            await session.close()
+    finally:
+        await server.close()
+    sans_io = [sans_io_handshake() for _ in range(handshakes)]
+    raw_best, link_best = min(raw_times), min(link_times)
+    raw_mibs = size_mib / raw_best
+    link_mibs = size_mib / link_best
+    return {
+        "size_mib": size_mib,
+        "rounds": rounds,
+        "chunk_kib": DEFAULT_CHUNK_SIZE // 1024,
+        "raw_mib_s": round(raw_mibs, 1),
+        "link_mib_s": round(link_mibs, 1),
+        "ratio_link_over_raw": round(link_mibs / raw_mibs, 3),
+        "raw_mib_s_all": [round(size_mib / t, 1) for t in raw_times],
+        "link_mib_s_all": [round(size_mib / t, 1) for t in link_times],
+        "handshake_connect_ms_median": round(statistics.median(connect_times) * 1000, 2),
+        "handshake_connect_ms_p90": round(statistics.quantiles(connect_times, n=10)[-1] * 1000, 2)
+        if len(connect_times) >= 2
+        else None,
+        "handshake_sans_io_ms_median": round(statistics.median(sans_io) * 1000, 2),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "note": "shared machine, numbers are noisy; best of rounds",
+        },
+        "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def report(result: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(
+        title=f"meshd peer link on loopback ({result['size_mib']} MiB, best of {result['rounds']})"
+    )
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    table.add_row("raw TCP copy", f"{result['raw_mib_s']} MiB/s")
+    table.add_row("link stream", f"{result['link_mib_s']} MiB/s")
+    table.add_row("ratio link / raw", f"{result['ratio_link_over_raw']:.2f}")
+    table.add_row("connect + handshake (median)", f"{result['handshake_connect_ms_median']} ms")
+    table.add_row("connect + handshake (p90)", f"{result['handshake_connect_ms_p90']} ms")
+    table.add_row("sans-IO handshake (median)", f"{result['handshake_sans_io_ms_median']} ms")
+    Console().print(table)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--size-mib", type=int, default=128)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--handshakes", type=int, default=40)
+    parser.add_argument("--output", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    result = asyncio.run(run(args.size_mib, args.rounds, args.handshakes))
+    report(result)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+if __name__ == "__main__":
+    main()
