@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import signal
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -21,6 +22,8 @@ DEFAULT_KILL_GRACE = 5.0
 
 # Tool output lines longer than this are cut: a runaway line must not grow memory.
 MAX_LINE = 64 * 1024
+READ_CHUNK = 64 * 1024
+_LINE_BREAK = re.compile(rb"\r\n|\r|\n")
 
 
 @dataclass(frozen=True)
@@ -70,28 +73,34 @@ async def run_process(
         cwd=cwd,
         env=dict(env) if env is not None else None,
         start_new_session=True,
-        limit=MAX_LINE,
     )
     if on_start is not None:
         on_start(proc.pid)
     tail: list[str] = []
+
+    def emit(piece: bytes) -> None:
+        line = piece.decode("utf-8", "replace")
+        tail.append(line)
+        if len(tail) > tail_lines:
+            del tail[0]
+        on_line(line)
+
     assert proc.stdout is not None
     try:
-        while True:
-            try:
-                raw = await proc.stdout.readuntil(b"\n")
-            except asyncio.IncompleteReadError as exc:
-                raw = exc.partial
-                if not raw:
-                    break
-            except asyncio.LimitOverrunError as exc:
-                raw = await proc.stdout.readexactly(exc.consumed)
-            # Progress bars redraw with \r; the last segment is what a terminal shows.
-            line = raw.decode("utf-8", "replace").rstrip("\r\n").rsplit("\r", 1)[-1]
-            tail.append(line)
-            if len(tail) > tail_lines:
-                del tail[0]
-            on_line(line)
+        pending = b""
+        while chunk := await proc.stdout.read(READ_CHUNK):
+            # Progress bars redraw with a bare \r; each redraw is a line of its own,
+            # as ESPHome's dashboard treats them, so OTA percentages stream live.
+            pieces = _LINE_BREAK.split(pending + chunk)
+            pending = pieces.pop()
+            for piece in pieces:
+                if piece:
+                    emit(piece)
+            while len(pending) > MAX_LINE:
+                emit(pending[:MAX_LINE])
+                pending = pending[MAX_LINE:]
+        if pending:
+            emit(pending)
         returncode = await proc.wait()
     except BaseException:
         await asyncio.shield(_terminate(proc, kill_grace))

@@ -1,0 +1,182 @@
+"""One Runner per job type, each a thin, faithful wrapper around one esphome command.
+
+``compile`` → ``esphome compile CFG``; ``upload`` → ``esphome upload CFG --device DEV``
+(after verify-chip for a serial port); ``clean`` → ``esphome clean CFG``;
+``reset_build_env`` → ``esphome clean-all CFGDIR``; ``rename`` → ``esphome rename CFG
+NEW_NAME``. Every line goes to the job log as it arrives; progress is parsed from it;
+a non-zero exit becomes ``JobFailed`` carrying the lines that explain it. Cancellation
+kills the process group (``meshd.process``) and propagates.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from meshd.build.chip import ChipError, expected_chip, verify_chip
+from meshd.build.commands import EsphomeFailed, invoke_esphome
+from meshd.build.progress import (
+    Banded,
+    Combined,
+    CompileProgress,
+    EsptoolProgress,
+    OtaProgress,
+    ProgressParser,
+)
+from meshd.build.storage import (
+    ArtifactError,
+    FlashMethod,
+    FlashPlan,
+    flash_plan,
+    is_serial_device,
+    load_storage,
+)
+from meshd.build.toolchain import Toolchain, ToolMissing
+from meshd.jobs.model import JobType
+from meshd.jobs.runner import JobContext, JobFailed, Runner
+
+# rename compiles then uploads; compiling dominates the wall time.
+_RENAME_COMPILE_SHARE = 0.8
+
+
+def _config_file(ctx: JobContext) -> Path:
+    path = Path(ctx.job.configuration)
+    if not path.is_file():
+        raise JobFailed(f"configuration not found: {path}")
+    return path
+
+
+def _config_dir(ctx: JobContext) -> Path:
+    path = Path(ctx.job.configuration)
+    directory = path.parent if path.is_file() else path
+    if not directory.is_dir():
+        raise JobFailed(f"configuration directory not found: {directory}")
+    return directory
+
+
+def _present_images(plan: FlashPlan) -> int | None:
+    """How many images esptool will write (esphome skips declared images that are missing)."""
+    return len([f for f in plan.images if f.required and f.path.is_file()]) or None
+
+
+async def run_esphome(
+    toolchain: Toolchain,
+    ctx: JobContext,
+    args: list[str],
+    progress: ProgressParser | None = None,
+) -> list[str]:
+    """Run ``esphome ARGS`` for a job; a missing command or non-zero exit is ``JobFailed``."""
+    try:
+        return await invoke_esphome(
+            toolchain, args, log=ctx.log, progress=ctx.progress, parser=progress
+        )
+    except ToolMissing as exc:
+        message = f"esphome command not found: {exc} (set --esphome to the esphome CLI)"
+        ctx.log(message)
+        raise JobFailed(message) from exc
+    except EsphomeFailed as exc:
+        raise JobFailed(str(exc)) from exc
+
+
+class CompileRunner:
+    """``esphome compile CFG``, with progress estimated from PlatformIO's object lines."""
+
+    def __init__(self, toolchain: Toolchain) -> None:
+        self.toolchain = toolchain
+
+    async def run(self, ctx: JobContext) -> None:
+        config = _config_file(ctx)
+        await run_esphome(self.toolchain, ctx, ["compile", str(config)], CompileProgress())
+
+
+class UploadRunner:
+    """``esphome upload CFG --device DEV``; verify-chip first when DEV is a serial port."""
+
+    def __init__(self, toolchain: Toolchain, *, verify_chip: bool = True) -> None:
+        self.toolchain = toolchain
+        self.verify_chip = verify_chip
+
+    async def run(self, ctx: JobContext) -> None:
+        config = _config_file(ctx)
+        device = ctx.job.device
+        if not device:
+            raise JobFailed("upload needs a device (an IP/hostname for OTA or a serial port)")
+        parser: ProgressParser = OtaProgress()
+        if is_serial_device(device):
+            parser = EsptoolProgress(await self._prepare_serial(ctx, config, device))
+        await run_esphome(self.toolchain, ctx, ["upload", str(config), "--device", device], parser)
+
+    async def _prepare_serial(self, ctx: JobContext, config: Path, device: str) -> int | None:
+        """Verify the chip (unless disabled) and return how many images esptool will write."""
+        env = self.toolchain.environ()
+        try:
+            record = load_storage(config, env)
+            plan = flash_plan(record, FlashMethod.SERIAL, config, env)
+        except ArtifactError as exc:
+            raise JobFailed(str(exc)) from exc
+        wanted = ctx.job.args.get("verify_chip", self.verify_chip)
+        expected = expected_chip(record)
+        if wanted and expected is not None:
+            try:
+                await verify_chip(self.toolchain, device, expected, ctx.log)
+            except ToolMissing as exc:
+                raise JobFailed(f"esptool not found for verify-chip: {exc}") from exc
+            except ChipError as exc:
+                raise JobFailed(str(exc)) from exc
+        return _present_images(plan)
+
+
+class CleanRunner:
+    """``esphome clean CFG``: delete the configuration's build tree."""
+
+    def __init__(self, toolchain: Toolchain) -> None:
+        self.toolchain = toolchain
+
+    async def run(self, ctx: JobContext) -> None:
+        config = _config_file(ctx)
+        await run_esphome(self.toolchain, ctx, ["clean", str(config)])
+
+
+class ResetBuildEnvRunner:
+    """``esphome clean-all CFGDIR``: every build tree *and* PlatformIO's core dir.
+
+    The configuration of this job is the configuration directory (a YAML file is
+    taken to mean its directory). Note that clean-all deletes the PlatformIO
+    packages and platforms, which the next compile downloads again.
+    """
+
+    def __init__(self, toolchain: Toolchain) -> None:
+        self.toolchain = toolchain
+
+    async def run(self, ctx: JobContext) -> None:
+        directory = _config_dir(ctx)
+        await run_esphome(self.toolchain, ctx, ["clean-all", str(directory)])
+
+
+class RenameRunner:
+    """``esphome rename CFG NEW_NAME``: rewrite the YAML, compile and upload it (OTA)."""
+
+    def __init__(self, toolchain: Toolchain) -> None:
+        self.toolchain = toolchain
+
+    async def run(self, ctx: JobContext) -> None:
+        config = _config_file(ctx)
+        new_name = ctx.job.args.get("new_name")
+        if not isinstance(new_name, str) or not new_name:
+            raise JobFailed("rename needs args.new_name")
+        progress = Combined(
+            Banded(CompileProgress(), 0.0, _RENAME_COMPILE_SHARE),
+            Banded(OtaProgress(), _RENAME_COMPILE_SHARE, 1.0),
+        )
+        await run_esphome(self.toolchain, ctx, ["rename", str(config), new_name], progress)
+        ctx.log(f"renamed: configuration is now {config.parent / (new_name + '.yaml')}")
+
+
+def make_runners(toolchain: Toolchain, *, verify_chip: bool = True) -> dict[JobType, Runner]:
+    """One runner per job type, all driving ``toolchain``."""
+    return {
+        JobType.COMPILE: CompileRunner(toolchain),
+        JobType.UPLOAD: UploadRunner(toolchain, verify_chip=verify_chip),
+        JobType.CLEAN: CleanRunner(toolchain),
+        JobType.RESET_BUILD_ENV: ResetBuildEnvRunner(toolchain),
+        JobType.RENAME: RenameRunner(toolchain),
+    }

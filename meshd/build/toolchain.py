@@ -1,0 +1,86 @@
+"""How meshd invokes the ESPHome CLI and esptool: argv prefixes plus environment.
+
+The esphome command is configurable (``--esphome``) so a node can use an esphome
+installed elsewhere, and tests can substitute a stand-in that speaks the same CLI
+or wrap the real one (e.g. in ``unshare -n``). Every child inherits the daemon's
+environment at the moment it starts, so PLATFORMIO_CORE_DIR, ESPHOME_DATA_DIR and
+friends pass through untouched; ``env`` only adds or overrides.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from meshd.process import DEFAULT_KILL_GRACE, ProcessResult, run_process
+
+# Python children block-buffer stdout on a pipe; esphome prints PlatformIO's output
+# through stdout, so without this the job log would arrive in 8 KiB lumps.
+_STREAMING_ENV = {"PYTHONUNBUFFERED": "1"}
+
+
+class ToolMissing(Exception):
+    """The configured esphome/esptool command could not be started."""
+
+
+@dataclass(frozen=True)
+class Toolchain:
+    """The commands meshd runs, as argv prefixes, and extra environment for them."""
+
+    esphome: tuple[str, ...] = ("esphome",)
+    esptool: tuple[str, ...] = ("esptool",)
+    env: Mapping[str, str] = field(default_factory=dict)
+    kill_grace: float = DEFAULT_KILL_GRACE
+    # ESPHome only prints its "\rUploading: [==  ] 42%" bar to a TTY or when run as
+    # the dashboard runs it (``--dashboard``); meshd is in the dashboard's position.
+    dashboard_mode: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.esphome:
+            raise ValueError("the esphome command must not be empty")
+        if not self.esptool:
+            raise ValueError("the esptool command must not be empty")
+
+    @classmethod
+    def from_command(
+        cls, esphome: str | Sequence[str], env: Mapping[str, str] | None = None
+    ) -> Toolchain:
+        """Build from a ``--esphome`` setting: a single program or an argv prefix."""
+        prefix = (esphome,) if isinstance(esphome, str) else tuple(esphome)
+        return cls(esphome=prefix, env=dict(env or {}))
+
+    def esphome_argv(self, *args: str) -> list[str]:
+        """The full argv for ``esphome ARGS`` (global options first, as argparse wants)."""
+        options = ["--dashboard"] if self.dashboard_mode else []
+        return [*self.esphome, *options, *args]
+
+    def esptool_argv(self, *args: str) -> list[str]:
+        return [*self.esptool, *args]
+
+    def environ(self) -> dict[str, str]:
+        """The daemon's current environment, plus streaming defaults, plus ``env``."""
+        merged = dict(os.environ)
+        for key, value in _STREAMING_ENV.items():
+            merged.setdefault(key, value)
+        merged.update(self.env)
+        return merged
+
+    async def run(
+        self,
+        argv: Sequence[str],
+        *,
+        on_line: Callable[[str], None],
+        cwd: str | os.PathLike[str] | None = None,
+    ) -> ProcessResult:
+        """Run ``argv`` in its own process group; a missing program raises ``ToolMissing``."""
+        try:
+            return await run_process(
+                argv,
+                on_line=on_line,
+                cwd=cwd,
+                env=self.environ(),
+                kill_grace=self.kill_grace,
+            )
+        except (FileNotFoundError, PermissionError, NotADirectoryError) as exc:
+            raise ToolMissing(f"cannot run {argv[0]!r}: {exc.strerror or exc}") from exc

@@ -1,0 +1,72 @@
+"""run_process: lines split as a terminal shows them, output capped, groups killed."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+
+from meshd.process import MAX_LINE, run_process
+
+
+async def _lines(script: str) -> list[str]:
+    lines: list[str] = []
+    result = await run_process([sys.executable, "-c", script], on_line=lines.append)
+    assert result.returncode == 0
+    return lines
+
+
+async def test_carriage_return_redraws_are_separate_lines() -> None:
+    script = (
+        "import sys, time\n"
+        "for p in (10, 50, 100):\n"
+        "    sys.stdout.write(f'\\rUploading: {p}%'); sys.stdout.flush(); time.sleep(0.05)\n"
+        "sys.stdout.write('\\r\\nOK\\nwin\\r\\nlast')\n"
+    )
+    assert await _lines(script) == [
+        "Uploading: 10%",
+        "Uploading: 50%",
+        "Uploading: 100%",
+        "OK",
+        "win",
+        "last",
+    ]
+
+
+async def test_a_runaway_line_is_cut_into_bounded_pieces() -> None:
+    lines = await _lines(f"import sys; sys.stdout.write('x' * {MAX_LINE * 2 + 10})")
+    assert [len(line) for line in lines] == [MAX_LINE, MAX_LINE, 10]
+
+
+async def test_a_character_split_across_writes_is_not_mangled() -> None:
+    script = (
+        "import sys, time\n"
+        "sys.stdout.buffer.write(b'caf\\xc3'); sys.stdout.flush(); time.sleep(0.1)\n"
+        "sys.stdout.buffer.write(b'\\xa9 ok\\n'); sys.stdout.flush()\n"
+    )
+    assert await _lines(script) == ["café ok"]
+
+
+async def test_lines_arrive_while_the_process_runs() -> None:
+    seen: list[str] = []
+    started = asyncio.Event()
+
+    def on_line(line: str) -> None:
+        seen.append(line)
+        started.set()
+
+    task = asyncio.create_task(
+        run_process(
+            [sys.executable, "-c", "import time; print('hi', flush=True); time.sleep(30)"],
+            on_line=on_line,
+            kill_grace=0.5,
+        )
+    )
+    await asyncio.wait_for(started.wait(), 20)
+    assert seen == ["hi"]
+    task.cancel()
+    try:
+        await task
+    except asyncio.CancelledError:
+        pass
+    else:
+        raise AssertionError("the cancel did not propagate")
