@@ -309,26 +309,62 @@ class HaveReply(Message):
     missing: tuple[bytes, ...] = spec(Seq(DIGEST, MAX_LIST))
 
 
+ARTIFACT_METHODS = frozenset({"ota", "serial"})
+
+
 @register
 @dataclass(frozen=True)
 class ArtifactRequest(Message):
-    """Offloader pulls named build artifacts of a finished remote job."""
+    """Offloader asks for what flashing a finished remote job by ``method`` needs."""
 
     TYPE = "artifact_request"
     KIND = Kind.REQUEST
     job_id: str = spec(JOB_ID)
-    names: tuple[str, ...] = spec(Seq(NAME, MAX_LIST))
+    method: str = spec(Choice(ARTIFACT_METHODS), default="ota")
+    elf: bool = spec(Bool(), default=False)
 
 
 @register
 @dataclass(frozen=True)
 class ArtifactReply(Message):
-    """Stream ids (one per requested name, same order) the artifacts will arrive on."""
+    """The artifact manifest: a content blob (JSON) to fetch with ``blob_request``."""
 
     TYPE = "artifact_reply"
     KIND = Kind.RESPONSE
     job_id: str = spec(JOB_ID)
-    streams: tuple[int, ...] = spec(Seq(STREAM_ID, MAX_LIST))
+    manifest_digest: bytes = spec(DIGEST)
+    manifest_size: int = spec(U64)
+
+
+@register
+@dataclass(frozen=True)
+class BlobRequest(Message):
+    """Send me these content blobs (as ``blob`` streams named by hex digest)."""
+
+    TYPE = "blob_request"
+    KIND = Kind.REQUEST
+    digests: tuple[bytes, ...] = spec(Seq(DIGEST, MAX_LIST))
+
+
+@register
+@dataclass(frozen=True)
+class BlobReply(Message):
+    """Every requested blob stream has been sent (it may still be landing)."""
+
+    TYPE = "blob_reply"
+    KIND = Kind.RESPONSE
+    count: int = spec(U32)
+
+
+@register
+@dataclass(frozen=True)
+class NodeInfo(Message):
+    """Who the sender is, sent once by each side when a session opens."""
+
+    TYPE = "node_info"
+    name: str = spec(NAME, default="")
+    esphome_version: str = spec(NAME, default="")
+    accepts_builds: bool = spec(Bool(), default=False)
 
 
 # -- streams -------------------------------------------------------------------------

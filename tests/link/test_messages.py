@@ -104,7 +104,8 @@ def test_registry_lists_every_message_the_mesh_needs() -> None:
         "hello", "ping", "pong", "close", "error", "pair_proof", "pair_accept",
         "lane_status", "compile_request", "compile_accept", "compile_reject", "log_line",
         "job_state", "cancel", "have_query", "have_reply", "artifact_request",
-        "artifact_reply", "stream_open", "stream_chunk", "stream_end", "stream_abort",
+        "artifact_reply", "blob_request", "blob_reply", "node_info", "stream_open",
+        "stream_chunk", "stream_end", "stream_abort",
         "stream_window",
     }  # fmt: skip
     assert set(REGISTRY) == expected
