@@ -26,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -192,6 +192,14 @@ class Engine:
         merged = {job.id: job for job in self.store.load_all()}
         merged.update(self._active)
         return sorted(merged.values(), key=lambda job: job.seq)
+
+    def active_jobs(self) -> list[Job]:
+        """Queued, held and running jobs, oldest first."""
+        return sorted(self._active.values(), key=lambda job: job.seq)
+
+    def jobs_where(self, predicate: Callable[[Job], bool]) -> list[Job]:
+        """Every job (active or stored) matching ``predicate``, oldest first."""
+        return [job for job in self.jobs() if predicate(job)]
 
     def lane(self, name: LaneName) -> Lane:
         return self.compile_lane if name is LaneName.COMPILE else self.upload_lane

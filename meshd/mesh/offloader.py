@@ -1,0 +1,245 @@
+"""The offloader side of a remote compile: a ``Runner`` for the compile lane.
+
+1. ``esphome bundle`` the configuration into the content store (this also validates
+   it: a broken YAML fails here, with esphome's message, like a local compile);
+2. ask which blobs the receiver lacks and push only those;
+3. request the compile; follow its state and log lines into the local job;
+4. pull the artifacts a flash needs (digest-verified) and materialise them where
+   ``esphome upload`` looks, so the held upload runs as after a local compile.
+
+Losing the receiver at any step (connection, heartbeat, its restart) raises
+``Reroute``: the engine re-queues the job elsewhere. A compile error on the receiver
+is a normal failure. Cancelling the local job sends ``cancel`` to the receiver first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+from meshd.build.commands import EsphomeFailed, create_bundle
+from meshd.build.storage import FlashMethod, is_serial_device
+from meshd.build.toolchain import Toolchain, ToolMissing
+from meshd.jobs.placement import Reroute
+from meshd.jobs.runner import JobContext, JobFailed
+from meshd.link import LinkError, LinkSession, RequestFailed, Router
+from meshd.link.messages import (
+    ArtifactReply,
+    ArtifactRequest,
+    BlobReply,
+    BlobRequest,
+    Cancel,
+    CompileAccept,
+    CompileReject,
+    CompileRequest,
+    HaveQuery,
+    HaveReply,
+    JobState,
+    LogLine,
+)
+from meshd.mesh.artifacts import ArtifactManifest, materialise_artifacts
+from meshd.mesh.blobs import BlobExchange
+from meshd.mesh.bundle import BundleRejected, read_bundle
+
+_LOGGER = logging.getLogger(__name__)
+
+# Waiting for artifacts to arrive after the receiver answered the blob request.
+FETCH_TIMEOUT = 300.0
+# A cancel is best effort: if the receiver does not take it this fast, the session's
+# loss cancels the job there anyway.
+CANCEL_TIMEOUT = 5.0
+
+_LOST = object()
+
+
+class RemoteCompileRunner:
+    def __init__(
+        self,
+        toolchain: Toolchain,
+        blobs: BlobExchange,
+        session_for: Callable[[str], LinkSession | None],
+        work_dir: Path,
+        *,
+        esphome_version: Callable[[], str],
+        on_duration: Callable[[str, float], None] = lambda _fp, _s: None,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        self.toolchain = toolchain
+        self.blobs = blobs
+        self._session_for = session_for
+        self.work_dir = work_dir
+        self._esphome_version = esphome_version
+        self._on_duration = on_duration
+        self._env = env
+        self._follow: dict[tuple[LinkSession, str], asyncio.Queue[object]] = {}
+
+    def register(self, router: Router) -> None:
+        router.on(LogLine, self._on_remote_message)
+        router.on(JobState, self._on_remote_message)
+
+    def session_lost(self, session: LinkSession) -> None:
+        for (owner, _job_id), queue in self._follow.items():
+            if owner is session:
+                queue.put_nowait(_LOST)
+
+    async def _on_remote_message(self, session: LinkSession, message: LogLine | JobState) -> None:
+        queue = self._follow.get((session, message.job_id))
+        if queue is not None:
+            queue.put_nowait(message)
+
+    # -- the runner -------------------------------------------------------------------
+
+    async def run(self, ctx: JobContext) -> None:
+        job = ctx.job
+        fingerprint = job.runner or ""
+        session = self._session_for(fingerprint)
+        if session is None:
+            raise Reroute(f"receiver {fingerprint[:16]} is not connected", exclude=fingerprint)
+        config = Path(job.configuration)
+        started = time.monotonic()
+        ctx.log(f"[meshd] offloading compile to {fingerprint[:16]}")
+        manifest_digest, manifest_size, digests = await self._bundle(ctx, config)
+
+        queue: asyncio.Queue[object] = asyncio.Queue()
+        key = (session, job.id)
+        self._follow[key] = queue
+        accepted = False
+        try:
+            try:
+                reply = await session.request(HaveQuery(tuple(bytes.fromhex(d) for d in digests)))
+                if not isinstance(reply, HaveReply):
+                    raise Reroute("receiver answered have_query oddly", exclude=fingerprint)
+                missing = [d.hex() for d in reply.missing]
+                sent = await self.blobs.push(session, missing)
+                ctx.log(
+                    f"[meshd] sent {len(missing)} of {len(digests)} bundle files ({sent} bytes); "
+                    "the rest the receiver already had"
+                )
+                answer = await session.request(
+                    CompileRequest(
+                        job_id=job.id,
+                        configuration=config.name,
+                        esphome_version=self._esphome_version(),
+                        bundle_digest=bytes.fromhex(manifest_digest),
+                        bundle_size=manifest_size,
+                    )
+                )
+            except (LinkError, RequestFailed) as exc:
+                raise Reroute(
+                    f"lost receiver while sending the bundle: {exc}", fingerprint
+                ) from None
+            if isinstance(answer, CompileReject):
+                if answer.reason == "invalid":
+                    raise JobFailed(f"receiver refused the bundle: {answer.message}")
+                raise Reroute(f"receiver declined ({answer.reason}: {answer.message})", fingerprint)
+            if not isinstance(answer, CompileAccept):
+                raise Reroute(f"receiver answered {answer.TYPE}", exclude=fingerprint)
+            accepted = True
+            ctx.log(f"[meshd] receiver accepted the compile (queue position {answer.position})")
+            await self._follow_remote(ctx, queue, fingerprint)
+            await self._pull_artifacts(ctx, session, fingerprint, config)
+        except asyncio.CancelledError:
+            if accepted and not session.closed:
+                with contextlib.suppress(LinkError, TimeoutError):
+                    await asyncio.shield(
+                        asyncio.wait_for(
+                            session.send(Cancel(job.id, "cancelled on the offloader")),
+                            CANCEL_TIMEOUT,
+                        )
+                    )
+            raise
+        finally:
+            self._follow.pop(key, None)
+        self._on_duration(fingerprint, time.monotonic() - started)
+
+    async def _bundle(self, ctx: JobContext, config: Path) -> tuple[str, int, list[str]]:
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        archive = self.work_dir / f"{ctx.job.id}.esphomebundle.tar.gz"
+        try:
+            await create_bundle(self.toolchain, config, log=ctx.log, output=archive)
+            manifest = await asyncio.to_thread(read_bundle, archive, self.blobs.store)
+        except EsphomeFailed as exc:
+            raise JobFailed(str(exc)) from None
+        except ToolMissing as exc:
+            raise JobFailed(str(exc)) from None
+        except BundleRejected as exc:
+            raise JobFailed(f"cannot send this configuration: {exc}") from None
+        finally:
+            archive.unlink(missing_ok=True)
+        data = json.dumps(manifest.to_wire()).encode()
+        digest = self.blobs.store.put_bytes(data)
+        ctx.log(f"[meshd] bundle: {len(manifest.files)} files, {manifest.total_size} bytes")
+        return digest, len(data), [digest, *(f.digest for f in manifest.files)]
+
+    async def _follow_remote(
+        self, ctx: JobContext, queue: asyncio.Queue[object], fingerprint: str
+    ) -> None:
+        while True:
+            item = await queue.get()
+            if item is _LOST:
+                raise Reroute("lost the receiver during the compile", exclude=fingerprint)
+            if isinstance(item, LogLine):
+                ctx.log(item.line)
+            elif isinstance(item, JobState):
+                if item.state == "running":
+                    if item.progress is not None:
+                        ctx.progress(item.progress * 0.95)
+                elif item.state == "completed":
+                    return
+                elif item.state == "failed":
+                    raise JobFailed(item.error or "compile failed on the receiver")
+                elif item.state == "cancelled":
+                    raise Reroute(
+                        f"receiver cancelled the compile ({item.error or 'no reason'})",
+                        exclude=fingerprint,
+                    )
+
+    async def _fetch(self, session: LinkSession, digests: list[str]) -> None:
+        if not digests:
+            return
+        arrivals = self.blobs.expect(session, digests)
+        try:
+            await session.request(BlobRequest(tuple(bytes.fromhex(d) for d in digests)), BlobReply)
+            async with asyncio.timeout(FETCH_TIMEOUT):
+                await asyncio.gather(*arrivals)
+        finally:
+            self.blobs.done_expecting(session, digests)
+
+    async def _pull_artifacts(
+        self, ctx: JobContext, session: LinkSession, fingerprint: str, config: Path
+    ) -> None:
+        device = ctx.job.device or ""
+        method = FlashMethod.SERIAL if is_serial_device(device) else FlashMethod.OTA
+        try:
+            reply = await session.request(
+                ArtifactRequest(ctx.job.id, method.value, bool(ctx.job.args.get("elf"))),
+                ArtifactReply,
+            )
+            manifest_digest = reply.manifest_digest.hex()
+            if reply.manifest_size > 1024 * 1024:
+                raise JobFailed("receiver sent an oversize artifact manifest")
+            await self._fetch(session, self.blobs.store.missing([manifest_digest]))
+            manifest = ArtifactManifest.from_wire(
+                json.loads(self.blobs.store.path(manifest_digest).read_bytes())
+            )
+            missing = self.blobs.store.missing([f.digest for f in manifest.files])
+            await self._fetch(session, missing)
+        except (LinkError, TimeoutError) as exc:
+            raise Reroute(f"lost receiver while pulling artifacts: {exc}", fingerprint) from None
+        except RequestFailed as exc:
+            raise JobFailed(f"receiver could not provide artifacts: {exc}") from None
+        except (BundleRejected, ValueError) as exc:
+            raise JobFailed(f"receiver sent unusable artifacts: {exc}") from None
+        written = await asyncio.to_thread(
+            materialise_artifacts, manifest, self.blobs.store, config, self._env
+        )
+        ctx.log(
+            f"[meshd] received {len(manifest.files)} artifacts ({manifest.total_size} bytes, "
+            f"{len(missing)} transferred); wrote {len(written)} files for esphome upload"
+        )
+        ctx.progress(1.0)

@@ -1,0 +1,394 @@
+#!/usr/bin/env python3
+"""A stand-in for the ``esphome`` CLI: the subset meshd runs, with controllable timing.
+
+Tests and benchmarks that are about meshd (queues, shutdown, the mesh) rather than
+about ESPHome point ``--esphome`` at ``python standin_esphome.py``: a compile then
+takes exactly as long as asked, can fail on demand, and still leaves the files real
+esphome leaves, where it leaves them, so ``meshd/build/storage.py`` reads them:
+
+* ``<data_dir>/storage/<config file name>.json``: a StorageJSON (``storage_version``
+  1, ``name``, ``esp_platform``, ``core_platform``, ``build_path``,
+  ``firmware_bin_path``...), where ``<data_dir>`` is ``$ESPHOME_DATA_DIR`` or
+  ``<config dir>/.esphome``;
+* the firmware at ``<build>/.pioenvs/<name>/program`` (host) or ``firmware.bin``.
+
+Commands: ``version``, ``config``, ``compile``, ``upload --device``, ``clean``,
+``clean-all``, ``rename``, ``bundle [-o OUT] [--list-only]``; global options
+``--dashboard`` (progress bars as the dashboard gets them), ``-v``, ``-q``. Output uses
+esphome's shapes (``INFO ...`` records, ``Compiling app... Build path: ...``,
+PlatformIO's ``Compiling .pioenvs/...`` lines, ``Uploading: [===   ] 42%``,
+``Failed config`` blocks) so meshd's progress and failure parsing sees real input.
+
+Behaviour is set per configuration by comment lines in the YAML, or for every run by
+environment variables (which win)::
+
+    # standin: compile_seconds=30      STANDIN_COMPILE_SECONDS
+    # standin: upload_seconds=2        STANDIN_UPLOAD_SECONDS
+    # standin: compile_fail=1          STANDIN_COMPILE_FAIL  (a compiler error)
+    # standin: upload_fail=1           STANDIN_UPLOAD_FAIL   (connection refused)
+    # standin: invalid=1               STANDIN_INVALID       (a Failed config block)
+
+``STANDIN_ESPHOME_VERSION`` sets the version (default 2026.6.5). Every upload appends
+``{"device", "config", "firmware", "sha256"}`` to ``<data_dir>/standin-uploads.jsonl``
+so a test can see what was "flashed". ``STANDIN_PID_FILE`` (if set) receives the pid
+of a running compile, so a test can check it was killed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+import os
+import re
+import shutil
+import sys
+import tarfile
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+VERSION = os.environ.get("STANDIN_ESPHOME_VERSION", "2026.6.5")
+# How many fake objects a compile "builds"; progress moves once per object.
+OBJECTS = 20
+_DIRECTIVE_RE = re.compile(r"^\s*#\s*standin:\s*(\w+)\s*=\s*(\S+)")
+_ALLOWED_NAME = re.compile(r"^[a-z0-9-]+$")
+_PLATFORMS = {"host": "HOST", "esp8266": "ESP8266", "esp32": "ESP32", "rp2040": "RP2040"}
+
+DASHBOARD = False
+
+
+class _Loader(yaml.SafeLoader):
+    """PyYAML that keeps ESPHome's tags (!secret, !lambda...) as plain values."""
+
+
+def _any_tag(loader: _Loader, _suffix: str, node: yaml.Node) -> Any:
+    if isinstance(node, yaml.ScalarNode):
+        return loader.construct_scalar(node)
+    if isinstance(node, yaml.SequenceNode):
+        return loader.construct_sequence(node)
+    return loader.construct_mapping(node)  # type: ignore[arg-type]
+
+
+_Loader.add_multi_constructor("!", _any_tag)
+
+
+def log(level: str, message: str) -> None:
+    """An esphome log record on stderr (colour codes escaped as with --dashboard)."""
+    colour = {"INFO": "32", "WARNING": "33", "ERROR": "31"}.get(level, "0")
+    prefix = f"\\033[{colour}m" if DASHBOARD else ""
+    suffix = "\\033[0m" if DASHBOARD else ""
+    print(f"{prefix}{level} {message}{suffix}", file=sys.stderr, flush=True)
+
+
+def out(line: str) -> None:
+    print(line, flush=True)
+
+
+class Config:
+    """What the stand-in needs from a YAML file: name, platform, directives."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path.absolute()
+        self.text = path.read_text(encoding="utf-8")
+        self.data: dict[str, Any] = yaml.load(self.text, Loader=_Loader) or {}
+        self.directives: dict[str, str] = {}
+        for line in self.text.splitlines():
+            match = _DIRECTIVE_RE.match(line)
+            if match:
+                self.directives[match.group(1)] = match.group(2)
+
+    def setting(self, key: str, default: str = "") -> str:
+        return os.environ.get(f"STANDIN_{key.upper()}") or self.directives.get(key, default)
+
+    def flag(self, key: str) -> bool:
+        return self.setting(key, "0").lower() in ("1", "true", "yes")
+
+    @property
+    def name(self) -> str:
+        return str((self.data.get("esphome") or {}).get("name", ""))
+
+    @property
+    def platform(self) -> str:
+        return next((key for key in _PLATFORMS if key in self.data), "")
+
+    @property
+    def data_dir(self) -> Path:
+        env = os.environ.get("ESPHOME_DATA_DIR")
+        return Path(env) if env else self.path.parent / ".esphome"
+
+    @property
+    def build_path(self) -> Path:
+        return self.data_dir / "build" / self.name
+
+    @property
+    def firmware(self) -> Path:
+        leaf = "program" if self.platform == "host" else "firmware.bin"
+        return self.build_path / ".pioenvs" / self.name / leaf
+
+    @property
+    def storage(self) -> Path:
+        return self.data_dir / "storage" / f"{self.path.name}.json"
+
+
+def load(path_text: str) -> Config:
+    """Read and validate a configuration the way esphome reports problems; exit 2 on error."""
+    path = Path(path_text)
+    log("INFO", f"ESPHome {VERSION}")
+    log("INFO", f"Reading configuration {path_text}...")
+    try:
+        config = Config(path)
+    except FileNotFoundError:
+        log("ERROR", f"Error while reading config: Could not read configuration file {path}")
+        sys.exit(2)
+    except yaml.YAMLError as exc:
+        log("ERROR", f"Error while reading config: Invalid YAML syntax:\n\n{exc}")
+        sys.exit(2)
+    problems = []
+    if not config.name:
+        problems.append(("esphome", "[name] is a required option for [esphome]."))
+    if not config.platform:
+        problems.append(("esphome", "Platform missing. You must include one of the platforms."))
+    if config.flag("invalid"):
+        problems.append(
+            ("logger", "[levelx] is an invalid option for [logger]. Did you mean [level]?")
+        )
+    if problems:
+        out("Failed config")
+        out("")
+        for section, message in problems:
+            out(f"{section}: [source {path_text}:1]")
+            out("  ")
+            out(f"  {message}")
+        sys.exit(2)
+    return config
+
+
+def cmd_version(_args: argparse.Namespace) -> int:
+    out(f"Version: {VERSION}")
+    return 0
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    config = load(args.configuration)
+    log("INFO", "Configuration is valid!")
+    out(config.text.rstrip("\n"))
+    return 0
+
+
+def _storage_json(config: Config) -> dict[str, Any]:
+    return {
+        "storage_version": 1,
+        "name": config.name,
+        "friendly_name": None,
+        "comment": None,
+        "esphome_version": VERSION,
+        "src_version": 1,
+        "address": f"{config.name}.local",
+        "web_port": None,
+        "esp_platform": _PLATFORMS[config.platform],
+        "build_path": str(config.build_path),
+        "firmware_bin_path": str(config.firmware),
+        "loaded_integrations": sorted(k for k in config.data if isinstance(k, str)),
+        "loaded_platforms": [],
+        "no_mdns": False,
+        "framework": "host" if config.platform == "host" else "arduino",
+        "core_platform": config.platform,
+        "toolchain": "platformio",
+        "area": None,
+        "framework_version": None,
+    }
+
+
+def compile_config(config: Config) -> int:
+    seconds = float(config.setting("compile_seconds", "0"))
+    if os.environ.get("STANDIN_PID_FILE"):
+        Path(os.environ["STANDIN_PID_FILE"]).write_text(str(os.getpid()), encoding="utf-8")
+    log("INFO", "Generating C++ source...")
+    src = config.build_path / "src"
+    src.mkdir(parents=True, exist_ok=True)
+    for index in range(OBJECTS):
+        (src / f"unit{index:02d}.cpp").write_text(f"// stand-in unit {index}\n", encoding="utf-8")
+    log("INFO", f"Compiling app... Build path: {config.build_path}")
+    out(f"Processing {config.name} (platform: {config.platform})")
+    for index in range(OBJECTS):
+        time.sleep(seconds / OBJECTS)
+        out(f"Compiling .pioenvs/{config.name}/src/unit{index:02d}.o")
+        if config.flag("compile_fail") and index == OBJECTS // 2:
+            out(f"src/unit{index:02d}.cpp:1:1: error: stand-in compile failure")
+            out(f"*** [.pioenvs/{config.name}/src/unit{index:02d}.o] Error 1")
+            out("========================= [FAILED] Took 0.10 seconds =========================")
+            return 1
+    out(f"Linking .pioenvs/{config.name}/program")
+    config.firmware.parent.mkdir(parents=True, exist_ok=True)
+    digest = hashlib.sha256(config.text.encode()).hexdigest()
+    config.firmware.write_bytes(f"standin firmware {config.name} {digest}\n".encode())
+    config.storage.parent.mkdir(parents=True, exist_ok=True)
+    config.storage.write_text(json.dumps(_storage_json(config), indent=2) + "\n", encoding="utf-8")
+    validated = config.storage.with_name(f"{config.path.name}.validated.yaml")
+    validated.write_text(config.text, encoding="utf-8")
+    out("========================= [SUCCESS] Took 0.10 seconds =========================")
+    log("INFO", f"Successfully compiled program to path '{config.firmware}'")
+    return 0
+
+
+def cmd_compile(args: argparse.Namespace) -> int:
+    return compile_config(load(args.configuration))
+
+
+def upload_config(config: Config, device: str) -> int:
+    try:
+        storage = json.loads(config.storage.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        storage = None
+    firmware = Path(storage["firmware_bin_path"]) if storage else config.firmware
+    if not firmware.is_file():
+        log("ERROR", f"Firmware file {firmware} does not exist. Compile it first.")
+        return 1
+    port = 6053 if config.platform == "host" else 3232
+    log("INFO", f"Connecting to {device} port {port}...")
+    if config.flag("upload_fail"):
+        log("ERROR", f"Connecting to {device} port {port} failed: [Errno 111] Connection refused")
+        return 1
+    log("INFO", f"Connected to {device}")
+    payload = firmware.read_bytes()
+    log("INFO", f"Uploading {firmware} ({len(payload)} bytes)")
+    seconds = float(config.setting("upload_seconds", "0"))
+    for percent in range(0, 101, 10):
+        time.sleep(seconds / 11)
+        if DASHBOARD:
+            bar = "=" * (percent // 5)
+            sys.stderr.write(f"\rUploading: [{bar:<20}] {percent}% ")
+            sys.stderr.flush()
+    if DASHBOARD:
+        sys.stderr.write("\n")
+    log("INFO", f"Upload took {seconds:.2f} seconds, waiting for result...")
+    log("INFO", "OTA successful")
+    record = {
+        "device": device,
+        "config": str(config.path),
+        "firmware": str(firmware),
+        "sha256": hashlib.sha256(payload).hexdigest(),
+    }
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    with (config.data_dir / "standin-uploads.jsonl").open("a", encoding="utf-8") as handle:
+        handle.write(json.dumps(record) + "\n")
+    log("INFO", "Successfully uploaded program.")
+    return 0
+
+
+def cmd_upload(args: argparse.Namespace) -> int:
+    if not args.device:
+        log("ERROR", "No device given (--device)")
+        return 2
+    return upload_config(load(args.configuration), args.device)
+
+
+def cmd_clean(args: argparse.Namespace) -> int:
+    config = load(args.configuration)
+    log("INFO", f"Deleting {config.build_path}")
+    shutil.rmtree(config.build_path, ignore_errors=True)
+    log("INFO", "Done!")
+    return 0
+
+
+def cmd_clean_all(args: argparse.Namespace) -> int:
+    for directory in args.configuration:
+        target = Path(directory) / ".esphome"
+        log("INFO", f"Cleaning {target}")
+        shutil.rmtree(target, ignore_errors=True)
+    log("INFO", "Done!")
+    return 0
+
+
+def cmd_rename(args: argparse.Namespace) -> int:
+    config = load(args.configuration)
+    if not _ALLOWED_NAME.match(args.name):
+        out(
+            f"'{args.name}' is an invalid name. Valid characters are: "
+            "abcdefghijklmnopqrstuvwxyz0123456789- (lowercase, no spaces)"
+        )
+        return 1
+    new_path = config.path.with_name(f"{args.name}.yaml")
+    new_text = re.sub(r"(?m)^(\s*name:\s*)\S+", rf"\g<1>{args.name}", config.text, count=1)
+    new_path.write_text(new_text, encoding="utf-8")
+    log("INFO", f"Writing {new_path}")
+    renamed = Config(new_path)
+    code = compile_config(renamed) or upload_config(renamed, f"{config.name}.local")
+    if code:
+        new_path.unlink(missing_ok=True)
+        return code
+    config.path.unlink()
+    log("INFO", f"Successfully renamed {config.name} to {args.name}")
+    return 0
+
+
+def cmd_bundle(args: argparse.Namespace) -> int:
+    config = load(args.configuration)
+    files = [config.path.name]
+    secrets = config.path.parent / "secrets.yaml"
+    if secrets.is_file():
+        files.append(secrets.name)
+    if args.list_only:
+        for name in files:
+            out(f"  {name}")
+        return 0
+    target = Path(args.output or config.path.with_name(f"{config.path.stem}.esphomebundle.tar.gz"))
+    # Real esphome writes manifest.json first (esphome/bundle.py, manifest_version 1).
+    manifest = {
+        "manifest_version": 1,
+        "esphome_version": VERSION,
+        "config_filename": config.path.name,
+        "files": files,
+        "has_secrets": secrets.is_file(),
+    }
+    data = json.dumps(manifest, indent=2).encode()
+    with tarfile.open(target, "w:gz") as tar:
+        info = tarfile.TarInfo("manifest.json")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+        for name in files:
+            tar.add(config.path.parent / name, arcname=name)
+    log("INFO", f"Bundle written to {target}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    global DASHBOARD
+    parser = argparse.ArgumentParser(prog="esphome")
+    parser.add_argument("--dashboard", action="store_true")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    parser.add_argument("-q", "--quiet", action="store_true")
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("version").set_defaults(func=cmd_version)
+    for name, func in (("config", cmd_config), ("compile", cmd_compile), ("clean", cmd_clean)):
+        sub = commands.add_parser(name)
+        sub.add_argument("configuration")
+        sub.add_argument("--show-secrets", action="store_true")
+        sub.set_defaults(func=func)
+    sub = commands.add_parser("upload")
+    sub.add_argument("configuration")
+    sub.add_argument("--device")
+    sub.set_defaults(func=cmd_upload)
+    sub = commands.add_parser("clean-all")
+    sub.add_argument("configuration", nargs="+")
+    sub.set_defaults(func=cmd_clean_all)
+    sub = commands.add_parser("rename")
+    sub.add_argument("configuration")
+    sub.add_argument("name")
+    sub.set_defaults(func=cmd_rename)
+    sub = commands.add_parser("bundle")
+    sub.add_argument("configuration")
+    sub.add_argument("-o", "--output")
+    sub.add_argument("--list-only", action="store_true")
+    sub.set_defaults(func=cmd_bundle)
+    args = parser.parse_args(argv)
+    DASHBOARD = args.dashboard
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
