@@ -96,6 +96,8 @@ def _ineligibility(
         return "not connected"
     if not peer.accepts_builds:
         return "does not accept builds"
+    if not local_version and policy is not VersionPolicy.ANY:
+        return "the local esphome version is not known yet"
     if not compatible(local_version, peer.esphome_version, policy):
         return f"esphome {peer.esphome_version} is not {policy.value}-compatible"
     if peer.fingerprint in job.excluded:

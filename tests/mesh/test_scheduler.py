@@ -128,3 +128,12 @@ def test_version_policies() -> None:
     assert not compatible(V, None, VersionPolicy.RELEASE)
     assert not compatible(V, "2026.6.4", VersionPolicy.EXACT)
     assert compatible(V, V, VersionPolicy.EXACT_REQUIRED)
+
+
+def test_unknown_local_version_builds_locally_until_probed() -> None:
+    d = plan([JOB], [peer("a", 1.0)], local_version="", local_free=True)[0]
+    assert d.kind is Kind.LOCAL and "not known yet" in d.reason
+    anyway = plan(
+        [JOB], [peer("a", 1.0)], local_version="", local_free=True, policy=VersionPolicy.ANY
+    )[0]
+    assert anyway.peer == "fp-a"
