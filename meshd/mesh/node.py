@@ -78,7 +78,10 @@ class MeshNode:
         self.engine = engine
         self.identity: Identity = load_or_create(data_dir)
         self.trust = TrustStore.open(data_dir)
-        self.registry = Registry(is_trusted=lambda fp: self.trust.get(fp) is not None)
+        self.registry = Registry(
+            is_trusted=lambda fp: self.trust.get(fp) is not None,
+            own_fingerprint=self.identity.fingerprint_hex,
+        )
         self.store = ContentStore(data_dir / "mesh" / "cas")
         self.builds_root = data_dir / "mesh" / "builds"
         self._esphome_version = esphome_version

@@ -1,0 +1,190 @@
+"""The local control API's server: app state, token authentication, errors, life cycle.
+
+The API is how the CLI (and anything else on the machine) talks to the daemon. It is
+local by default (127.0.0.1) but still authenticated: any local user could otherwise
+flash any device. The token is a random secret the daemon keeps in
+``<data-dir>/api.json`` (mode 0600), next to the URL the server actually bound (port 0
+is allowed), so a client with read access to the data dir needs nothing else.
+
+This package knows nothing about the daemon that composes it: it gets the engine, a
+:class:`NodeInfo` and :class:`ApiHooks` (where the mesh later plugs in its identity and
+peer registry), so the import direction stays ``daemon → api → jobs``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import logging
+import os
+import secrets
+import tempfile
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from aiohttp import WSCloseCode, web
+
+from meshd.api.routes import routes
+from meshd.api.state import (
+    API_PREFIX,
+    CLOSING_KEY,
+    ENGINE_KEY,
+    HOOKS_KEY,
+    NODE_KEY,
+    TOKEN_KEY,
+    WEBSOCKETS_KEY,
+    ApiHooks,
+    NodeInfo,
+)
+from meshd.api.validation import ApiError
+from meshd.config import HostPort
+from meshd.jobs.engine import Engine
+
+_LOGGER = logging.getLogger(__name__)
+
+API_FILENAME = "api.json"
+# 256 bits: the token guards flashing firmware onto every device this node reaches.
+TOKEN_BYTES = 32
+# Job requests are small JSON objects; anything bigger is a mistake or an attack.
+MAX_REQUEST_BYTES = 64 * 1024
+
+
+def error_response(error: ApiError) -> web.Response:
+    return web.json_response(error.body(), status=error.status)
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every error leaves as JSON: ``ApiError`` as is, aiohttp's HTTP errors wrapped."""
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        return error_response(exc)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = exc.reason.lower().replace(" ", "_")
+        return error_response(ApiError(exc.status, code, exc.text or exc.reason))
+
+
+@web.middleware
+async def _auth(request: web.Request, handler: Handler) -> web.StreamResponse:
+    expected = request.app[TOKEN_KEY]
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    # compare_digest: the token must not leak through response timing.
+    if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip(), expected):
+        problem = "missing" if not header else "wrong"
+        raise ApiError(
+            401,
+            "unauthorized",
+            f"{problem} API token: send 'Authorization: Bearer TOKEN' "
+            f"(the token is in <data-dir>/{API_FILENAME})",
+        )
+    return await handler(request)
+
+
+def load_token(data_dir: Path) -> str | None:
+    """The token of a previous run, so scripts given ``--token`` survive restarts."""
+    try:
+        data = json.loads((data_dir / API_FILENAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    token = data.get("token") if isinstance(data, dict) else None
+    return token if isinstance(token, str) and len(token) >= 32 else None
+
+
+def write_api_file(data_dir: Path, url: str, token: str) -> Path:
+    """Write ``api.json`` atomically with mode 0600: never a moment it is readable by all."""
+    target = data_dir / API_FILENAME
+    fd, tmp = tempfile.mkstemp(prefix=".api.", suffix=".tmp", dir=data_dir)
+    try:
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump({"url": url, "token": token}, handle)
+            handle.write("\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        Path(tmp).replace(target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            Path(tmp).unlink()
+        raise
+    return target
+
+
+class ApiServer:
+    """The aiohttp app on ``AppRunner``/``TCPSite``; ``url`` is known after ``start()``."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        node: NodeInfo,
+        *,
+        bind: HostPort,
+        token: str | None = None,
+        hooks: ApiHooks | None = None,
+    ) -> None:
+        self.engine = engine
+        self.node = node
+        self.bind = bind
+        self.token = token or secrets.token_urlsafe(TOKEN_BYTES)
+        self.hooks = hooks or ApiHooks()
+        self.url: str | None = None
+        self._runner: web.AppRunner | None = None
+
+    def make_app(self) -> web.Application:
+        app = web.Application(middlewares=[_errors, _auth], client_max_size=MAX_REQUEST_BYTES)
+        app[ENGINE_KEY] = self.engine
+        app[NODE_KEY] = self.node
+        app[HOOKS_KEY] = self.hooks
+        app[TOKEN_KEY] = self.token
+        app[WEBSOCKETS_KEY] = set()
+        app[CLOSING_KEY] = asyncio.Event()
+        app.add_routes(routes(API_PREFIX))
+        # Mesh routes (pairing, trust...) get the same middlewares: JSON errors, auth.
+        app.add_routes(self.hooks.routes)
+        app.on_shutdown.append(_close_streams)
+        return app
+
+    async def start(self) -> str:
+        """Bind and serve; returns the URL (with the real port when asked for port 0)."""
+        # A short shutdown timeout: streams are ended by on_shutdown, anything left is cut.
+        runner = web.AppRunner(
+            self.make_app(), access_log=None, handle_signals=False, shutdown_timeout=5.0
+        )
+        await runner.setup()
+        site = web.TCPSite(runner, self.bind.host, self.bind.port, reuse_address=True)
+        try:
+            await site.start()
+        except BaseException:
+            await runner.cleanup()
+            raise
+        self._runner = runner
+        port = self.bind.port
+        for address in runner.addresses:
+            if isinstance(address, tuple) and len(address) >= 2:
+                port = int(address[1])
+                break
+        self.url = f"http://{HostPort(self.bind.host, port)}"
+        _LOGGER.info("control API listening on %s", self.url)
+        return self.url
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+
+async def _close_streams(app: web.Application) -> None:
+    """End log followers and close websockets so shutdown does not wait for jobs."""
+    app[CLOSING_KEY].set()
+    sockets: set[web.WebSocketResponse] = app[WEBSOCKETS_KEY]
+    for ws in list(sockets):
+        with contextlib.suppress(Exception):
+            await ws.close(code=WSCloseCode.GOING_AWAY, message=b"meshd is shutting down")

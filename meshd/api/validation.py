@@ -1,0 +1,197 @@
+"""Turn an HTTP job request into something the engine can take, or a clear 4xx error.
+
+The engine trusts its callers; the API is where user input meets it. Checks here are
+the ones a user can act on at once and that would otherwise surface minutes later as
+a failed job: the configuration file must exist, its YAML must parse (with the
+parser's line and column), an upload needs a device. Everything semantic (unknown
+components, bad pins) is esphome's business: the compile job fails with its message.
+
+Paths are resolved to absolute paths here, because the daemon does not share the
+client's working directory, and every later step (logs, supersede by configuration,
+esphome's ``.esphome`` directory) must agree on one name for one file.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from meshd.jobs.model import JobType
+
+INSTALL = "install"
+JOB_KINDS = (*(t.value for t in JobType), INSTALL)
+
+# ESPHome's own rule (esphome.const.ALLOWED_NAME_CHARS) plus the underscore it warns
+# about; anything else could also turn ``NEW_NAME.yaml`` into a path elsewhere.
+_NEW_NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,63}$")
+
+_FIELDS = frozenset({"type", "configuration", "device", "new_name", "local", "cwd"})
+
+
+class ApiError(Exception):
+    """An error answered as ``{"error": {"code", "message", ...details}}`` with ``status``."""
+
+    def __init__(self, status: int, code: str, message: str, **details: Any) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.details = details
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"code": self.code, "message": self.message, **self.details}}
+
+
+def bad_request(code: str, message: str, **details: Any) -> ApiError:
+    return ApiError(400, code, message, **details)
+
+
+@dataclass(frozen=True)
+class JobRequest:
+    """A validated request: ``kind`` is a job type or ``install``."""
+
+    kind: str
+    configuration: str
+    device: str | None = None
+    args: dict[str, Any] = field(default_factory=dict)
+
+
+class _SyntaxLoader(yaml.SafeLoader):
+    """A loader used only to *compose* the node graph, never to construct objects.
+
+    Composing checks the whole YAML syntax (with marks for errors) while tags stay
+    uninterpreted, so ESPHome's ``!secret``, ``!include``, ``!lambda``, ``!extend`` and
+    any tag a future esphome adds pass, and a ``<<: !include`` merge is not mistaken
+    for an error as a full construct would.
+    """
+
+
+def check_yaml_syntax(path: Path) -> None:
+    """Raise ``ApiError`` (400) if ``path`` cannot be read or is not well-formed YAML."""
+    try:
+        with path.open(encoding="utf-8") as handle:
+            yaml.compose(handle, Loader=_SyntaxLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        details: dict[str, Any] = {"file": str(path), "detail": str(exc)}
+        where = ""
+        if mark is not None:
+            details["line"] = mark.line + 1
+            details["column"] = mark.column + 1
+            where = f" at line {mark.line + 1}, column {mark.column + 1}"
+        problem = exc.problem or exc.context or "syntax error"
+        raise bad_request(
+            "invalid_yaml", f"{path}: invalid YAML{where}: {problem}", **details
+        ) from None
+    except yaml.YAMLError as exc:
+        raise bad_request(
+            "invalid_yaml", f"{path}: invalid YAML: {exc}", file=str(path), detail=str(exc)
+        ) from None
+    except UnicodeDecodeError as exc:
+        raise bad_request(
+            "invalid_yaml",
+            f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})",
+            file=str(path),
+        ) from None
+    except OSError as exc:
+        raise bad_request(
+            "config_unreadable", f"{path}: cannot read: {exc.strerror or exc}", file=str(path)
+        ) from None
+
+
+def resolve_path(raw: str, cwd: str | None) -> Path:
+    """An absolute, normalised path; a relative one is taken against ``cwd`` if given
+    (the client's directory), else the daemon's working directory."""
+    path = Path(raw).expanduser()
+    if not path.is_absolute():
+        base = Path(cwd) if cwd else Path.cwd()
+        path = base / path
+    return path.resolve()
+
+
+def _string(body: dict[str, Any], key: str, *, required: bool = False) -> str | None:
+    value = body.get(key)
+    if value is None or value == "":
+        if required:
+            raise bad_request("missing_field", f"{key!r} is required", field=key)
+        return None
+    if not isinstance(value, str):
+        raise bad_request("invalid_field", f"{key!r} must be a string", field=key)
+    return value
+
+
+def parse_job_request(body: Any) -> JobRequest:
+    """Validate a ``POST /api/v1/jobs`` body; raise ``ApiError`` on anything wrong.
+
+    File checks happen here too (existence, YAML syntax): they are cheap next to a
+    compile and make the error synchronous.
+    """
+    if not isinstance(body, dict):
+        raise bad_request("invalid_body", "the request body must be a JSON object")
+    unknown = sorted(set(body) - _FIELDS)
+    if unknown:
+        raise bad_request(
+            "unknown_field", f"unknown field(s): {', '.join(unknown)}", fields=unknown
+        )
+    kind = _string(body, "type", required=True)
+    if kind not in JOB_KINDS:
+        raise bad_request(
+            "invalid_type",
+            f"unknown job type {kind!r} (one of: {', '.join(JOB_KINDS)})",
+            field="type",
+        )
+    raw_config = _string(body, "configuration", required=kind != JobType.RESET_BUILD_ENV.value)
+    cwd = _string(body, "cwd")
+    local = body.get("local", False)
+    if not isinstance(local, bool):
+        raise bad_request("invalid_field", "'local' must be true or false", field="local")
+    device = _string(body, "device")
+    if kind in (JobType.UPLOAD.value, INSTALL) and device is None:
+        raise bad_request(
+            "missing_device",
+            f"{kind} needs a device (an IP address or hostname for OTA, or a serial port)",
+            field="device",
+        )
+    args: dict[str, Any] = {}
+    if local:
+        # Read by the mesh scheduler: never dispatch this compile to a peer.
+        args["force_local"] = True
+
+    if kind == JobType.RESET_BUILD_ENV.value:
+        directory = resolve_path(raw_config or ".", cwd)
+        if directory.is_file():
+            directory = directory.parent
+        if not directory.is_dir():
+            raise bad_request(
+                "config_not_found",
+                f"configuration directory {directory} does not exist",
+                path=str(directory),
+            )
+        return JobRequest(kind, str(directory), device, args)
+
+    assert raw_config is not None
+    config = resolve_path(raw_config, cwd)
+    if not config.exists():
+        raise bad_request(
+            "config_not_found", f"configuration file {config} does not exist", path=str(config)
+        )
+    if not config.is_file():
+        raise bad_request(
+            "config_not_a_file", f"configuration {config} is not a file", path=str(config)
+        )
+    check_yaml_syntax(config)
+    if kind == JobType.RENAME.value:
+        new_name = _string(body, "new_name", required=True)
+        assert new_name is not None
+        if not _NEW_NAME_RE.match(new_name):
+            raise bad_request(
+                "invalid_name",
+                f"{new_name!r} is not a valid device name (letters, digits, '-' and '_')",
+                field="new_name",
+            )
+        args["new_name"] = new_name
+    return JobRequest(kind, str(config), device, args)

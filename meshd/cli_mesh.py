@@ -1,0 +1,178 @@
+"""Mesh commands of the ``meshd`` CLI: identity, trust, untrust, pair open/join.
+
+Like every client command they only talk to the daemon's control API; the daemon
+owns the identity key and the trust store.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+from rich.table import Table
+
+from meshd.api.client import Client
+from meshd.cli import EXIT_OK, _json, _print_json, cli, client_options, console, run_client
+
+
+@cli.command()
+@_json
+@client_options
+def identity(as_json: bool, **opts: Any) -> None:
+    """This node's identity: the fingerprint peers trust it by."""
+
+    async def run(client: Client) -> int:
+        info = await client.request("GET", "/identity")
+        if as_json:
+            _print_json(info)
+        else:
+            console.print(f"name:        {info['name']}")
+            console.print(f"fingerprint: {info['fingerprint_display']}")
+            console.print(f"short:       {info['short']}")
+            console.print(f"peer port:   {info['peer_port']}")
+        return EXIT_OK
+
+    run_client(opts, run)
+
+
+@cli.command()
+@click.argument("fingerprint")
+@click.option("--address", metavar="HOST:PORT", help="Where to reach it (else mDNS finds it).")
+@click.option("--name", default="", help="A name to show for it.")
+@click.option(
+    "--send-work/--no-send-work",
+    default=True,
+    help="It may send compiles to this node [yes].",
+)
+@click.option(
+    "--build-for-me/--no-build-for-me",
+    default=True,
+    help="This node may send it compiles (with your configurations and secrets) [yes].",
+)
+@_json
+@client_options
+def trust(
+    fingerprint: str,
+    address: str | None,
+    name: str,
+    send_work: bool,
+    build_for_me: bool,
+    as_json: bool,
+    **opts: Any,
+) -> None:
+    """Trust a peer by FINGERPRINT (as `meshd identity` shows it there), like SSH known hosts."""
+
+    async def run(client: Client) -> int:
+        body = {
+            "fingerprint": fingerprint,
+            "address": address,
+            "name": name,
+            "may_send_work": send_work,
+            "may_build_for_me": build_for_me,
+        }
+        peer = (await client.request("POST", "/trust", body))["trusted"]
+        if as_json:
+            _print_json(peer)
+        else:
+            roles = [
+                r for r, on in (("send work", send_work), ("build for me", build_for_me)) if on
+            ]
+            console.print(f"trusted {peer['fingerprint'][:16]} ({', '.join(roles) or 'no roles'})")
+        return EXIT_OK
+
+    run_client(opts, run)
+
+
+@cli.command()
+@click.argument("fingerprint")
+@client_options
+def untrust(fingerprint: str, **opts: Any) -> None:
+    """Stop trusting a peer; its open session is closed."""
+
+    async def run(client: Client) -> int:
+        removed = (await client.request("DELETE", f"/trust/{fingerprint.replace(' ', '')}"))[
+            "removed"
+        ]
+        console.print(f"no longer trusting {removed[:16]}")
+        return EXIT_OK
+
+    run_client(opts, run)
+
+
+@cli.command(name="trusted")
+@_json
+@client_options
+def trusted(as_json: bool, **opts: Any) -> None:
+    """The trust store: peers this node trusts, and for what."""
+
+    async def run(client: Client) -> int:
+        peers = (await client.request("GET", "/trust"))["trusted"]
+        if as_json:
+            _print_json({"trusted": peers})
+            return EXIT_OK
+        table = Table(box=None, header_style="bold")
+        for column in ("NAME", "FINGERPRINT", "SEND WORK", "BUILD FOR ME", "ADDRESSES"):
+            table.add_column(column)
+        for peer in peers:
+            table.add_row(
+                peer["name"] or "-",
+                peer["fingerprint"][:16],
+                "yes" if peer["may_send_work"] else "no",
+                "yes" if peer["may_build_for_me"] else "no",
+                ", ".join(peer["addresses"]) or "-",
+            )
+        console.print(table if peers else "no trusted peers")
+        return EXIT_OK
+
+    run_client(opts, run)
+
+
+@cli.group()
+def pair() -> None:
+    """Pair two nodes with a one-time code (for headless machines)."""
+
+
+@pair.command(name="open")
+@click.option("--ttl", type=float, default=300.0, show_default=True, help="Window in seconds.")
+@_json
+@client_options
+def pair_open(ttl: float, as_json: bool, **opts: Any) -> None:
+    """On the receiver: open a pairing window and print its one-time code."""
+
+    async def run(client: Client) -> int:
+        window = await client.request("POST", "/pair/open", {"ttl": ttl})
+        if as_json:
+            _print_json(window)
+        else:
+            console.print(f"pairing code: [bold]{window['code']}[/bold]")
+            console.print(
+                f"on the offloader, within {window['expires_in']:.0f} s: "
+                f"meshd pair join THIS-HOST:{window['peer_port']} {window['code']}",
+                highlight=False,
+            )
+        return EXIT_OK
+
+    run_client(opts, run)
+
+
+@pair.command(name="join")
+@click.argument("address", metavar="HOST:PORT")
+@click.argument("code")
+@_json
+@client_options
+def pair_join(address: str, code: str, as_json: bool, **opts: Any) -> None:
+    """On the offloader: pair with the receiver at HOST:PORT using its CODE."""
+
+    async def run(client: Client) -> int:
+        peer = (await client.request("POST", "/pair/join", {"address": address, "code": code}))[
+            "trusted"
+        ]
+        if as_json:
+            _print_json(peer)
+        else:
+            console.print(
+                f"paired: now trusting {peer['name'] or '?'} ({peer['fingerprint'][:16]})"
+            )
+        return EXIT_OK
+
+    run_client(opts, run)

@@ -1,0 +1,317 @@
+"""Daemon settings: embedded defaults < TOML file < ``MESHD_*`` environment < flags.
+
+One frozen :class:`Settings` object is built once at start and handed to the daemon;
+nothing reads the environment or the config file after that, so a running daemon's
+behaviour is fixed by what ``meshd serve`` logged at start.
+
+Layers, lowest first:
+
+1. embedded defaults (the field defaults of :class:`Settings`);
+2. the TOML file: ``--config``/``MESHD_CONFIG``, else ``<data-dir>/meshd.toml`` or
+   ``$CONFIGURATION_DIRECTORY/meshd.toml`` (systemd's ``/etc/meshd``) if one exists.
+   Keys are the long option names (``-`` or ``_``); unknown keys are an error, so a
+   typo does not silently fall back to a default;
+3. ``MESHD_<KEY>`` environment variables (lists separated by commas or spaces;
+   booleans ``1/0``, ``true/false``, ``yes/no``, ``on/off``);
+4. command-line flags.
+
+The data directory is resolved before the file is read (it locates the default file):
+the flag, else ``MESHD_DATA_DIR``, else ``$STATE_DIRECTORY`` (set by systemd's
+``StateDirectory=``), else ``~/.local/share/meshd``. An explicit config file may
+also set ``data_dir``; it then applies unless a flag or ``MESHD_DATA_DIR`` says otherwise.
+
+The mesh options (peer link, mDNS, peers, policies, heartbeat) are only stored here;
+the mesh components read them from this object when they are wired into the daemon.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import shlex
+import socket
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+ENV_PREFIX = "MESHD_"
+CONFIG_FILENAME = "meshd.toml"
+
+# 6052 is ESPHome's dashboard and 6053 its native API; 6055/6056 stay clear of both.
+DEFAULT_API_PORT = 6055
+DEFAULT_PEER_PORT = 6056
+DEFAULT_UPLOAD_SLOTS = 4
+# Long enough that a busy Pi on Wi-Fi does not flap, short enough that a receiver that
+# vanished is noticed within half a minute.
+DEFAULT_HEARTBEAT = 10.0
+
+
+class ConfigError(ValueError):
+    """A setting has an invalid value; the message names the setting and its source."""
+
+
+class VersionPolicy(enum.StrEnum):
+    """Which receivers' esphome versions are compatible with ours (see DESIGN: scheduling)."""
+
+    ANY = "any"
+    RELEASE = "release"  # same YYYY.M release series
+    EXACT = "exact"  # prefer identical versions, fall back to local
+    EXACT_REQUIRED = "exact_required"  # identical or nothing
+
+
+@dataclass(frozen=True)
+class HostPort:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+
+def parse_host_port(text: str, *, default_port: int | None = None) -> HostPort:
+    """``HOST:PORT``, ``[V6]:PORT`` or (with ``default_port``) a bare host; port 0 is allowed."""
+    text = text.strip()
+    host, port_text = text, ""
+    if text.startswith("["):
+        close = text.find("]")
+        if close < 0:
+            raise ConfigError(f"{text!r}: unbalanced '[' in address")
+        host, rest = text[1:close], text[close + 1 :]
+        if rest and not rest.startswith(":"):
+            raise ConfigError(f"{text!r}: expected ':PORT' after ']'")
+        port_text = rest[1:]
+    elif text.count(":") == 1:
+        host, port_text = text.split(":")
+    if not port_text:
+        if default_port is None:
+            raise ConfigError(f"{text!r}: expected HOST:PORT")
+        return HostPort(host, default_port)
+    if not host:
+        raise ConfigError(f"{text!r}: missing host before ':PORT'")
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise ConfigError(f"{text!r}: port {port_text!r} is not a number") from None
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"{text!r}: port {port} out of range 0-65535")
+    return HostPort(host, port)
+
+
+def default_data_dir(env: Mapping[str, str] | None = None) -> Path:
+    """``$MESHD_DATA_DIR``, else systemd's ``$STATE_DIRECTORY``, else ``~/.local/share/meshd``."""
+    environ = os.environ if env is None else env
+    if environ.get("MESHD_DATA_DIR"):
+        return Path(environ["MESHD_DATA_DIR"]).expanduser()
+    state = environ.get("STATE_DIRECTORY")
+    if state:
+        # systemd may pass several colon-separated directories; the first is ours.
+        return Path(state.split(":")[0])
+    return Path.home() / ".local" / "share" / "meshd"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything ``meshd serve`` is configured with."""
+
+    data_dir: Path
+    api: HostPort = HostPort("127.0.0.1", DEFAULT_API_PORT)
+    peer_listen: HostPort = HostPort("0.0.0.0", DEFAULT_PEER_PORT)  # noqa: S104 - the LAN is the point
+    mdns: bool = True
+    """Advertise and browse with mDNS; off, only static peers and inbound sessions."""
+    mdns_interfaces: tuple[str, ...] = ()
+    """Empty: all interfaces."""
+    name: str = field(default_factory=socket.gethostname)
+    esphome: tuple[str, ...] = ("esphome",)
+    upload_slots: int = DEFAULT_UPLOAD_SLOTS
+    receiver: bool = True
+    offload: bool = True
+    peers: tuple[HostPort, ...] = ()
+    version_policy: VersionPolicy = VersionPolicy.RELEASE
+    include_local: bool = True
+    heartbeat: float = DEFAULT_HEARTBEAT
+    config_file: Path | None = None
+    """The TOML file that was read, if any (for the start-up log)."""
+
+    def describe(self) -> dict[str, Any]:
+        """A JSON-friendly view for logs and ``/api/v1/status``."""
+        out: dict[str, Any] = {}
+        for item in fields(self):
+            value = getattr(self, item.name)
+            if isinstance(value, tuple):
+                value = [str(v) for v in value]
+            elif value is not None and not isinstance(value, bool | int | float):
+                value = str(value)
+            out[item.name] = value
+        return out
+
+
+# -- value parsers: one per setting, shared by the TOML, environment and flag layers ----
+
+
+def _bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{value!r} is not a boolean (use true/false)")
+
+
+def _list(value: Any) -> list[str]:
+    if isinstance(value, list | tuple):
+        return [str(v) for v in value]
+    return [part for part in str(value).replace(",", " ").split() if part]
+
+
+def _positive_int(value: Any) -> int:
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{value!r} is not a whole number") from None
+    if number < 1:
+        raise ConfigError(f"{value!r} must be at least 1")
+    return number
+
+
+def _positive_float(value: Any) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{value!r} is not a number") from None
+    if number <= 0:
+        raise ConfigError(f"{value!r} must be greater than 0")
+    return number
+
+
+def _command(value: Any) -> tuple[str, ...]:
+    """A command as an argv prefix: a TOML list as is, a string shell-split."""
+    argv = [str(v) for v in value] if isinstance(value, list | tuple) else shlex.split(str(value))
+    if not argv:
+        raise ConfigError("the esphome command must not be empty")
+    return tuple(argv)
+
+
+def _name(value: Any) -> str:
+    text = str(value).strip()
+    if not text:
+        raise ConfigError("the node name must not be empty")
+    return text
+
+
+def _policy(value: Any) -> VersionPolicy:
+    try:
+        return VersionPolicy(str(value))
+    except ValueError:
+        choices = ", ".join(p.value for p in VersionPolicy)
+        raise ConfigError(f"{value!r} is not a version policy ({choices})") from None
+
+
+_PARSERS: dict[str, Callable[[Any], Any]] = {
+    "data_dir": lambda v: Path(str(v)).expanduser(),
+    "api": lambda v: parse_host_port(str(v), default_port=DEFAULT_API_PORT),
+    "peer_listen": lambda v: parse_host_port(str(v), default_port=DEFAULT_PEER_PORT),
+    "mdns": _bool,
+    "mdns_interfaces": lambda v: tuple(_list(v)),
+    "name": _name,
+    "esphome": _command,
+    "upload_slots": _positive_int,
+    "receiver": _bool,
+    "offload": _bool,
+    "peers": lambda v: tuple(parse_host_port(p, default_port=DEFAULT_PEER_PORT) for p in _list(v)),
+    "version_policy": _policy,
+    "include_local": _bool,
+    "heartbeat": _positive_float,
+}
+
+SETTING_NAMES = tuple(_PARSERS)
+
+
+def _parse_layer(raw: Mapping[str, Any], source: str) -> dict[str, Any]:
+    parsed: dict[str, Any] = {}
+    for key, value in raw.items():
+        parser = _PARSERS.get(key)
+        if parser is None:
+            known = ", ".join(SETTING_NAMES)
+            raise ConfigError(f"{source}: unknown setting {key!r} (known: {known})")
+        try:
+            parsed[key] = parser(value)
+        except ConfigError as exc:
+            raise ConfigError(f"{source}: {key}: {exc}") from None
+    return parsed
+
+
+def env_layer(env: Mapping[str, str]) -> dict[str, Any]:
+    """The ``MESHD_<KEY>`` variables that name a setting; other ``MESHD_*`` are ignored
+    (``MESHD_CONFIG``, and the client's ``MESHD_API_URL``/``MESHD_API_TOKEN``)."""
+    raw = {
+        key: env[ENV_PREFIX + key.upper()]
+        for key in SETTING_NAMES
+        if env.get(ENV_PREFIX + key.upper(), "") != ""
+    }
+    return _parse_layer(raw, "environment")
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """Parse a TOML settings file; a ``[meshd]`` table or top-level keys both work."""
+    try:
+        with path.open("rb") as handle:
+            data = tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"config file {path}: {exc}") from None
+    table = data.get("meshd", data)
+    if not isinstance(table, dict):
+        raise ConfigError(f"config file {path}: [meshd] must be a table")
+    normalised = {key.replace("-", "_"): value for key, value in table.items()}
+    return _parse_layer(normalised, str(path))
+
+
+def _implicit_config_file(data_dir: Path, environ: Mapping[str, str]) -> Path | None:
+    """``<data-dir>/meshd.toml``, else systemd's ``$CONFIGURATION_DIRECTORY/meshd.toml``."""
+    candidates = [data_dir / CONFIG_FILENAME]
+    if environ.get("CONFIGURATION_DIRECTORY"):
+        first = environ["CONFIGURATION_DIRECTORY"].split(":")[0]
+        candidates.append(Path(first) / CONFIG_FILENAME)
+    return next((path for path in candidates if path.is_file()), None)
+
+
+def load_settings(
+    flags: Mapping[str, Any] | None = None,
+    *,
+    config_file: Path | None = None,
+    env: Mapping[str, str] | None = None,
+) -> Settings:
+    """Merge the layers. ``flags`` maps setting names to values given on the command line
+    (``None`` means "not given"); ``config_file`` is ``--config``."""
+    environ = dict(os.environ if env is None else env)
+    given = {k: v for k, v in (flags or {}).items() if v is not None and v != ()}
+    flag_values = _parse_layer(given, "command line")
+    env_values = env_layer(environ)
+
+    explicit = config_file or (
+        Path(environ["MESHD_CONFIG"]).expanduser() if environ.get("MESHD_CONFIG") else None
+    )
+    data_dir = flag_values.get("data_dir") or env_values.get("data_dir")
+    file_values: dict[str, Any] = {}
+    used_file: Path | None = None
+    if explicit is not None:
+        file_values = read_config_file(explicit)
+        used_file = explicit
+    if data_dir is None:
+        data_dir = file_values.get("data_dir") or default_data_dir(environ)
+    if explicit is None:
+        used_file = _implicit_config_file(data_dir, environ)
+        if used_file is not None:
+            file_values = read_config_file(used_file)
+            # A file found by looking cannot move the data dir it was found through.
+            file_values.pop("data_dir", None)
+
+    merged: dict[str, Any] = {**file_values, **env_values, **flag_values}
+    merged["data_dir"] = Path(data_dir).expanduser().absolute()
+    return replace(Settings(data_dir=merged["data_dir"]), **merged, config_file=used_file)

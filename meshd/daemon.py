@@ -1,0 +1,267 @@
+"""The composition root: build every part of a node from its Settings, run, shut down.
+
+Order matters and is the contract with systemd and with clients:
+
+start:  job engine (restore, orphan cleanup) → services (the mesh, later) → control
+        API → ``api.json`` → ``READY=1`` → watchdog pings; ``esphome version`` runs in
+        the background and fills in the status once it answers;
+stop:   (SIGTERM/SIGINT, or a crashed lane) ``STOPPING=1`` → API (no new requests,
+        streams ended) → services in reverse → ``engine.stop()`` (interrupted jobs go
+        back to queued and run again after restart) → exit 0 (1 if a lane crashed).
+
+Where the mesh plugs in
+-----------------------
+* :meth:`Daemon.build_services` returns the long-running components (peer link
+  server, discovery, dispatch pool, receiver...) as :class:`Service` objects. They
+  are started after the engine and before the API, and stopped after the API and
+  before the engine, so no request reaches a half-started mesh and no remote compile
+  is in flight while the engine persists its jobs.
+* :attr:`Daemon.hooks` (:class:`meshd.api.ApiHooks`): ``fingerprint`` (the identity),
+  ``peers`` (the registry snapshot) and ``routes`` (pairing/trust endpoints) for the API.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import re
+import signal
+from collections.abc import Mapping
+from typing import Protocol
+
+from meshd import __version__
+from meshd.api.mesh_routes import mesh_routes
+from meshd.api.server import ApiServer, load_token, write_api_file
+from meshd.api.state import ApiHooks, NodeInfo
+from meshd.build.runners import make_runners
+from meshd.build.toolchain import Toolchain, ToolMissing
+from meshd.config import Settings
+from meshd.jobs.engine import Engine
+from meshd.jobs.model import JobType
+from meshd.jobs.runner import Runner
+from meshd.mesh.node import MeshSettings
+from meshd.mesh.scheduler import VersionPolicy as SchedulerPolicy
+from meshd.mesh.service import MeshService
+from meshd.sdnotify import Notifier
+
+_LOGGER = logging.getLogger(__name__)
+
+# esphome imports half of its dependencies before printing its version; a Pi under
+# load can take a while, and nothing waits for the answer.
+ESPHOME_VERSION_TIMEOUT = 120.0
+_VERSION_RE = re.compile(r"Version:\s*(\S+)")
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+
+
+class Service(Protocol):
+    """A long-running part of the daemon started and stopped with it (the mesh's shape)."""
+
+    name: str
+
+    async def start(self) -> None:
+        """Start serving; return once started. Raising aborts the daemon's start."""
+
+    async def stop(self) -> None:
+        """Stop and release everything; must not raise on a partly started service."""
+
+
+class Daemon:
+    """One node: the engine, the API, the services, and their life cycle."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        notifier: Notifier | None = None,
+        runners: Mapping[JobType, Runner] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.notifier = notifier or Notifier()
+        settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.toolchain = Toolchain.from_command(settings.esphome)
+        self.engine = Engine(
+            settings.data_dir,
+            runners if runners is not None else make_runners(self.toolchain),
+            upload_slots=settings.upload_slots,
+        )
+        self.node = NodeInfo(
+            name=settings.name, version=__version__, data_dir=str(settings.data_dir)
+        )
+        self.hooks = ApiHooks()
+        self._version_probed = asyncio.Event()
+        self.services: list[Service] = self.build_services()
+        self.api = ApiServer(
+            self.engine,
+            self.node,
+            bind=settings.api,
+            token=load_token(settings.data_dir),
+            hooks=self.hooks,
+        )
+        self._stop_requested: asyncio.Event | None = None
+
+    def build_services(self) -> list[Service]:
+        """The mesh, as one service; it also fills the API hooks (identity, peers, routes)."""
+        s = self.settings
+        mesh = MeshService(
+            s.data_dir,
+            self.engine,
+            self.toolchain,
+            MeshSettings(
+                name=s.name,
+                listen_host=s.peer_listen.host,
+                listen_port=s.peer_listen.port,
+                receiver=s.receiver,
+                offload=s.offload,
+                mdns=s.mdns,
+                mdns_interfaces=s.mdns_interfaces or None,
+                static_peers=tuple(str(peer) for peer in s.peers),
+                version_policy=SchedulerPolicy(s.version_policy.value),
+                include_local=s.include_local,
+                heartbeat=s.heartbeat,
+            ),
+            esphome_version=lambda: self.node.esphome_version,
+            version_known=self._version_probed.wait,
+        )
+        self.hooks.fingerprint = lambda: mesh.node.identity.fingerprint_hex
+        self.hooks.peers = mesh.node.peers
+        self.hooks.node = mesh.node.node_info
+        self.hooks.routes.extend(mesh_routes(mesh.node))
+        return [mesh]
+
+    def request_stop(self) -> None:
+        """Begin a clean shutdown (what SIGTERM and SIGINT do)."""
+        if self._stop_requested is not None:
+            self._stop_requested.set()
+
+    async def run(self) -> int:
+        """Run until asked to stop; returns the process exit code."""
+        loop = asyncio.get_running_loop()
+        self._stop_requested = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop)
+        started: list[Service] = []
+        background: list[asyncio.Task[None]] = []
+        exit_code = EXIT_OK
+        try:
+            await self.engine.start()
+            background.append(asyncio.create_task(self._probe_esphome(), name="esphome-version"))
+            for service in self.services:
+                await service.start()
+                started.append(service)
+            url = await self.api.start()
+            write_api_file(self.settings.data_dir, url, self.api.token)
+            self.notifier.ready(f"serving the control API on {url}")
+            _LOGGER.info(
+                "meshd %s ready (node %s, data in %s)",
+                __version__,
+                self.node.name,
+                self.settings.data_dir,
+            )
+            watchdog = self.notifier.start_watchdog()
+            if watchdog is not None:
+                background.append(watchdog)
+            exit_code = await self._wait_for_stop()
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+            self.notifier.stopping()
+            _LOGGER.info("shutting down")
+            for task in background:
+                task.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
+            await self._shutdown(started)
+        _LOGGER.info("stopped")
+        return exit_code
+
+    async def _wait_for_stop(self) -> int:
+        """Wait for a stop request, or for a lane to crash (exit 1 so systemd restarts)."""
+        assert self._stop_requested is not None
+        stop = asyncio.create_task(self._stop_requested.wait())
+        lanes = asyncio.create_task(self.engine.join())
+        try:
+            await asyncio.wait({stop, lanes}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+            lanes.cancel()
+        if lanes.done() and not lanes.cancelled():
+            error = lanes.exception()
+            _LOGGER.error("the job engine stopped unexpectedly: %r", error)
+            return EXIT_FAILURE
+        return EXIT_OK
+
+    async def _shutdown(self, started: list[Service]) -> None:
+        """API first (no new work), then services, then the engine; each step isolated."""
+        try:
+            await self.api.stop()
+        except Exception:
+            _LOGGER.exception("stopping the control API failed")
+        for service in reversed(started):
+            try:
+                await service.stop()
+            except Exception:
+                _LOGGER.exception("stopping %s failed", service.name)
+        await self.engine.stop()
+
+    async def _probe_esphome(self) -> None:
+        """Run ``esphome version`` once and cache it (never imported); the mesh waits on it."""
+        try:
+            await self._run_version_probe()
+        finally:
+            self._version_probed.set()
+
+    async def _run_version_probe(self) -> None:
+        lines: list[str] = []
+        try:
+            result = await asyncio.wait_for(
+                self.toolchain.run(self.toolchain.esphome_argv("version"), on_line=lines.append),
+                ESPHOME_VERSION_TIMEOUT,
+            )
+        except ToolMissing as exc:
+            _LOGGER.warning("esphome is not runnable (%s); set --esphome", exc)
+            return
+        except TimeoutError:
+            _LOGGER.warning("`esphome version` did not answer in %.0f s", ESPHOME_VERSION_TIMEOUT)
+            return
+        for line in lines:
+            match = _VERSION_RE.search(line)
+            if match is not None and result.returncode == 0:
+                self.node.esphome_version = match.group(1)
+                _LOGGER.info("esphome %s", self.node.esphome_version)
+                return
+        _LOGGER.warning(
+            "`esphome version` gave no version (exit %s): %s",
+            result.returncode,
+            " | ".join(lines[-5:]),
+        )
+
+
+def configure_logging(verbose: bool = False) -> None:
+    """Log to stderr; under systemd (``$JOURNAL_STREAM``) journald adds the timestamps."""
+    level = logging.DEBUG if verbose else logging.INFO
+    if os.environ.get("JOURNAL_STREAM"):
+        fmt = "%(levelname)s %(name)s: %(message)s"
+    else:
+        fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+    logging.basicConfig(level=level, format=fmt)
+    # aiohttp's access log would print every CLI poll; errors still show.
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+def serve(settings: Settings, *, verbose: bool = False) -> int:
+    """``meshd serve``: run a daemon in a fresh event loop; returns the exit code."""
+    configure_logging(verbose)
+    if settings.config_file is not None:
+        _LOGGER.info("settings from %s", settings.config_file)
+    daemon = Daemon(settings)
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            return asyncio.run(daemon.run())
+    except OSError as exc:
+        # Typically the API address is taken or not local; the message says which.
+        _LOGGER.error("meshd cannot start: %s", exc)  # noqa: TRY400 - the message is the point
+        return EXIT_FAILURE
+    return EXIT_OK
