@@ -20,6 +20,7 @@ import logging
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from meshd.link import (
     CloseReason,
@@ -45,6 +46,10 @@ BACKOFF_MAX = 60.0
 class SessionHooks:
     opened: Callable[[LinkSession], None]
     closed: Callable[[LinkSession], None]
+
+
+def _refused_by_peer(own_fingerprint: str, exc: Exception) -> str:
+    return f"it does not trust this node yet (there: meshd trust {own_fingerprint}): {exc}"
 
 
 def split_address(address: str) -> tuple[str, int]:
@@ -204,11 +209,13 @@ class Connections:
         backoff = BACKOFF_START
         kick = self._kicks[fingerprint]
         expected = bytes.fromhex(fingerprint)
+        verdict: dict[str, bool] = {}
 
         def authorize(candidate: PeerCandidate) -> bool:
-            return candidate.fingerprint == expected and self.trust.is_trusted(
+            verdict["ours"] = candidate.fingerprint == expected and self.trust.is_trusted(
                 candidate.public_key, Role.BUILD_FOR_ME
             )
+            return verdict["ours"]
 
         while not self._closing:
             existing = self.session_for(fingerprint)
@@ -220,6 +227,7 @@ class Connections:
             if peer is None or not peer.allows(Role.BUILD_FOR_ME):
                 return
             for address in self._addresses(fingerprint):
+                verdict.clear()
                 try:
                     host, port = split_address(address)
                     session = await connect(
@@ -231,10 +239,15 @@ class Connections:
                         config=self.session_config,
                     )
                 except TrustRefused as exc:
-                    self._refused.add(fingerprint)
-                    self.registry.set_error(fingerprint, f"trust refused: {exc}")
-                    _LOGGER.warning("not retrying %s: %s", fingerprint[:12], exc)
-                    return
+                    if verdict.get("ours") is False:
+                        # We refused its key (not the one trusted): wait for trust to change.
+                        self._refused.add(fingerprint)
+                        self.registry.set_error(fingerprint, f"key not trusted here: {exc}")
+                        _LOGGER.warning("not retrying %s: %s", fingerprint[:12], exc)
+                        return
+                    # It refused us: likely its operator has not run `meshd trust` yet.
+                    self.registry.set_error(fingerprint, _refused_by_peer(self._me, exc))
+                    continue
                 except (LinkError, OSError, ValueError) as exc:
                     self.registry.set_error(fingerprint, f"{address}: {exc}")
                     continue
@@ -252,13 +265,15 @@ class Connections:
     async def _dial_static(self, address: str) -> None:
         """A ``--peer HOST:PORT``: its identity is learnt in the handshake, then verified."""
         backoff = BACKOFF_START
-        seen: dict[str, bytes] = {}
+        seen: dict[str, Any] = {}
 
         def authorize(candidate: PeerCandidate) -> bool:
             seen["fingerprint"] = candidate.fingerprint
-            return self.trust.is_trusted(candidate.public_key, Role.BUILD_FOR_ME)
+            seen["ours"] = self.trust.is_trusted(candidate.public_key, Role.BUILD_FOR_ME)
+            return bool(seen["ours"])
 
         while not self._closing:
+            seen.pop("ours", None)
             fingerprint = seen.get("fingerprint", b"").hex()
             if fingerprint and self.session_for(fingerprint) is not None:
                 await self.session_for(fingerprint).wait_closed()  # type: ignore[union-attr]
@@ -275,11 +290,18 @@ class Connections:
                 )
             except TrustRefused as exc:
                 fingerprint = seen.get("fingerprint", b"").hex()
+                we_refused = seen.get("ours") is False
+                reason = (
+                    f"key not trusted here (meshd trust {fingerprint})"
+                    if we_refused
+                    else _refused_by_peer(self._me, exc)
+                )
                 if fingerprint:
                     self.registry.add_static(fingerprint, address)
-                    self.registry.set_error(fingerprint, f"not trusted: {exc}")
-                _LOGGER.warning("static peer %s is not trusted: %s", address, exc)
-                backoff = BACKOFF_MAX
+                    self.registry.set_error(fingerprint, reason)
+                _LOGGER.warning("static peer %s: %s", address, reason)
+                if we_refused:
+                    backoff = BACKOFF_MAX  # until trust_changed() kicks us
             except (LinkError, OSError, ValueError) as exc:
                 _LOGGER.info("static peer %s unreachable: %s", address, exc)
             else:
