@@ -69,7 +69,8 @@ def link(offloader: Meshd, receiver: Meshd, *, address: bool = True) -> tuple[st
     if address:
         args += ["--address", f"127.0.0.1:{rx['peer_port']}"]
     assert offloader.cli(*args).returncode == 0
-    assert receiver.cli("trust", ox["fingerprint"], "--no-build-for-me").returncode == 0
+    trusted = receiver.cli("trust", ox["fingerprint"], "--no-build-for-me", "--name", ox["name"])
+    assert trusted.returncode == 0
     return ox["fingerprint"], rx["fingerprint"]
 
 
