@@ -40,6 +40,10 @@ _LOGGER = logging.getLogger(__name__)
 
 BACKOFF_START = 1.0
 BACKOFF_MAX = 60.0
+# A new session counts as "connecting" until the peer has said who it is and how busy
+# its lane is (node_info + lane_status, sent at once on open); a peer that never does
+# stops holding the scheduler back after this long.
+INTRODUCTION_TIMEOUT = 10.0
 
 
 @dataclass(frozen=True)
@@ -50,6 +54,15 @@ class SessionHooks:
 
 def _refused_by_peer(own_fingerprint: str, exc: Exception) -> str:
     return f"it does not trust this node yet (there: meshd trust {own_fingerprint}): {exc}"
+
+
+async def _backoff_wait(kick: asyncio.Event, backoff: float) -> float:
+    """Sleep about ``backoff`` seconds (jittered, so peers do not retry in step) unless
+    ``kick`` is set first; return the next, doubled and capped, back-off."""
+    kick.clear()
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(kick.wait(), backoff * random.uniform(0.8, 1.2))  # noqa: S311
+    return min(backoff * 2, BACKOFF_MAX)
 
 
 def split_address(address: str) -> tuple[str, int]:
@@ -71,6 +84,7 @@ class Connections:
         session_config: SessionConfig,
         static_peers: tuple[str, ...] = (),
         dial: bool = True,
+        on_connecting_change: Callable[[], None] = lambda: None,
     ) -> None:
         self.identity = identity
         self.trust = trust
@@ -86,6 +100,11 @@ class Connections:
         self._static_dialers: dict[str, asyncio.Task[None]] = {}
         self._kicks: dict[str, asyncio.Event] = {}
         self._refused: set[str] = set()
+        # Peers (by fingerprint, or static address) whose first dial since start or the
+        # last trust change has not finished: the scheduler waits for them briefly.
+        self._first_attempts: set[str] = set()
+        self._awaiting_intro: dict[str, str] = {}  # fingerprint -> first-attempt key
+        self._on_connecting_change = on_connecting_change
         self._watchers: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
         self._static_kick = asyncio.Event()
@@ -99,14 +118,53 @@ class Connections:
         session = self._sessions.get(fingerprint)
         return session if session is not None and not session.closed else None
 
+    def connecting(self) -> bool:
+        """Is a trusted receiver still on its first connection attempt?"""
+        return bool(self._first_attempts)
+
+    def _attempt_started(self, key: str) -> None:
+        self._first_attempts.add(key)
+        self._on_connecting_change()
+
+    def introduced(self, fingerprint: str) -> None:
+        """The peer's node_info and lane_status arrived: the scheduler can judge it now."""
+        key = self._awaiting_intro.pop(fingerprint, None)
+        if key is not None:
+            self._attempt_finished(key)
+
+    def _await_introduction(self, fingerprint: str, key: str) -> None:
+        if key not in self._first_attempts:
+            return
+        self._awaiting_intro[fingerprint] = key
+        asyncio.get_running_loop().call_later(INTRODUCTION_TIMEOUT, self.introduced, fingerprint)
+
+    def _attempt_finished(self, key: str) -> None:
+        if key in self._first_attempts:
+            self._first_attempts.discard(key)
+            self._on_connecting_change()
+
+    def _spawn_dial(self, key: str, dial: Any, name: str) -> asyncio.Task[None]:
+        """Start a dial loop; ``key`` counts as connecting from now until its first pass ends."""
+        self._attempt_started(key)
+        return asyncio.create_task(self._first_attempt_bounded(key, dial), name=name)
+
+    async def _first_attempt_bounded(self, key: str, dial: Any) -> None:
+        try:
+            await dial
+        finally:
+            self._attempt_finished(key)
+
     def sessions(self) -> list[LinkSession]:
         return [s for s in self._sessions.values() if not s.closed]
 
     async def start(self) -> None:
+        # Dial known receivers now, not on the first registry change: after a restart
+        # with mDNS off nothing else would ever wake the supervisor.
+        self._spawn_dialers()
         self._supervisor = asyncio.create_task(self._supervise(), name="mesh-dialer")
         for address in self.static_peers:
-            self._static_dialers[address] = asyncio.create_task(
-                self._dial_static(address), name=f"dial-{address}"
+            self._static_dialers[address] = self._spawn_dial(
+                address, self._dial_static(address), f"dial-{address}"
             )
 
     def trust_changed(self) -> None:
@@ -160,6 +218,7 @@ class Connections:
         self._sessions[fingerprint] = session
         self.hooks.opened(session)
         error = await session.wait_closed()
+        self.introduced(fingerprint)  # it never will now
         if self._sessions.get(fingerprint) is session:
             del self._sessions[fingerprint]
             message = None if "duplicate" in str(error) else str(error)
@@ -195,15 +254,31 @@ class Connections:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            if not self.dial_enabled:
-                continue
+            self._spawn_dialers()
+
+    def _spawn_dialers(self) -> None:
+        """A dial task for every target without one (synchronous: marks them connecting)."""
+        if self.dial_enabled and not self._closing:
             for fingerprint in self._targets():
                 task = self._dialers.get(fingerprint)
                 if task is None or task.done():
                     self._kicks[fingerprint] = asyncio.Event()
-                    self._dialers[fingerprint] = asyncio.create_task(
-                        self._dial_peer(fingerprint), name=f"dial-{fingerprint[:12]}"
+                    self._dialers[fingerprint] = self._spawn_dial(
+                        fingerprint, self._dial_peer(fingerprint), f"dial-{fingerprint[:12]}"
                     )
+
+    async def _connect(
+        self, address: str, authorize: Callable[[PeerCandidate], bool]
+    ) -> LinkSession:
+        host, port = split_address(address)
+        return await connect(
+            host,
+            port,
+            self.identity,
+            authorize=authorize,
+            router=self.router,
+            config=self.session_config,
+        )
 
     async def _dial_peer(self, fingerprint: str) -> None:
         backoff = BACKOFF_START
@@ -229,15 +304,7 @@ class Connections:
             for address in self._addresses(fingerprint):
                 verdict.clear()
                 try:
-                    host, port = split_address(address)
-                    session = await connect(
-                        host,
-                        port,
-                        self.identity,
-                        authorize=authorize,
-                        router=self.router,
-                        config=self.session_config,
-                    )
+                    session = await self._connect(address, authorize)
                 except TrustRefused as exc:
                     if verdict.get("ours") is False:
                         # We refused its key (not the one trusted): wait for trust to change.
@@ -253,14 +320,13 @@ class Connections:
                     continue
                 self.trust.note_address(fingerprint, address)
                 self.registry.link_up(fingerprint, address=address)
+                self._await_introduction(fingerprint, fingerprint)
                 await self._adopt(session, outbound=True)
                 backoff = BACKOFF_START
                 break
             else:
-                kick.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(kick.wait(), backoff * random.uniform(0.8, 1.2))  # noqa: S311
-                backoff = min(backoff * 2, BACKOFF_MAX)
+                self._attempt_finished(fingerprint)
+                backoff = await _backoff_wait(kick, backoff)
 
     async def _dial_static(self, address: str) -> None:
         """A ``--peer HOST:PORT``: its identity is learnt in the handshake, then verified."""
@@ -279,15 +345,7 @@ class Connections:
                 await self.session_for(fingerprint).wait_closed()  # type: ignore[union-attr]
                 continue
             try:
-                host, port = split_address(address)
-                session = await connect(
-                    host,
-                    port,
-                    self.identity,
-                    authorize=authorize,
-                    router=self.router,
-                    config=self.session_config,
-                )
+                session = await self._connect(address, authorize)
             except TrustRefused as exc:
                 fingerprint = seen.get("fingerprint", b"").hex()
                 we_refused = seen.get("ours") is False
@@ -309,13 +367,9 @@ class Connections:
                 self.registry.add_static(fingerprint, address)
                 self.registry.set_trusted(fingerprint, True)
                 self.registry.link_up(fingerprint, source=PeerSource.STATIC, address=address)
+                self._await_introduction(fingerprint, address)
                 await self._adopt(session, outbound=True)
                 backoff = BACKOFF_START
                 continue
-            self._static_kick.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(
-                    self._static_kick.wait(),
-                    backoff * random.uniform(0.8, 1.2),  # noqa: S311 - jitter, not crypto
-                )
-            backoff = min(backoff * 2, BACKOFF_MAX)
+            self._attempt_finished(address)
+            backoff = await _backoff_wait(self._static_kick, backoff)

@@ -127,6 +127,7 @@ class MeshNode:
             session_config=session_config,
             static_peers=settings.static_peers,
             dial=settings.offload,
+            on_connecting_change=engine.reschedule,
         )
         self.pairing = PairingReceiver(self.identity, self.trust, name=settings.name)
         self.server = LinkServer(
@@ -146,9 +147,11 @@ class MeshNode:
                 local_version=esphome_version,
                 policy=settings.version_policy,
                 include_local=settings.include_local,
+                connecting=self.connections.connecting,
             )
             engine.use_mesh(self.placer, self.offloader)
         self.discovery: Discovery | None = None
+        self._heard: dict[str, set[str]] = {}
         self._unlisten: list[Callable[[], None]] = []
         self._pruner: asyncio.Task[None] | None = None
 
@@ -182,6 +185,9 @@ class MeshNode:
             )
             await self.discovery.start()
         await self.connections.start()
+        if self.placer is not None:
+            self.placer.ready = True
+            self.engine.reschedule()
         self._pruner = asyncio.create_task(self._prune_loop(), name="mesh-prune")
 
     async def stop(self) -> None:
@@ -282,7 +288,15 @@ class MeshNode:
                 )
             )
 
+    def _heard_from(self, session: LinkSession, what: str) -> None:
+        fingerprint = session.peer.fingerprint_hex
+        heard = self._heard.setdefault(fingerprint, set())
+        heard.add(what)
+        if heard >= {"node_info", "lane_status"}:
+            self.connections.introduced(fingerprint)
+
     def _closed(self, session: LinkSession) -> None:
+        self._heard.pop(session.peer.fingerprint_hex, None)
         self.receiver.detach(session)
         self.offloader.session_lost(session)
         self.blobs.forget(session)
@@ -297,6 +311,7 @@ class MeshNode:
             queued=message.queued,
             esphome_version=message.esphome_version or None,
         )
+        self._heard_from(session, "lane_status")
 
     async def _on_node_info(self, session: LinkSession, message: NodeInfo) -> None:
         self.registry.link_hello(
@@ -306,6 +321,7 @@ class MeshNode:
             esphome_version=message.esphome_version or None,
             accepts_builds=message.accepts_builds,
         )
+        self._heard_from(session, "node_info")
 
     def _on_engine_event(self, event: Event) -> None:
         if event.type != events.LANE_STATUS or event.data.get("lane") != LaneName.COMPILE.value:

@@ -229,10 +229,11 @@ class RemoteCompileRunner:
             )
             missing = self.blobs.store.missing([f.digest for f in manifest.files])
             await self._fetch(session, missing)
+        except RequestFailed as exc:
+            # Before LinkError (its base): the receiver answered, it is not lost.
+            raise JobFailed(f"receiver could not provide artifacts: {exc}") from None
         except (LinkError, TimeoutError) as exc:
             raise Reroute(f"lost receiver while pulling artifacts: {exc}", fingerprint) from None
-        except RequestFailed as exc:
-            raise JobFailed(f"receiver could not provide artifacts: {exc}") from None
         except (BundleRejected, ValueError) as exc:
             raise JobFailed(f"receiver sent unusable artifacts: {exc}") from None
         written = await asyncio.to_thread(

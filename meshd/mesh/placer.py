@@ -39,16 +39,23 @@ class MeshPlacer:
         local_version: Callable[[], str],
         policy: VersionPolicy = VersionPolicy.RELEASE,
         include_local: bool = True,
+        connecting: Callable[[], bool] = lambda: False,
     ) -> None:
         self._peers = peers
+        self._connecting = connecting
         self._in_flight = in_flight
         self._local_version = local_version
         self.policy = policy
         self.include_local = include_local
+        self.ready = False
+        """False until the mesh has started: until then only forced-local jobs run, so
+        jobs restored at start are not placed before any receiver could connect."""
         self.last_decisions: dict[str, str] = {}
         """Why each job last waited, for ``meshd show`` while it is still queued."""
 
     def place(self, queued: Sequence[Job], local_free: bool) -> Sequence[Placement]:
+        if not self.ready:
+            return self._before_start(queued, local_free)
         busy = self._in_flight()
         views = [replace(p, in_flight=p.fingerprint in busy) for p in self._peers()]
         decisions = plan(
@@ -58,6 +65,7 @@ class MeshPlacer:
             local_free=local_free,
             policy=self.policy,
             include_local=self.include_local,
+            receivers_connecting=self._connecting(),
         )
         placements = []
         for job, decision in zip(queued, decisions, strict=True):
@@ -68,4 +76,14 @@ class MeshPlacer:
         waiting = {job.id for job in queued}
         for job_id in [j for j in self.last_decisions if j not in waiting]:
             del self.last_decisions[job_id]
+        return placements
+
+    def _before_start(self, queued: Sequence[Job], local_free: bool) -> list[Placement]:
+        placements = []
+        for job in queued:
+            if local_free and job.args.get("force_local"):
+                placements.append(Placement(Where.LOCAL, "forced local (--local)"))
+                local_free = False
+            else:
+                placements.append(Placement(Where.WAIT, "the mesh is starting"))
         return placements

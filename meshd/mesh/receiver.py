@@ -286,12 +286,13 @@ class Receiver:
         return CompileAccept(message.job_id, position=position)
 
     def _find(self, session: LinkSession, remote_id: str) -> Job | None:
+        """The newest local job for this offloader's job id (a re-sent compile after an
+        offloader restart reuses the id; the earlier attempt was cancelled)."""
         offloader = session.peer.fingerprint_hex
-        for job in self.engine.jobs_where(
+        matches = self.engine.jobs_where(
             lambda j: j.args.get("offloader") == offloader and j.args.get("remote_job") == remote_id
-        ):
-            return job
-        return None
+        )
+        return matches[-1] if matches else None
 
     async def _on_cancel(self, session: LinkSession, message: Cancel) -> None:
         job = self._find(session, message.job_id)

@@ -15,7 +15,10 @@ Rules (DESIGN.md, "Scheduling"):
 * with eligible receivers but none idle: run locally if include-local is on and the
   local slot is free, else wait;
 * with no eligible receiver at all: run locally (wait for the local slot if busy),
-  unless the policy is ``exact_required``, which fails instead;
+  unless the policy is ``exact_required``, which fails instead, or a trusted receiver
+  is still connecting for the first time (after a start or a trust change), which
+  waits: a Pi that restarts must not begin a half-hour local build because its
+  desktop reconnected a moment later;
 * a job forced local runs locally, waiting for the local slot if need be.
 """
 
@@ -113,13 +116,23 @@ def plan(
     local_free: bool,
     policy: VersionPolicy = VersionPolicy.RELEASE,
     include_local: bool = True,
+    receivers_connecting: bool = False,
 ) -> list[Decision]:
     """One decision per job, in the jobs' (FIFO) order."""
     taken: set[str] = set()
     local_available = local_free
     decisions: list[Decision] = []
     for job in jobs:
-        decision = _decide(job, peers, taken, local_available, local_version, policy, include_local)
+        decision = _decide(
+            job,
+            peers,
+            taken,
+            local_available,
+            local_version,
+            policy,
+            include_local,
+            receivers_connecting,
+        )
         if decision.kind is Kind.REMOTE and decision.peer is not None:
             taken.add(decision.peer)
         if decision.kind is Kind.LOCAL:
@@ -136,6 +149,7 @@ def _decide(
     local_version: str,
     policy: VersionPolicy,
     include_local: bool,
+    receivers_connecting: bool,
 ) -> Decision:
     if job.force_local:
         if local_free:
@@ -143,6 +157,8 @@ def _decide(
         return Decision(Kind.WAIT, "forced local; waiting for the local compile slot")
 
     eligible = [p for p in peers if _ineligibility(p, local_version, policy, job) is None]
+    if not eligible and receivers_connecting:
+        return Decision(Kind.WAIT, "waiting for trusted receivers to connect")
     if not eligible:
         if policy is VersionPolicy.EXACT_REQUIRED:
             return Decision(

@@ -240,3 +240,42 @@ def test_trust_commands_and_pairing(meshd: MeshdFactory) -> None:
     until("session closed", lambda: peer(pi, desk_fp, connected=True) is None, 30)
     bad = pi.cli("trust", "not-a-fingerprint")
     assert bad.returncode == 2 and "64 hex" in bad.stderr
+
+
+def test_restarts_mid_remote_compile_lose_nothing(meshd: MeshdFactory, tmp_path: Path) -> None:
+    desk = node(meshd, "desk", "--no-offload", "--no-mdns")
+    pi = node(meshd, "pi", "--no-receiver", "--no-mdns", "--no-include-local")
+    _, desk_fp = link(pi, desk)
+    wait_peer(pi, desk_fp, connected=True, idle=True)
+    config = host_config(tmp_path / "cfg", "kitchen", compile_seconds=30)
+    ids = pi.cli_json("install", str(config), "--device", "192.0.2.9", "--detach")
+    until(
+        "remote compile running", lambda: any(j["status"] == "running" for j in remote_jobs(desk))
+    )
+
+    # The offloader restarts: its compile goes back to the queue and is sent again.
+    assert pi.terminate() == 0
+    assert desk.cli_json("jobs", "--all")["jobs"][0]["status"] == "cancelled" or until(
+        "receiver drops the orphaned compile",
+        lambda: [j["status"] for j in remote_jobs(desk)] == ["cancelled"],
+    )
+    host_config(tmp_path / "cfg", "kitchen", compile_seconds=1)
+    pi.start()
+    upload = pi.wait_status(ids["upload"], "completed", "failed", "cancelled", timeout=90)
+    assert upload["status"] == "completed"
+    restarted = pi.job(ids["compile"])
+    assert restarted["runner"] == desk_fp, pi.cli("logs", ids["compile"]).stdout + pi.log()
+    assert [j["status"] for j in remote_jobs(desk)] == ["cancelled", "completed"]
+
+    # The receiver restarts mid-compile: the jobs it held are cancelled there, and the
+    # offloader builds elsewhere (here: locally, the only place left).
+    host_config(tmp_path / "cfg", "kitchen", compile_seconds=30)
+    ids = pi.cli_json("install", str(config), "--device", "192.0.2.9", "--detach")
+    until("second remote compile", lambda: len(remote_jobs(desk)) == 3)
+    desk.kill()
+    host_config(tmp_path / "cfg", "kitchen", compile_seconds=1)
+    upload = pi.wait_status(ids["upload"], "completed", "failed", "cancelled", timeout=90)
+    assert upload["status"] == "completed"
+    assert pi.job(ids["compile"])["runner"] == "local"
+    desk.start()
+    until("orphan cancelled at start", lambda: remote_jobs(desk)[-1]["status"] == "cancelled")

@@ -63,6 +63,7 @@ async def mesh_harness(tmp_path: Path) -> AsyncIterator[MeshHarness]:
         return {j.runner for j in engine.compile_lane.running_jobs() if j.runner != "local"}  # type: ignore[misc]
 
     placer = MeshPlacer(lambda: peers, in_flight, local_version=lambda: V)
+    placer.ready = True
     engine.use_mesh(placer, remote)
     harness = Harness(engine, local_gate)
     await engine.start()
@@ -183,3 +184,27 @@ async def test_forced_local_job_stays_local(mesh_harness: MeshHarness) -> None:
     assert "forced local" in (eng.get(job.id).reason or "")
     harness.gate.release(job.id)
     await harness.status(job, JobStatus.COMPLETED)
+
+
+async def test_nothing_but_forced_local_runs_before_the_mesh_is_ready(tmp_path: Path) -> None:
+    gate = GatedRunner(tmp_path / "gate")
+    engine = Engine(tmp_path / "data", all_runners(gate))
+    placer = MeshPlacer(lambda: [], set, local_version=lambda: V)
+    engine.use_mesh(placer, FlakyRemote(GatedRunner(tmp_path / "remote")))
+    harness = Harness(engine, gate)
+    await engine.start()
+    try:
+        waiting = engine.submit(JobType.COMPILE, "a.yaml")
+        forced = engine.submit(JobType.COMPILE, "b.yaml", args={"force_local": True})
+        await harness.started(forced)
+        assert engine.get(waiting.id).status is JobStatus.QUEUED
+        gate.release(forced.id)
+        await harness.status(forced, JobStatus.COMPLETED)
+        assert engine.get(waiting.id).status is JobStatus.QUEUED
+        placer.ready = True
+        engine.reschedule()
+        await harness.started(waiting)  # no receivers at all: local
+        gate.release(waiting.id)
+        await harness.status(waiting, JobStatus.COMPLETED)
+    finally:
+        await engine.stop()

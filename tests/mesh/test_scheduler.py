@@ -137,3 +137,18 @@ def test_unknown_local_version_builds_locally_until_probed() -> None:
         [JOB], [peer("a", 1.0)], local_version="", local_free=True, policy=VersionPolicy.ANY
     )[0]
     assert anyway.peer == "fp-a"
+
+
+def test_first_connection_attempts_hold_off_the_local_fallback() -> None:
+    waiting = plan([JOB], [], local_version=V, local_free=True, receivers_connecting=True)[0]
+    assert waiting.kind is Kind.WAIT and "connect" in waiting.reason
+    # An idle eligible receiver is used at once; a forced-local job never waits.
+    ready = plan(
+        [JOB], [peer("a", 1.0)], local_version=V, local_free=True, receivers_connecting=True
+    )[0]
+    assert ready.peer == "fp-a"
+    forced = WaitingJob("j2", force_local=True)
+    assert (
+        plan([forced], [], local_version=V, local_free=True, receivers_connecting=True)[0].kind
+        is Kind.LOCAL
+    )
