@@ -6,13 +6,12 @@ The daemon builds them around its ``MeshNode`` and hands them to the API through
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from aiohttp import web
 
 from meshd.api.state import API_PREFIX
-from meshd.api.validation import ApiError, bad_request
+from meshd.api.validation import ApiError, bad_request, read_json
 from meshd.link import LinkError, TrustRefused
 from meshd.mesh.identity import parse_fingerprint
 from meshd.mesh.node import MeshNode
@@ -36,10 +35,7 @@ def trusted_to_dict(peer: TrustedPeer) -> dict[str, Any]:
 
 
 async def _body(request: web.Request) -> dict[str, Any]:
-    try:
-        body = await request.json() if request.can_read_body else {}
-    except json.JSONDecodeError as exc:
-        raise bad_request("invalid_json", f"request body is not JSON: {exc}") from None
+    body = await read_json(request, empty={})
     if not isinstance(body, dict):
         raise bad_request("invalid_json", "request body must be a JSON object")
     return body

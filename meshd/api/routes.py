@@ -18,7 +18,7 @@ from aiohttp import WSMsgType, web
 
 from meshd import __version__
 from meshd.api.state import CLOSING_KEY, ENGINE_KEY, HOOKS_KEY, NODE_KEY, WEBSOCKETS_KEY
-from meshd.api.validation import INSTALL, ApiError, bad_request, parse_job_request
+from meshd.api.validation import INSTALL, ApiError, bad_request, parse_job_request, read_json
 from meshd.jobs.engine import Engine, EngineStopped, InvalidJob, UnknownJob
 from meshd.jobs.events import Event
 from meshd.jobs.model import Job, JobStatus, JobType, LaneName
@@ -120,10 +120,7 @@ async def get_job(request: web.Request) -> web.Response:
 
 
 async def create_job(request: web.Request) -> web.Response:
-    try:
-        body: Any = await request.json()
-    except ValueError:
-        raise bad_request("invalid_json", "the request body is not valid JSON") from None
+    body = await read_json(request)
     # File checks read the disk; keep the loop free for streams and the watchdog.
     job_request = await asyncio.to_thread(parse_job_request, body)
     engine = _engine(request)

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from aiohttp import web
 
 from meshd.jobs.model import JobType
 
@@ -48,6 +49,16 @@ class ApiError(Exception):
 
 def bad_request(code: str, message: str, **details: Any) -> ApiError:
     return ApiError(400, code, message, **details)
+
+
+async def read_json(request: web.Request, *, empty: Any = None) -> Any:
+    """The request body as JSON (``empty`` if there is none); 400 ``invalid_json`` if not."""
+    if empty is not None and not request.can_read_body:
+        return empty
+    try:
+        return await request.json()
+    except ValueError:
+        raise bad_request("invalid_json", "the request body is not valid JSON") from None
 
 
 @dataclass(frozen=True)
