@@ -9,10 +9,12 @@ becomes a blob.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
 import tempfile
+import time
 from pathlib import Path
 from typing import BinaryIO
 
@@ -47,25 +49,36 @@ class ContentStore:
         return self.path(digest).is_file()
 
     def missing(self, digests: list[str]) -> list[str]:
-        """The digests not held yet, in the order asked, without duplicates."""
+        """The digests not held yet, in the order asked, without duplicates.
+
+        Blobs reported as held are marked used: the asker is about to rely on them, so
+        pruning must not take them away in between.
+        """
         seen: set[str] = set()
         result = []
         for digest in digests:
-            if digest not in seen and not self.has(digest):
-                result.append(digest)
+            if digest not in seen:
+                if self.has(digest):
+                    self.touch(digest)
+                else:
+                    result.append(digest)
             seen.add(digest)
         return result
 
     def put_bytes(self, data: bytes) -> str:
         digest = hashlib.sha256(data).hexdigest()
-        if not self.has(digest):
+        if self.has(digest):
+            self.touch(digest)
+        else:
             with self.writer(digest, len(data)) as out:
                 out.write(data)
         return digest
 
     def put_file(self, source: Path) -> str:
         digest = file_digest(source)
-        if not self.has(digest):
+        if self.has(digest):
+            self.touch(digest)
+        else:
             with source.open("rb") as src, self.writer(digest, source.stat().st_size) as out:
                 while chunk := src.read(1 << 20):
                     out.write(chunk)
@@ -76,7 +89,23 @@ class ContentStore:
 
     def touch(self, digest: str) -> None:
         """Mark a blob as used (TTL pruning keeps what builds still need)."""
-        os.utime(self.path(digest))
+        with contextlib.suppress(FileNotFoundError):
+            os.utime(self.path(digest))
+
+    def prune(self, ttl_seconds: float, *, now: float | None = None) -> tuple[int, int]:
+        """Remove blobs unused for ``ttl_seconds``; returns (count, bytes) removed."""
+        current = time.time() if now is None else now
+        count = size = 0
+        for blob in self.root.glob("??/*"):
+            try:
+                stat = blob.stat()
+            except FileNotFoundError:
+                continue
+            if current - stat.st_mtime > ttl_seconds:
+                blob.unlink(missing_ok=True)
+                count += 1
+                size += stat.st_size
+        return count, size
 
 
 class BlobWriter:

@@ -336,4 +336,7 @@ class MeshNode:
             )
             if removed:
                 _LOGGER.info("removed %d build directories unused for the TTL", len(removed))
+            blobs, size = await asyncio.to_thread(self.store.prune, self.settings.build_ttl)
+            if blobs:
+                _LOGGER.info("removed %d content blobs (%d bytes) unused for the TTL", blobs, size)
             await asyncio.sleep(PRUNE_INTERVAL)

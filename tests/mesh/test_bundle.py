@@ -276,3 +276,18 @@ def test_prune_removes_only_stale_workdirs(tmp_path: Path, store: ContentStore) 
     removed = prune_workdirs(root, ttl_seconds=3600, now=now)
     assert removed == [root / "offloader1" / "old"]
     assert (root / "offloader1" / "fresh" / "dev.yaml").exists()
+
+
+def test_content_store_prunes_unused_blobs_and_keeps_used_ones(store: ContentStore) -> None:
+    old = store.put_bytes(b"old firmware")
+    reused = store.put_bytes(b"still needed")
+    asked = store.put_bytes(b"asked about")
+    for digest in (old, reused, asked):
+        os.utime(store.path(digest), (1000.0, 1000.0))
+    now = 1000.0 + 7200
+    os.utime(store.root, (now, now))
+    store.put_bytes(b"still needed")  # reuse marks it used
+    assert store.missing([asked]) == []  # so does a have_query that finds it
+    count, size = store.prune(3600, now=now + 10)
+    assert (count, size) == (1, len(b"old firmware"))
+    assert not store.has(old) and store.has(reused) and store.has(asked)
