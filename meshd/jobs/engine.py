@@ -179,13 +179,10 @@ class Engine:
     # -- queries --------------------------------------------------------------
 
     def get(self, job_id: str) -> Job:
-        job = self._active.get(job_id)
-        if job is not None:
-            return job
-        for stored in self.store.load_all():
-            if stored.id == job_id:
-                return stored
-        raise UnknownJob(job_id)
+        job = self._active.get(job_id) or self.store.get(job_id)
+        if job is None:
+            raise UnknownJob(job_id)
+        return job
 
     def jobs(self) -> list[Job]:
         """Every job the store knows, active ones as they are in memory, oldest first."""

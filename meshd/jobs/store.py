@@ -120,6 +120,13 @@ class JobStore:
             raise
         self._conn.execute("COMMIT")
 
+    def get(self, job_id: str) -> Job | None:
+        row = self._conn.execute(
+            f"SELECT {','.join(_COLUMNS)} FROM jobs WHERE id = ?",  # noqa: S608 - constants
+            (job_id,),
+        ).fetchone()
+        return _row_to_job(row) if row is not None else None
+
     def load_all(self) -> list[Job]:
         cur = self._conn.execute(f"SELECT {','.join(_COLUMNS)} FROM jobs")  # noqa: S608
         return [_row_to_job(row) for row in cur.fetchall()]
