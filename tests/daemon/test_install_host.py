@@ -40,7 +40,7 @@ def test_install_chain_flashes_a_real_host_device(
 ) -> None:
     wrapper = _esphome_wrapper(tmp_path)
     daemon = meshd(esphome=str(wrapper), env=host_project.env).start()
-    host_project.write_config(marker="B")
+    host_project.write_config(marker="D")  # unique per test: the build tree is shared
 
     result = daemon.cli("install", str(host_project.config), "--device", "127.0.0.1")
 
@@ -49,7 +49,7 @@ def test_install_chain_flashes_a_real_host_device(
     # The tool output was shown while following: the OTA protocol's own lines.
     assert "OTA successful" in result.stdout
     # The device rebooted into the new firmware: the flash really happened.
-    host_device.wait_for("meshd build marker B", timeout=60)
+    host_device.wait_for("meshd build marker D", timeout=60)
     jobs = daemon.cli_json("jobs")["jobs"]
     assert [(job["type"], job["status"]) for job in jobs] == [
         ("compile", "completed"),

@@ -50,7 +50,7 @@ async def test_compile_then_ota_reexecs_the_device(
     loopback_toolchain: Toolchain,
 ) -> None:
     """A warm compile with a new boot marker, uploaded over real OTA, boots on the device."""
-    host_project.write_config(marker="B")
+    host_project.write_config(marker="T")  # unique per test: the build tree is shared
     compile_rec = make_job(JobType.COMPILE, host_project.config)
     failed = await run_job(make_runners(offline_toolchain)[JobType.COMPILE], compile_rec)
     assert failed is None, failed
@@ -67,7 +67,7 @@ async def test_compile_then_ota_reexecs_the_device(
 
     await asyncio.to_thread(host_device.wait_for, REEXEC_LINE)
     await asyncio.to_thread(host_device.wait_for, BOOT_LINE, occurrences=boots + 1)
-    await asyncio.to_thread(host_device.wait_for, "meshd build marker B")
+    await asyncio.to_thread(host_device.wait_for, "meshd build marker T")
     assert host_device.exe.read_bytes() == host_project.program.read_bytes()
 
 
