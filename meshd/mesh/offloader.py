@@ -57,6 +57,31 @@ CANCEL_TIMEOUT = 5.0
 _LOST = object()
 
 
+def _accepted(answer: object, fingerprint: str) -> CompileAccept:
+    """The receiver's answer to compile_request, or the exception it amounts to."""
+    if isinstance(answer, CompileAccept):
+        return answer
+    if isinstance(answer, CompileReject):
+        if answer.reason == "invalid":
+            # The bundle itself is unsafe or broken: no other receiver will take it.
+            raise JobFailed(f"receiver refused the bundle: {answer.message}")
+        raise Reroute(f"receiver declined ({answer.reason}: {answer.message})", fingerprint)
+    raise Reroute(f"receiver answered {getattr(answer, 'TYPE', answer)!r}", fingerprint)
+
+
+def _why(exc: BaseException) -> str:
+    if isinstance(exc, asyncio.CancelledError):
+        return "cancelled on the offloader"
+    return f"the offloader gave up: {exc}"
+
+
+async def _send_cancel(session: LinkSession, job_id: str, reason: str) -> None:
+    """Best effort: if the receiver does not take it at once, losing the session cancels
+    the job there anyway."""
+    with contextlib.suppress(LinkError, TimeoutError):
+        await asyncio.shield(asyncio.wait_for(session.send(Cancel(job_id, reason)), CANCEL_TIMEOUT))
+
+
 class RemoteCompileRunner:
     def __init__(
         self,
@@ -108,7 +133,7 @@ class RemoteCompileRunner:
         queue: asyncio.Queue[object] = asyncio.Queue()
         key = (session, job.id)
         self._follow[key] = queue
-        accepted = False
+        requested = remote_done = False
         try:
             try:
                 reply = await session.request(HaveQuery(tuple(bytes.fromhex(d) for d in digests)))
@@ -120,6 +145,7 @@ class RemoteCompileRunner:
                     f"[meshd] sent {len(missing)} of {len(digests)} bundle files ({sent} bytes); "
                     "the rest the receiver already had"
                 )
+                requested = True
                 answer = await session.request(
                     CompileRequest(
                         job_id=job.id,
@@ -133,25 +159,16 @@ class RemoteCompileRunner:
                 raise Reroute(
                     f"lost receiver while sending the bundle: {exc}", fingerprint
                 ) from None
-            if isinstance(answer, CompileReject):
-                if answer.reason == "invalid":
-                    raise JobFailed(f"receiver refused the bundle: {answer.message}")
-                raise Reroute(f"receiver declined ({answer.reason}: {answer.message})", fingerprint)
-            if not isinstance(answer, CompileAccept):
-                raise Reroute(f"receiver answered {answer.TYPE}", exclude=fingerprint)
-            accepted = True
-            ctx.log(f"[meshd] receiver accepted the compile (queue position {answer.position})")
+            accepted = _accepted(answer, fingerprint)
+            ctx.log(f"[meshd] receiver accepted the compile (queue position {accepted.position})")
             await self._follow_remote(ctx, queue, fingerprint)
+            remote_done = True
             await self._pull_artifacts(ctx, session, fingerprint, config)
-        except asyncio.CancelledError:
-            if accepted and not session.closed:
-                with contextlib.suppress(LinkError, TimeoutError):
-                    await asyncio.shield(
-                        asyncio.wait_for(
-                            session.send(Cancel(job.id, "cancelled on the offloader")),
-                            CANCEL_TIMEOUT,
-                        )
-                    )
+        except BaseException as exc:
+            # Once the request is out, the receiver may have queued the compile even if
+            # we never saw its answer: tell it to stop, whatever ended our side.
+            if requested and not remote_done and not session.closed:
+                await _send_cancel(session, job.id, _why(exc))
             raise
         finally:
             self._follow.pop(key, None)

@@ -57,6 +57,9 @@ _LOGGER = logging.getLogger(__name__)
 MAX_MANIFEST_BYTES = 1024 * 1024
 # Log lines queued for one slow offloader before lines (never states) are dropped.
 MAX_QUEUED_LINES = 5000
+# Cancels that arrived before their compile request finished unpacking (requests run
+# concurrently with one-way messages); bounded so a peer cannot grow it forever.
+MAX_EARLY_CANCELS = 256
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 
@@ -100,6 +103,7 @@ class Receiver:
         self._status_wanted: dict[LinkSession, asyncio.Event] = {}
         self._pushers: dict[LinkSession, asyncio.Task[None]] = {}
         self._stopping = False
+        self._early_cancels: dict[tuple[str, str], str] = {}
         self._remove_listener = engine.bus.add_listener(self._on_event)
 
     def register(self, router: Router) -> None:
@@ -283,6 +287,10 @@ class Receiver:
         remote.forwarder = asyncio.create_task(self._forward(remote), name=f"forward-{job.id}")
         remote.forwarder.add_done_callback(lambda _t: self._jobs.pop(job.id, None))
         position = self.engine.lane_status(LaneName.COMPILE).queued
+        early = self._early_cancels.pop((offloader, message.job_id), None)
+        if early is not None:
+            self.engine.logs.append(job.id, f"cancelled by the offloader: {early}")
+            await self.engine.cancel(job.id)
         return CompileAccept(message.job_id, position=position)
 
     def _find(self, session: LinkSession, remote_id: str) -> Job | None:
@@ -296,7 +304,13 @@ class Receiver:
 
     async def _on_cancel(self, session: LinkSession, message: Cancel) -> None:
         job = self._find(session, message.job_id)
-        if job is not None and job.status.active:
+        if job is None:
+            # Its compile request may still be unpacking: apply the cancel when it lands.
+            if len(self._early_cancels) >= MAX_EARLY_CANCELS:
+                self._early_cancels.pop(next(iter(self._early_cancels)))
+            key = (session.peer.fingerprint_hex, message.job_id)
+            self._early_cancels[key] = message.reason
+        elif job.status.active:
             self.engine.logs.append(job.id, f"cancelled by the offloader: {message.reason}")
             await self.engine.cancel(job.id)
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from meshd.jobs.model import JobStatus, JobType, LaneName
+from meshd.jobs.model import Job, JobStatus, JobType, LaneName
 from meshd.link.messages import CompileReject, CompileRequest
 from tests.mesh.nodes import Node, host_yaml, start_node, stop_node, trust
 
@@ -200,3 +200,33 @@ async def test_lost_receiver_reroutes_to_another(tmp_path: Path) -> None:
         for node in (first, second):
             if not node.mesh.server._closing:
                 await stop_node(node)
+
+
+@pytest.mark.parametrize("trigger", ["supersede", "clean", "reset"])
+async def test_supersede_clean_and_reset_cancel_an_offloaded_compile_there(
+    pair: tuple[Node, Node], tmp_path: Path, trigger: str
+) -> None:
+    pi, desk = pair
+    cfg = config(tmp_path, compile_seconds=30)
+    compile_job, upload_job = pi.engine.install(str(cfg), "192.0.2.10")
+
+    def remote_of(job_id: str) -> list[Job]:
+        return desk.engine.jobs_where(lambda j: j.args.get("remote_job") == job_id)
+
+    async with asyncio.timeout(60):
+        while not [j for j in remote_of(compile_job.id) if j.status is R]:
+            await asyncio.sleep(0.02)
+    if trigger == "supersede":
+        newer = pi.engine.submit(JobType.COMPILE, str(cfg))
+    elif trigger == "clean":
+        newer = pi.engine.submit(JobType.CLEAN, str(cfg))
+    else:
+        newer = pi.engine.submit(JobType.RESET_BUILD_ENV, str(cfg.parent))
+    assert (await pi.wait_status(compile_job.id, C, F, X)).status is X
+    assert pi.engine.get(upload_job.id).status is X
+    (remote,) = remote_of(compile_job.id)
+    assert (await desk.wait_status(remote.id, C, F, X)).status is X
+    if trigger == "supersede":
+        cfg.write_text(host_yaml("kitchen", compile_seconds=0.2))
+    await pi.engine.cancel(newer.id)  # a 30 s compile need not run to the end here
+    assert pi.uploads(cfg) == []
