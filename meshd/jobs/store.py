@@ -131,9 +131,6 @@ class JobStore:
         cur = self._conn.execute(f"SELECT {','.join(_COLUMNS)} FROM jobs")  # noqa: S608
         return [_row_to_job(row) for row in cur.fetchall()]
 
-    def delete(self, job_id: str) -> None:
-        self._conn.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
-
     # Process groups of running jobs (see meshd.jobs.orphans).
 
     def record_process(self, job_id: str, pgid: int, identity: str) -> None:

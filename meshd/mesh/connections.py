@@ -154,9 +154,6 @@ class Connections:
         finally:
             self._attempt_finished(key)
 
-    def sessions(self) -> list[LinkSession]:
-        return [s for s in self._sessions.values() if not s.closed]
-
     async def start(self) -> None:
         # Dial known receivers now, not on the first registry change: after a restart
         # with mDNS off nothing else would ever wake the supervisor.

@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,7 @@ from meshd.link.messages import LaneStatus, NodeInfo
 from meshd.mesh.artifacts import MAX_ARTIFACT_BYTES
 from meshd.mesh.blobs import BLOB_STREAM, BlobExchange
 from meshd.mesh.bundle import prune_workdirs
-from meshd.mesh.connections import Connections, SessionHooks
+from meshd.mesh.connections import Connections, SessionHooks, split_address
 from meshd.mesh.content import ContentStore
 from meshd.mesh.discovery import AdvertInfo, Discovery
 from meshd.mesh.identity import Identity, load_or_create
@@ -61,7 +61,6 @@ class MeshSettings:
     include_local: bool = True
     heartbeat: float = 5.0
     build_ttl: float = DEFAULT_BUILD_TTL
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class MeshNode:
@@ -254,8 +253,6 @@ class MeshNode:
         return self.pairing.open(ttl)
 
     async def join(self, address: str, code: str) -> TrustedPeer:
-        from meshd.mesh.connections import split_address
-
         host, port = split_address(address)
         peer = await pair_join(host, port, code, self.identity, self.trust, name=self.settings.name)
         self.trust.note_address(peer.fingerprint, address)

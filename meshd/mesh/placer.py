@@ -50,8 +50,6 @@ class MeshPlacer:
         self.ready = False
         """False until the mesh has started: until then only forced-local jobs run, so
         jobs restored at start are not placed before any receiver could connect."""
-        self.last_decisions: dict[str, str] = {}
-        """Why each job last waited, for ``meshd show`` while it is still queued."""
 
     def place(self, queued: Sequence[Job], local_free: bool) -> Sequence[Placement]:
         if not self.ready:
@@ -67,16 +65,10 @@ class MeshPlacer:
             include_local=self.include_local,
             receivers_connecting=self._connecting(),
         )
-        placements = []
-        for job, decision in zip(queued, decisions, strict=True):
-            self.last_decisions[job.id] = decision.reason
-            placements.append(
-                Placement(_WHERE[decision.kind], decision.reason, decision.peer or "local")
-            )
-        waiting = {job.id for job in queued}
-        for job_id in [j for j in self.last_decisions if j not in waiting]:
-            del self.last_decisions[job_id]
-        return placements
+        return [
+            Placement(_WHERE[decision.kind], decision.reason, decision.peer or "local")
+            for decision in decisions
+        ]
 
     def _before_start(self, queued: Sequence[Job], local_free: bool) -> list[Placement]:
         placements = []

@@ -99,7 +99,6 @@ class Receiver:
         self._esphome_version = esphome_version
         self._env = env
         self._jobs: dict[str, _RemoteJob] = {}  # by local job id
-        self._sessions: set[LinkSession] = set()
         self._status_wanted: dict[LinkSession, asyncio.Event] = {}
         self._pushers: dict[LinkSession, asyncio.Task[None]] = {}
         self._stopping = False
@@ -139,7 +138,6 @@ class Receiver:
 
     def attach(self, session: LinkSession) -> None:
         """A session opened: push our compile-lane status now and on every change."""
-        self._sessions.add(session)
         wanted = asyncio.Event()
         wanted.set()
         self._status_wanted[session] = wanted
@@ -149,7 +147,6 @@ class Receiver:
 
     def detach(self, session: LinkSession) -> None:
         """A session ended: stop building for it."""
-        self._sessions.discard(session)
         self._status_wanted.pop(session, None)
         pusher = self._pushers.pop(session, None)
         if pusher is not None:
