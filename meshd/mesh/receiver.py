@@ -60,6 +60,9 @@ MAX_QUEUED_LINES = 5000
 # Cancels that arrived before their compile request finished unpacking (requests run
 # concurrently with one-way messages); bounded so a peer cannot grow it forever.
 MAX_EARLY_CANCELS = 256
+# Which local job serves which offloader job id, for cancels and artifact pulls; the
+# oldest entries go first (their artifacts were pulled long ago).
+MAX_REMEMBERED_JOBS = 4096
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 
@@ -103,6 +106,7 @@ class Receiver:
         self._pushers: dict[LinkSession, asyncio.Task[None]] = {}
         self._stopping = False
         self._early_cancels: dict[tuple[str, str], str] = {}
+        self._local_ids: dict[tuple[str, str], str] = {}
         self._remove_listener = engine.bus.add_listener(self._on_event)
 
     def register(self, router: Router) -> None:
@@ -279,12 +283,17 @@ class Receiver:
                 "remote_job": message.job_id,
             },
         )
+        key = (offloader, message.job_id)
+        self._local_ids.pop(key, None)  # a re-sent compile (offloader restart) wins
+        self._local_ids[key] = job.id
+        if len(self._local_ids) > MAX_REMEMBERED_JOBS:
+            self._local_ids.pop(next(iter(self._local_ids)))
         remote = _RemoteJob(session, message.job_id, job)
         self._jobs[job.id] = remote
         remote.forwarder = asyncio.create_task(self._forward(remote), name=f"forward-{job.id}")
         remote.forwarder.add_done_callback(lambda _t: self._jobs.pop(job.id, None))
         position = self.engine.lane_status(LaneName.COMPILE).queued
-        early = self._early_cancels.pop((offloader, message.job_id), None)
+        early = self._early_cancels.pop(key, None)
         if early is not None:
             self.engine.logs.append(job.id, f"cancelled by the offloader: {early}")
             await self.engine.cancel(job.id)
@@ -293,11 +302,8 @@ class Receiver:
     def _find(self, session: LinkSession, remote_id: str) -> Job | None:
         """The newest local job for this offloader's job id (a re-sent compile after an
         offloader restart reuses the id; the earlier attempt was cancelled)."""
-        offloader = session.peer.fingerprint_hex
-        matches = self.engine.jobs_where(
-            lambda j: j.args.get("offloader") == offloader and j.args.get("remote_job") == remote_id
-        )
-        return matches[-1] if matches else None
+        job_id = self._local_ids.get((session.peer.fingerprint_hex, remote_id))
+        return self.engine.get(job_id) if job_id is not None else None
 
     async def _on_cancel(self, session: LinkSession, message: Cancel) -> None:
         job = self._find(session, message.job_id)
