@@ -35,16 +35,16 @@ from meshd import __version__
 from meshd.api.mesh_routes import mesh_routes
 from meshd.api.server import ApiServer, load_token, write_api_file
 from meshd.api.state import ApiHooks, NodeInfo
-from meshd.build.runners import make_runners
-from meshd.build.toolchain import Toolchain, ToolMissing
 from meshd.config import Settings
 from meshd.jobs.engine import Engine
 from meshd.jobs.model import JobType
 from meshd.jobs.runner import Runner
+from meshd.mesh.dispatch.scheduler import VersionPolicy as SchedulerPolicy
 from meshd.mesh.node import MeshSettings
-from meshd.mesh.scheduler import VersionPolicy as SchedulerPolicy
 from meshd.mesh.service import MeshService
 from meshd.sdnotify import Notifier
+from meshd.toolchain.runners import make_runners
+from meshd.toolchain.tools import Toolchain, ToolMissing
 
 _LOGGER = logging.getLogger(__name__)
 

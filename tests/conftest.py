@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pytest
 
-from meshd.build.toolchain import Toolchain
+from meshd.toolchain.tools import Toolchain
 from tests.support.host_device import (
     HostDevice,
     HostFirmware,

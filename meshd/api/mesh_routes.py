@@ -13,10 +13,10 @@ from aiohttp import web
 from meshd.api.state import API_PREFIX
 from meshd.api.validation import ApiError, bad_request, read_json
 from meshd.link import LinkError, TrustRefused
-from meshd.mesh.identity import parse_fingerprint
 from meshd.mesh.node import MeshNode
-from meshd.mesh.pairing import PairingError
-from meshd.mesh.trust import TrustedPeer
+from meshd.mesh.security.identity import parse_fingerprint
+from meshd.mesh.security.pairing import PairingError
+from meshd.mesh.security.trust import TrustedPeer
 
 # A pairing window longer than an hour is a standing invitation, not a window.
 MAX_PAIRING_TTL = 3600.0

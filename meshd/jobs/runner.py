@@ -6,7 +6,7 @@ reports through its ``JobContext`` and ends in one of three ways:
 * returns normally: the job completed;
 * raises ``JobFailed``: the job failed, with a message for the user;
 * lets ``asyncio.CancelledError`` through: the job was cancelled. A runner that
-  started processes must kill them before re-raising (``meshd.process`` does this).
+  started processes must kill them before re-raising (``meshd.toolchain.process`` does this).
 
 Any other exception is treated as a failure too, with its text as the error, so a bug
 in a runner cannot wedge a lane.

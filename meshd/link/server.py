@@ -76,7 +76,7 @@ Authorizer = Callable[[PeerCandidate], Awaitable[bool] | bool]
 
 
 class HasPrivateKey(Protocol):
-    """Anything holding an Ed25519 identity key (``meshd.mesh.identity.Identity``)."""
+    """Anything holding an Ed25519 identity key (``meshd.mesh.security.identity.Identity``)."""
 
     @property
     def private_key(self) -> Ed25519PrivateKey: ...

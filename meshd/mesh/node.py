@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from meshd.build.toolchain import Toolchain
 from meshd.jobs import events
 from meshd.jobs.engine import Engine
 from meshd.jobs.events import Event
@@ -25,20 +24,21 @@ from meshd.jobs.model import LaneName
 from meshd.link import LinkServer, LinkSession, Router, SessionConfig
 from meshd.link.limits import PROTOCOL_VERSION
 from meshd.link.messages import LaneStatus, NodeInfo
-from meshd.mesh.artifacts import MAX_ARTIFACT_BYTES
-from meshd.mesh.blobs import BLOB_STREAM, BlobExchange
-from meshd.mesh.bundle import prune_workdirs
-from meshd.mesh.connections import Connections, SessionHooks, split_address
-from meshd.mesh.content import ContentStore
-from meshd.mesh.discovery import AdvertInfo, Discovery
-from meshd.mesh.identity import Identity, load_or_create
-from meshd.mesh.offloader import RemoteCompileRunner
-from meshd.mesh.pairing import PairingCode, PairingReceiver, pair_join
-from meshd.mesh.placer import MeshPlacer
-from meshd.mesh.receiver import Receiver
-from meshd.mesh.registry import Registry
-from meshd.mesh.scheduler import VersionPolicy
-from meshd.mesh.trust import TrustedPeer, TrustStore
+from meshd.mesh.content.artifacts import MAX_ARTIFACT_BYTES
+from meshd.mesh.content.blobs import BLOB_STREAM, BlobExchange
+from meshd.mesh.content.bundle import prune_workdirs
+from meshd.mesh.content.store import ContentStore
+from meshd.mesh.dispatch.offloader import RemoteCompileRunner
+from meshd.mesh.dispatch.placer import MeshPlacer
+from meshd.mesh.dispatch.scheduler import VersionPolicy
+from meshd.mesh.peering.connections import Connections, SessionHooks, split_address
+from meshd.mesh.peering.discovery import AdvertInfo, Discovery
+from meshd.mesh.peering.registry import Registry
+from meshd.mesh.security.identity import Identity, load_or_create
+from meshd.mesh.security.pairing import PairingCode, PairingReceiver, pair_join
+from meshd.mesh.security.trust import TrustedPeer, TrustStore
+from meshd.mesh.serving.receiver import Receiver
+from meshd.toolchain.tools import Toolchain
 
 _LOGGER = logging.getLogger(__name__)
 

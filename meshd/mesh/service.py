@@ -7,9 +7,9 @@ import contextlib
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from meshd.build.toolchain import Toolchain
 from meshd.jobs.engine import Engine
 from meshd.mesh.node import MeshNode, MeshSettings
+from meshd.toolchain.tools import Toolchain
 
 # The mesh advertises and schedules by esphome version; wait this long for the
 # daemon's `esphome version` probe before starting without it (it fills in later for

@@ -29,8 +29,8 @@ from typing import Any
 
 import pytest
 
-from meshd.mesh.discovery import MIN_UPDATE_INTERVAL, AdvertInfo, Discovery
-from meshd.mesh.registry import Registry
+from meshd.mesh.peering.discovery import MIN_UPDATE_INTERVAL, AdvertInfo, Discovery
+from meshd.mesh.peering.registry import Registry
 
 RESULTS = Path(__file__).parent / "results" / "discovery.json"
 

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from meshd.jobs.runner import JobContext, JobFailed
-from meshd.process import run_process
+from meshd.toolchain.process import run_process
 
 _SCRIPT = r"""
 import os, signal, subprocess, sys, time

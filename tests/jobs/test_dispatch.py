@@ -12,8 +12,8 @@ from meshd.jobs.engine import MAX_REROUTES, Engine
 from meshd.jobs.model import Job, JobStatus, JobType, LaneName
 from meshd.jobs.placement import Reroute
 from meshd.jobs.runner import JobContext
-from meshd.mesh.placer import MeshPlacer
-from meshd.mesh.scheduler import PeerView, VersionPolicy
+from meshd.mesh.dispatch.placer import MeshPlacer
+from meshd.mesh.dispatch.scheduler import PeerView, VersionPolicy
 from tests.jobs.conftest import Harness, all_runners
 from tests.jobs.gated import GatedRunner
 

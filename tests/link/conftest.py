@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 
 from meshd.link import LinkServer, LinkSession, SessionConfig, connect
-from meshd.mesh.identity import Identity
-from meshd.mesh.trust import TrustStore
+from meshd.mesh.security.identity import Identity
+from meshd.mesh.security.trust import TrustStore
 
 LOOPBACK = "127.0.0.1"
 

@@ -11,15 +11,15 @@ import pytest
 
 from meshd.link.handshake import Mode
 from meshd.link.server import PeerCandidate
-from meshd.mesh import identity as identity_mod
-from meshd.mesh.identity import (
+from meshd.mesh.security import identity as identity_mod
+from meshd.mesh.security.identity import (
     Identity,
     IdentityError,
     format_fingerprint,
     load_or_create,
     parse_fingerprint,
 )
-from meshd.mesh.trust import MAX_ADDRESSES, Role, TrustStore
+from meshd.mesh.security.trust import MAX_ADDRESSES, Role, TrustStore
 
 
 def test_identity_created_once_with_mode_0600(tmp_path: Path) -> None:

@@ -12,7 +12,11 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-MESH_MODULES = ["meshd.mesh.identity", "meshd.mesh.trust", "meshd.mesh.pairing"]
+MESH_MODULES = [
+    "meshd.mesh.security.identity",
+    "meshd.mesh.security.trust",
+    "meshd.mesh.security.pairing",
+]
 
 
 def link_modules() -> list[str]:
@@ -43,7 +47,7 @@ def test_link_does_not_import_upper_layers() -> None:
     code = (
         "import sys, meshd.link; "
         "bad = [m for m in sys.modules if m.startswith(('meshd.mesh', 'meshd.jobs', "
-        "'meshd.api', 'meshd.build', 'meshd.daemon'))]; "
+        "'meshd.api', 'meshd.toolchain', 'meshd.daemon'))]; "
         "print(bad); sys.exit(1 if bad else 0)"
     )
     env = {**os.environ, "PYTHONPATH": str(ROOT)}

@@ -25,7 +25,7 @@ from meshd.link.handshake import Payload
 from meshd.link.limits import MAX_CAPS, MAX_STREAMS
 from meshd.link.messages import HaveQuery, HaveReply, Ping, StreamOpen
 from meshd.link.server import run_handshake
-from meshd.mesh.identity import Identity
+from meshd.mesh.security.identity import Identity
 
 from .conftest import FAST, LOOPBACK, Harness
 from .peers import accept_all

@@ -20,8 +20,8 @@ from meshd.link import (
 from meshd.link.connection import Connection, Role
 from meshd.link.messages import CompileAccept, CompileRequest
 from meshd.link.server import LinkServer
-from meshd.mesh.identity import Identity
-from meshd.mesh.pairing import (
+from meshd.mesh.security.identity import Identity
+from meshd.mesh.security.pairing import (
     MAX_FAILURES,
     PREFIX_CHARS,
     PairingCode,
@@ -30,8 +30,8 @@ from meshd.mesh.pairing import (
     fingerprint_prefix,
     pair_join,
 )
-from meshd.mesh.trust import Role as TrustRole
-from meshd.mesh.trust import TrustStore
+from meshd.mesh.security.trust import Role as TrustRole
+from meshd.mesh.security.trust import TrustStore
 
 from .conftest import LOOPBACK, Harness
 

@@ -36,7 +36,7 @@ from meshd.link.messages import (
     StreamChunk,
     StreamOpen,
 )
-from meshd.mesh.identity import Identity
+from meshd.mesh.security.identity import Identity
 
 from .conftest import Harness
 from .peers import FIRST_SESSION_FRAME, frame_proxy, silent_server

@@ -16,8 +16,8 @@ import json
 import sys
 from typing import Any
 
-from meshd.mesh.discovery import AdvertInfo, Discovery
-from meshd.mesh.registry import Registry
+from meshd.mesh.peering.discovery import AdvertInfo, Discovery
+from meshd.mesh.peering.registry import Registry
 
 
 def emit(message: dict[str, Any]) -> None:

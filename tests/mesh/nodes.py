@@ -15,12 +15,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from meshd.build.runners import make_runners
-from meshd.build.toolchain import Toolchain
 from meshd.jobs.engine import Engine
 from meshd.jobs.model import Job, JobStatus
+from meshd.mesh.dispatch.scheduler import VersionPolicy
 from meshd.mesh.node import MeshNode, MeshSettings
-from meshd.mesh.scheduler import VersionPolicy
+from meshd.toolchain.runners import make_runners
+from meshd.toolchain.tools import Toolchain
 
 STANDIN = Path(__file__).resolve().parents[1] / "support" / "standin_esphome.py"
 WAIT = 60.0  # safety net against hangs, not a speed assertion

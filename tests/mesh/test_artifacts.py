@@ -7,15 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from meshd.build.storage import ArtifactError, FlashMethod, flash_plan, load_storage
-from meshd.mesh.artifacts import (
+from meshd.mesh.content.artifacts import (
     MAX_ARTIFACT_BYTES,
     ArtifactManifest,
     collect_artifacts,
     materialise_artifacts,
 )
-from meshd.mesh.bundle import BundleRejected
-from meshd.mesh.content import ContentStore
+from meshd.mesh.content.bundle import BundleRejected
+from meshd.mesh.content.store import ContentStore
+from meshd.toolchain.storage import ArtifactError, FlashMethod, flash_plan, load_storage
 
 PROGRAM = b"\x7fELF host program" * 100
 

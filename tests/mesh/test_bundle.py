@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from meshd.mesh import bundle as bundle_mod
-from meshd.mesh.bundle import (
+from meshd.mesh.content import bundle as bundle_mod
+from meshd.mesh.content.bundle import (
     BundleFile,
     BundleManifest,
     BundleRejected,
@@ -24,7 +24,7 @@ from meshd.mesh.bundle import (
     read_bundle,
     safe_relative_path,
 )
-from meshd.mesh.content import ContentError, ContentStore
+from meshd.mesh.content.store import ContentError, ContentStore
 
 ESPHOME = Path(sys.executable).with_name("esphome")
 

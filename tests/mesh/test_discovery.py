@@ -31,7 +31,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from zeroconf.asyncio import AsyncServiceInfo, AsyncZeroconf
 
-from meshd.mesh.discovery import (
+from meshd.mesh.peering.discovery import (
     MAX_NAME_LEN,
     MAX_TXT_BYTES,
     SERVICE_TYPE,
@@ -42,7 +42,7 @@ from meshd.mesh.discovery import (
     instance_label,
     parse_advert,
 )
-from meshd.mesh.registry import ChangeKind, MdnsAdvert, PeerChange, PeerInfo, Registry
+from meshd.mesh.peering.registry import ChangeKind, MdnsAdvert, PeerChange, PeerInfo, Registry
 from tests.support.mesh_netns import loopback_multicast_works, mesh_net, netns_permitted
 
 LOOPBACK = "127.0.0.1"
@@ -393,7 +393,7 @@ async def test_hostile_adverts_are_dropped_without_exceptions(
     loop = asyncio.get_running_loop()
     loop_errors: list[dict[str, Any]] = []
     loop.set_exception_handler(lambda _loop, context: loop_errors.append(context))
-    caplog.set_level(logging.WARNING, logger="meshd.mesh.discovery")
+    caplog.set_level(logging.WARNING, logger="meshd.mesh.peering.discovery")
     _, registry = await nodes()
 
     bad_fp = fp()

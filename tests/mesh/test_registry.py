@@ -8,7 +8,8 @@ from dataclasses import replace
 
 import pytest
 
-from meshd.mesh.registry import (
+from meshd.mesh.dispatch.scheduler import Kind, PeerView, WaitingJob, plan
+from meshd.mesh.peering.registry import (
     MAX_ADDRESSES,
     MAX_PEERS,
     RECENT_COMPILES,
@@ -18,7 +19,6 @@ from meshd.mesh.registry import (
     PeerSource,
     Registry,
 )
-from meshd.mesh.scheduler import Kind, PeerView, WaitingJob, plan
 
 SNAPSHOT_KEYS = {
     "fingerprint",

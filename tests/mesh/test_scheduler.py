@@ -6,7 +6,7 @@ from dataclasses import replace
 
 import pytest
 
-from meshd.mesh.scheduler import (
+from meshd.mesh.dispatch.scheduler import (
     Kind,
     PeerView,
     VersionPolicy,

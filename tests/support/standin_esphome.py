@@ -4,7 +4,7 @@
 Tests and benchmarks that are about meshd (queues, shutdown, the mesh) rather than
 about ESPHome point ``--esphome`` at ``python standin_esphome.py``: a compile then
 takes exactly as long as asked, can fail on demand, and still leaves the files real
-esphome leaves, where it leaves them, so ``meshd/build/storage.py`` reads them:
+esphome leaves, where it leaves them, so ``meshd/toolchain/storage.py`` reads them:
 
 * ``<data_dir>/storage/<config file name>.json``: a StorageJSON (``storage_version``
   1, ``name``, ``esp_platform``, ``core_platform``, ``build_path``,

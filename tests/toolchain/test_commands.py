@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from meshd.build.commands import create_bundle, default_bundle_path, list_bundle_files
-from meshd.build.runners import make_runners
-from meshd.build.toolchain import Toolchain
 from meshd.jobs.model import JobType
+from meshd.toolchain.commands import create_bundle, default_bundle_path, list_bundle_files
+from meshd.toolchain.runners import make_runners
+from meshd.toolchain.tools import Toolchain
 from tests.support.jobs import make_job, run_job
 
 CONFIG = """\

@@ -20,12 +20,12 @@ from pathlib import Path
 
 import pytest
 
-from meshd.build.chip import detect_chip, normalise_chip
-from meshd.build.commands import EsphomeFailed, invoke_esphome, validate_config
-from meshd.build.runners import make_runners
-from meshd.build.storage import FlashMethod, flash_plan, load_storage
-from meshd.build.toolchain import Toolchain
 from meshd.jobs.model import JobType
+from meshd.toolchain.chip import detect_chip, normalise_chip
+from meshd.toolchain.commands import EsphomeFailed, invoke_esphome, validate_config
+from meshd.toolchain.runners import make_runners
+from meshd.toolchain.storage import FlashMethod, flash_plan, load_storage
+from meshd.toolchain.tools import Toolchain
 from tests.support.fake_serial import MockBootloader, mock_bootloader_command, silent_pty
 from tests.support.jobs import make_job, run_job
 

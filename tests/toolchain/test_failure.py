@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from meshd.build.failure import MAX_ERROR_CHARS, FailureCollector
+from meshd.toolchain.failure import MAX_ERROR_CHARS, FailureCollector
 
 
 def _collect(lines: list[str]) -> FailureCollector:

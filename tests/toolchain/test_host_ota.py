@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from meshd.build.runners import make_runners
-from meshd.build.storage import FlashMethod, flash_plan, load_storage
-from meshd.build.toolchain import Toolchain
 from meshd.jobs.model import JobType
+from meshd.toolchain.runners import make_runners
+from meshd.toolchain.storage import FlashMethod, flash_plan, load_storage
+from meshd.toolchain.tools import Toolchain
 from tests.support.host_device import (
     BOOT_LINE,
     LOOPBACK_HEX,

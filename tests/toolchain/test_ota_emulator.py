@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from meshd.build.runners import make_runners
-from meshd.build.toolchain import Toolchain
 from meshd.jobs.model import JobType
+from meshd.toolchain.runners import make_runners
+from meshd.toolchain.tools import Toolchain
 from tests.support.host_device import free_port, write_host_project
 from tests.support.jobs import make_job, run_job
 from tests.support.ota_emulator import OtaEmulator, reject_non_elf

@@ -7,7 +7,7 @@ import io
 import sys
 from pathlib import Path
 
-from meshd.build.progress import (
+from meshd.toolchain.progress import (
     CompileProgress,
     EsptoolProgress,
     Monotonic,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import sys
 
-from meshd.process import MAX_LINE, run_process
+from meshd.toolchain.process import MAX_LINE, run_process
 
 
 async def _lines(script: str) -> list[str]:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from meshd.mesh.content import ContentError, ContentStore, check_digest, file_digest
+from meshd.mesh.content.store import ContentError, ContentStore, check_digest, file_digest
 
 # A config, its includes, fonts and images: a few MiB at most in practice. The caps
 # bound what a hostile offloader can make a receiver store or unpack.

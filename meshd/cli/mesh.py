@@ -12,7 +12,7 @@ import click
 from rich.table import Table
 
 from meshd.api.client import Client
-from meshd.cli import EXIT_OK, _json, _print_json, cli, client_options, console, run_client
+from meshd.cli.main import EXIT_OK, _json, _print_json, cli, client_options, console, run_client
 
 
 @cli.command()

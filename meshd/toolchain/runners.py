@@ -5,16 +5,18 @@
 ``reset_build_env`` → ``esphome clean-all CFGDIR``; ``rename`` → ``esphome rename CFG
 NEW_NAME``. Every line goes to the job log as it arrives; progress is parsed from it;
 a non-zero exit becomes ``JobFailed`` carrying the lines that explain it. Cancellation
-kills the process group (``meshd.process``) and propagates.
+kills the process group (``meshd.toolchain.process``) and propagates.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from meshd.build.chip import ChipError, expected_chip, verify_chip
-from meshd.build.commands import EsphomeFailed, invoke_esphome
-from meshd.build.progress import (
+from meshd.jobs.model import JobType
+from meshd.jobs.runner import JobContext, JobFailed, Runner
+from meshd.toolchain.chip import ChipError, expected_chip, verify_chip
+from meshd.toolchain.commands import EsphomeFailed, invoke_esphome
+from meshd.toolchain.progress import (
     Banded,
     Combined,
     CompileProgress,
@@ -22,7 +24,7 @@ from meshd.build.progress import (
     OtaProgress,
     ProgressParser,
 )
-from meshd.build.storage import (
+from meshd.toolchain.storage import (
     ArtifactError,
     FlashMethod,
     FlashPlan,
@@ -30,9 +32,7 @@ from meshd.build.storage import (
     is_serial_device,
     load_storage,
 )
-from meshd.build.toolchain import Toolchain, ToolMissing
-from meshd.jobs.model import JobType
-from meshd.jobs.runner import JobContext, JobFailed, Runner
+from meshd.toolchain.tools import Toolchain, ToolMissing
 
 # rename compiles then uploads; compiling dominates the wall time.
 _RENAME_COMPILE_SHARE = 0.8

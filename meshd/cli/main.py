@@ -29,7 +29,7 @@ from rich.text import Text
 
 from meshd import __version__
 from meshd.api.client import ApiRequestError, Client, DaemonUnreachable, Endpoint, find_endpoint
-from meshd.cli_render import (
+from meshd.cli.render import (
     TERMINAL,
     Follower,
     describe,
@@ -516,4 +516,4 @@ def main() -> None:
 
 # The mesh commands register themselves on ``cli``; imported last because they use
 # the plumbing above.
-from meshd import cli_mesh  # noqa: E402, F401 - importing registers the commands
+from meshd.cli import mesh as _mesh_commands  # noqa: E402, F401 - importing registers the commands

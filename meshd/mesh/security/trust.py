@@ -26,7 +26,7 @@ from typing import Final, Self
 
 from meshd.link.crypto import fingerprint as key_fingerprint
 from meshd.link.server import PeerCandidate
-from meshd.mesh.identity import parse_fingerprint
+from meshd.mesh.security.identity import parse_fingerprint
 
 DB_FILE: Final = "meshd.db"
 

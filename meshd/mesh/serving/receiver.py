@@ -23,7 +23,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from meshd.build.storage import ArtifactError, FlashMethod
 from meshd.jobs import events
 from meshd.jobs.engine import Engine
 from meshd.jobs.events import Event
@@ -46,10 +45,11 @@ from meshd.link.messages import (
     LogLine,
     Message,
 )
-from meshd.mesh.artifacts import collect_artifacts
-from meshd.mesh.blobs import BlobExchange
-from meshd.mesh.bundle import BundleManifest, BundleRejected, materialise
-from meshd.mesh.trust import Role, TrustStore
+from meshd.mesh.content.artifacts import collect_artifacts
+from meshd.mesh.content.blobs import BlobExchange
+from meshd.mesh.content.bundle import BundleManifest, BundleRejected, materialise
+from meshd.mesh.security.trust import Role, TrustStore
+from meshd.toolchain.storage import ArtifactError, FlashMethod
 
 _LOGGER = logging.getLogger(__name__)
 

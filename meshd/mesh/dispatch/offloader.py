@@ -22,9 +22,6 @@ import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from meshd.build.commands import EsphomeFailed, create_bundle
-from meshd.build.storage import FlashMethod, is_serial_device
-from meshd.build.toolchain import Toolchain, ToolMissing
 from meshd.jobs.placement import Reroute
 from meshd.jobs.runner import JobContext, JobFailed
 from meshd.link import LinkError, LinkSession, RequestFailed, Router
@@ -42,9 +39,12 @@ from meshd.link.messages import (
     JobState,
     LogLine,
 )
-from meshd.mesh.artifacts import ArtifactManifest, materialise_artifacts
-from meshd.mesh.blobs import BlobExchange
-from meshd.mesh.bundle import BundleRejected, read_bundle
+from meshd.mesh.content.artifacts import ArtifactManifest, materialise_artifacts
+from meshd.mesh.content.blobs import BlobExchange
+from meshd.mesh.content.bundle import BundleRejected, read_bundle
+from meshd.toolchain.commands import EsphomeFailed, create_bundle
+from meshd.toolchain.storage import FlashMethod, is_serial_device
+from meshd.toolchain.tools import Toolchain, ToolMissing
 
 _LOGGER = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Build artifacts: collected on the receiver, materialised on the offloader.
 
-The receiver reads ESPHome's own build record (``meshd.build.storage``) to list the
+The receiver reads ESPHome's own build record (``meshd.toolchain.storage``) to list the
 files a flash needs, puts them in its content store, and describes them relative to
 its ESPHome data directory. The offloader validates that description as hostile
 input, pulls only blobs it lacks, and writes each file to the same place under *its*
@@ -18,15 +18,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from meshd.build.storage import (
+from meshd.mesh.content.bundle import BundleRejected, safe_relative_path
+from meshd.mesh.content.store import ContentError, ContentStore, check_digest
+from meshd.toolchain.storage import (
     ArtifactError,
     FlashMethod,
     data_dir,
     flash_plan,
     load_storage,
 )
-from meshd.mesh.bundle import BundleRejected, safe_relative_path
-from meshd.mesh.content import ContentError, ContentStore, check_digest
 
 # An ESP32-S3 ELF is 20+ MiB; images are a few MiB. Anything claiming more is refused
 # before a byte is pulled.

@@ -38,7 +38,7 @@ import ifaddr
 from zeroconf import BadTypeInNameException, InterfaceChoice, ServiceStateChange, Zeroconf
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
-from meshd.mesh.registry import MAX_ADDRESSES, MdnsAdvert, Registry
+from meshd.mesh.peering.registry import MAX_ADDRESSES, MdnsAdvert, Registry
 
 _LOGGER = logging.getLogger(__name__)
 

@@ -12,16 +12,16 @@ surface is re-exported here; the modules each do one thing:
 * ``chip``: verify-chip with esptool before a serial upload.
 """
 
-from meshd.build.chip import ChipError, ChipMismatch, detect_chip, verify_chip
-from meshd.build.commands import (
+from meshd.toolchain.chip import ChipError, ChipMismatch, detect_chip, verify_chip
+from meshd.toolchain.commands import (
     EsphomeFailed,
     create_bundle,
     invoke_esphome,
     list_bundle_files,
     validate_config,
 )
-from meshd.build.runners import make_runners
-from meshd.build.storage import (
+from meshd.toolchain.runners import make_runners
+from meshd.toolchain.storage import (
     ArtifactError,
     FlashFile,
     FlashMethod,
@@ -32,7 +32,7 @@ from meshd.build.storage import (
     load_storage,
     storage_path,
 )
-from meshd.build.toolchain import Toolchain, ToolMissing
+from meshd.toolchain.tools import Toolchain, ToolMissing
 
 __all__ = [
     "ArtifactError",

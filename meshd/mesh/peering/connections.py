@@ -32,9 +32,9 @@ from meshd.link import (
     TrustRefused,
     connect,
 )
-from meshd.mesh.identity import Identity
-from meshd.mesh.registry import PeerSource, Registry
-from meshd.mesh.trust import Role, TrustStore
+from meshd.mesh.peering.registry import PeerSource, Registry
+from meshd.mesh.security.identity import Identity
+from meshd.mesh.security.trust import Role, TrustStore
 
 _LOGGER = logging.getLogger(__name__)
 

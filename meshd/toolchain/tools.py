@@ -13,7 +13,7 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from meshd.process import DEFAULT_KILL_GRACE, ProcessResult, run_process
+from meshd.toolchain.process import DEFAULT_KILL_GRACE, ProcessResult, run_process
 
 # Python children block-buffer stdout on a pipe; esphome prints PlatformIO's output
 # through stdout, so without this the job log would arrive in 8 KiB lumps.

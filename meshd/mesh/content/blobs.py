@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 from meshd.link import IncomingStream, LinkSession, RejectRequest
 from meshd.link.errors import ErrorCode, LinkError
-from meshd.mesh.content import ContentError, ContentStore, check_digest
+from meshd.mesh.content.store import ContentError, ContentStore, check_digest
 
 _LOGGER = logging.getLogger(__name__)
 

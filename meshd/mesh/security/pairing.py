@@ -40,8 +40,8 @@ from meshd.link.handshake import Mode
 from meshd.link.messages import PairAccept, PairProof
 from meshd.link.server import PeerCandidate, connect
 from meshd.link.session import LinkSession, Router
-from meshd.mesh.identity import Identity, short_fingerprint
-from meshd.mesh.trust import TrustedPeer, TrustStore
+from meshd.mesh.security.identity import Identity, short_fingerprint
+from meshd.mesh.security.trust import TrustedPeer, TrustStore
 
 log = logging.getLogger(__name__)
 

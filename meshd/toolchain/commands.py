@@ -16,9 +16,9 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
-from meshd.build.failure import FailureCollector
-from meshd.build.progress import Monotonic, ProgressParser, clean_line
-from meshd.build.toolchain import Toolchain
+from meshd.toolchain.failure import FailureCollector
+from meshd.toolchain.progress import Monotonic, ProgressParser, clean_line
+from meshd.toolchain.tools import Toolchain
 
 BUNDLE_SUFFIX = ".esphomebundle.tar.gz"
 

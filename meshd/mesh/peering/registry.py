@@ -29,7 +29,7 @@ from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from meshd.mesh.scheduler import PeerView
+from meshd.mesh.dispatch.scheduler import PeerView
 
 _LOGGER = logging.getLogger(__name__)
 

@@ -16,10 +16,10 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
-from meshd.build.failure import FailureCollector
-from meshd.build.progress import clean_line
-from meshd.build.storage import StorageRecord
-from meshd.build.toolchain import Toolchain
+from meshd.toolchain.failure import FailureCollector
+from meshd.toolchain.progress import clean_line
+from meshd.toolchain.storage import StorageRecord
+from meshd.toolchain.tools import Toolchain
 
 _CHIP_RES = (
     re.compile(r"Detecting chip type\.\.\. (ESP[\w-]+)"),

@@ -12,7 +12,7 @@ from dataclasses import replace
 
 from meshd.jobs.model import Job
 from meshd.jobs.placement import Placement, Where
-from meshd.mesh.scheduler import Kind, PeerView, VersionPolicy, WaitingJob, plan
+from meshd.mesh.dispatch.scheduler import Kind, PeerView, VersionPolicy, WaitingJob, plan
 
 _WHERE = {
     Kind.REMOTE: Where.REMOTE,
