@@ -26,7 +26,6 @@ the mesh components read them from this object when they are wired into the daem
 
 from __future__ import annotations
 
-import enum
 import os
 import shlex
 import socket
@@ -35,6 +34,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
+
+# Re-exported: the settings carry the policy, and the CLI reads its choices from here.
+from meshd.version_policy import VersionPolicy as VersionPolicy
 
 ENV_PREFIX = "MESHD_"
 CONFIG_FILENAME = "meshd.toml"
@@ -50,15 +52,6 @@ DEFAULT_HEARTBEAT = 10.0
 
 class ConfigError(ValueError):
     """A setting has an invalid value; the message names the setting and its source."""
-
-
-class VersionPolicy(enum.StrEnum):
-    """Which receivers' esphome versions are compatible with ours (see DESIGN: scheduling)."""
-
-    ANY = "any"
-    RELEASE = "release"  # same YYYY.M release series
-    EXACT = "exact"  # prefer identical versions, fall back to local
-    EXACT_REQUIRED = "exact_required"  # identical or nothing
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,6 @@ from meshd.config import Settings
 from meshd.jobs.engine import Engine
 from meshd.jobs.model import JobType
 from meshd.jobs.runner import Runner
-from meshd.mesh.dispatch.scheduler import VersionPolicy as SchedulerPolicy
 from meshd.mesh.node import MeshSettings
 from meshd.mesh.service import MeshService
 from meshd.sdnotify import Notifier
@@ -119,7 +118,7 @@ class Daemon:
                 mdns=s.mdns,
                 mdns_interfaces=s.mdns_interfaces or None,
                 static_peers=tuple(str(peer) for peer in s.peers),
-                version_policy=SchedulerPolicy(s.version_policy.value),
+                version_policy=s.version_policy,
                 include_local=s.include_local,
                 heartbeat=s.heartbeat,
             ),

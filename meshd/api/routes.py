@@ -20,7 +20,7 @@ from meshd import __version__
 from meshd.api.state import CLOSING_KEY, ENGINE_KEY, HOOKS_KEY, NODE_KEY, WEBSOCKETS_KEY
 from meshd.api.validation import INSTALL, ApiError, bad_request, parse_job_request, read_json
 from meshd.jobs.engine import Engine, EngineStopped, InvalidJob, UnknownJob
-from meshd.jobs.events import Event
+from meshd.jobs.events import Event, JobEvent
 from meshd.jobs.model import Job, JobStatus, JobType, LaneName
 
 _LOGGER = logging.getLogger(__name__)
@@ -128,7 +128,9 @@ async def create_job(request: web.Request) -> web.Response:
         if job_request.kind == INSTALL:
             assert job_request.device is not None
             created = list(
-                engine.install(job_request.configuration, job_request.device, args=job_request.args)
+                engine.install(
+                    job_request.configuration, job_request.device, options=job_request.options
+                )
             )
         else:
             created = [
@@ -136,7 +138,7 @@ async def create_job(request: web.Request) -> web.Response:
                     JobType(job_request.kind),
                     job_request.configuration,
                     job_request.device,
-                    args=job_request.args,
+                    options=job_request.options,
                 )
             ]
     except InvalidJob as exc:
@@ -192,8 +194,7 @@ async def _log_chunks(
     wake = asyncio.Event()
 
     def on_event(event: Event) -> None:
-        job = event.data.get("job")
-        if isinstance(job, dict) and job.get("id") == job_id:
+        if isinstance(event, JobEvent) and event.job.id == job_id:
             wake.set()
 
     closing = request.app[CLOSING_KEY]
@@ -244,7 +245,7 @@ async def events_ws(request: web.Request) -> web.WebSocketResponse:
         reader = asyncio.create_task(_drain_client(ws, subscription.close))
         try:
             while (event := await subscription.get()) is not None:
-                await ws.send_json(event.to_dict())
+                await ws.send_json(event.to_wire())
             if subscription.overflowed:
                 await ws.send_json({"type": "overflow", "message": "client fell behind; reconnect"})
                 await ws.close(code=WS_OVERFLOW_CLOSE, message=b"fell behind")

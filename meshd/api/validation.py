@@ -14,7 +14,7 @@ esphome's ``.esphome`` directory) must agree on one name for one file.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ import yaml
 from aiohttp import web
 
 from meshd.jobs.model import JobType
+from meshd.jobs.options import JobOptions
 
 INSTALL = "install"
 JOB_KINDS = (*(t.value for t in JobType), INSTALL)
@@ -68,7 +69,7 @@ class JobRequest:
     kind: str
     configuration: str
     device: str | None = None
-    args: dict[str, Any] = field(default_factory=dict)
+    options: JobOptions = field(default_factory=JobOptions)
 
 
 class _SyntaxLoader(yaml.SafeLoader):
@@ -167,10 +168,8 @@ def parse_job_request(body: Any) -> JobRequest:
             f"{kind} needs a device (an IP address or hostname for OTA, or a serial port)",
             field="device",
         )
-    args: dict[str, Any] = {}
-    if local:
-        # Read by the mesh scheduler: never dispatch this compile to a peer.
-        args["force_local"] = True
+    # Read by the mesh scheduler: never dispatch this compile to a peer.
+    options = JobOptions(force_local=local)
 
     if kind == JobType.RESET_BUILD_ENV.value:
         directory = resolve_path(raw_config or ".", cwd)
@@ -182,7 +181,7 @@ def parse_job_request(body: Any) -> JobRequest:
                 f"configuration directory {directory} does not exist",
                 path=str(directory),
             )
-        return JobRequest(kind, str(directory), device, args)
+        return JobRequest(kind, str(directory), device, options)
 
     assert raw_config is not None
     config = resolve_path(raw_config, cwd)
@@ -204,5 +203,5 @@ def parse_job_request(body: Any) -> JobRequest:
                 f"{new_name!r} is not a valid device name (letters, digits, '-' and '_')",
                 field="new_name",
             )
-        args["new_name"] = new_name
-    return JobRequest(kind, str(config), device, args)
+        options = replace(options, new_name=new_name)
+    return JobRequest(kind, str(config), device, options)

@@ -31,14 +31,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from meshd.jobs import events
-from meshd.jobs.events import EventBus
-from meshd.jobs.lanes import Lane, LaneStatus
+from meshd.jobs.events import (
+    EventBus,
+    JobFinished,
+    JobOutput,
+    JobProgress,
+    JobQueued,
+    JobStarted,
+    LaneStatusChanged,
+)
+from meshd.jobs.lanes import Lane, LaneSnapshot
 from meshd.jobs.logs import JobLogs
-from meshd.jobs.model import LOCAL_RUNNER, Job, JobStatus, JobType, LaneName, now
+from meshd.jobs.model import Job, JobStatus, JobType, LaneName, now
+from meshd.jobs.options import JobOptions
 from meshd.jobs.orphans import kill_orphan_group, process_identity
-from meshd.jobs.placement import LocalPlacer, Placement, Placer, Reroute, Where
-from meshd.jobs.runner import JobContext, JobFailed, Runner
+from meshd.jobs.placement import LocalPlacer, Placement, Placer, ReasonCode, Where
+from meshd.jobs.runner import JobContext, JobFailed, Reroute, Runner
 from meshd.jobs.store import DB_FILENAME, JobStore
 
 _LOGGER = logging.getLogger(__name__)
@@ -77,19 +85,15 @@ class Outcome(enum.Enum):
     FAILED = "failed"
     CANCELLED = "cancelled"
     INTERRUPTED = "interrupted"  # by shutdown: back to queued
-    REROUTE = "reroute"  # receiver lost: back to the queue, that receiver excluded
+    REROUTE = "reroute"  # the runner could not run it there: back to the queue
 
 
 @dataclass(frozen=True)
 class Result:
     outcome: Outcome
     error: str | None = None
-    exclude: str | None = None
-
-
-# A compile whose receiver was lost this many times is built locally instead: the
-# fleet may be flapping, and the user's install must still end.
-MAX_REROUTES = 3
+    reroute: Reroute | None = None
+    """For REROUTE: the runner's exception, with the options to queue the job with."""
 
 
 class Engine:
@@ -121,6 +125,7 @@ class Engine:
             execute=self._execute,
             on_finished=self._on_finished,
             on_status=self._publish_lane_status,
+            local=Placement(Where.LOCAL, ReasonCode.NO_MESH, "local compile lane"),
             placer=LocalPlacer(),
         )
         self.upload_lane = Lane(
@@ -130,7 +135,11 @@ class Engine:
             on_finished=self._on_finished,
             on_status=self._publish_lane_status,
             can_start=self._upload_may_start,
-            local_reason="uploads always run on the node that reaches the device",
+            local=Placement(
+                Where.LOCAL,
+                ReasonCode.UPLOAD_LOCAL,
+                "uploads always run on the node that reaches the device",
+            ),
         )
 
     def use_mesh(self, placer: Placer, remote_runner: Runner) -> None:
@@ -201,7 +210,7 @@ class Engine:
     def lane(self, name: LaneName) -> Lane:
         return self.compile_lane if name is LaneName.COMPILE else self.upload_lane
 
-    def lane_status(self, name: LaneName) -> LaneStatus:
+    def lane_status(self, name: LaneName) -> LaneSnapshot:
         return self.lane(name).status()
 
     def is_held(self, job_id: str) -> bool:
@@ -215,10 +224,15 @@ class Engine:
         configuration: str,
         device: str | None = None,
         *,
-        args: Mapping[str, Any] | None = None,
+        options: JobOptions | None = None,
     ) -> Job:
         """Queue one job, superseding other active jobs of its configuration."""
-        job = Job(type=job_type, configuration=configuration, device=device, args=dict(args or {}))
+        job = Job(
+            type=job_type,
+            configuration=configuration,
+            device=device,
+            options=options or JobOptions(),
+        )
         self._admit([job])
         return job
 
@@ -227,11 +241,14 @@ class Engine:
         configuration: str,
         device: str,
         *,
-        args: Mapping[str, Any] | None = None,
+        options: JobOptions | None = None,
     ) -> tuple[Job, Job]:
-        """Queue a compile and an upload held until the compile completes."""
+        """Queue a compile (with ``options``) and an upload held until the compile completes."""
         compile_job = Job(
-            type=JobType.COMPILE, configuration=configuration, device=device, args=dict(args or {})
+            type=JobType.COMPILE,
+            configuration=configuration,
+            device=device,
+            options=options or JobOptions(),
         )
         upload_job = Job(
             type=JobType.UPLOAD,
@@ -247,7 +264,7 @@ class Engine:
             raise InvalidJob("a job needs a configuration")
         if job.type is JobType.UPLOAD and not job.device:
             raise InvalidJob("an upload needs a device (IP address, hostname or serial port)")
-        if job.type is JobType.RENAME and not job.args.get("new_name"):
+        if job.type is JobType.RENAME and not job.options.new_name:
             raise InvalidJob("a rename needs a new name")
 
     def _admit(self, unit: list[Job]) -> None:
@@ -283,7 +300,7 @@ class Engine:
         for job in unit:
             self._active[job.id] = job
             self.logs.append(job.id, f"queued {job.type.value} for {job.configuration}")
-            self.bus.publish(events.JOB_QUEUED, job=job.to_dict())
+            self.bus.publish(JobQueued(job.snapshot()))
         for job in unit:
             self._place(job)
         # A cancelled gatekeeper or a new one changes what uploads may start.
@@ -350,24 +367,29 @@ class Engine:
 
     async def _execute(self, job: Job, placement: Placement) -> Result:
         """Run a job to an outcome; never raises (a runner's bug is a failed job)."""
+        job.reason = placement.reason
+        job.reason_code = placement.code.value
         if placement.where is Where.FAIL:
-            job.reason = placement.reason
             return Result(Outcome.FAILED, placement.reason)
         remote = placement.where is Where.REMOTE
         job.status = JobStatus.RUNNING
         job.started_at = now()
-        job.runner = placement.runner if remote else LOCAL_RUNNER
-        job.reason = placement.reason
+        job.runner = placement.runner
         self.store.save(job)
         self.logs.append(job.id, f"started on {job.runner}: {job.reason}")
-        self.bus.publish(events.JOB_STARTED, job=job.to_dict())
+        self.bus.publish(JobStarted(job.snapshot()))
         runner = self.remote_runner if remote else self._runners.get(job.type)
         if runner is None:
             return Result(Outcome.FAILED, f"no runner for {job.type.value} jobs on this node")
+        ctx = JobContext(
+            job,
+            self._log_for(job),
+            self._progress_for(job),
+            self._process_for(job),
+            placement=placement,
+        )
         try:
-            await runner.run(
-                JobContext(job, self._log_for(job), self._progress_for(job), self._process_for(job))
-            )
+            await runner.run(ctx)
         except asyncio.CancelledError:
             if job.id in self._cancel_requested:
                 return Result(Outcome.CANCELLED, job.error)
@@ -375,7 +397,7 @@ class Engine:
         except Reroute as exc:
             if job.id in self._cancel_requested:
                 return Result(Outcome.CANCELLED, job.error)
-            return Result(Outcome.REROUTE, str(exc), exc.exclude)
+            return Result(Outcome.REROUTE, str(exc), reroute=exc)
         except JobFailed as exc:
             return Result(Outcome.FAILED, str(exc) or "failed")
         except Exception as exc:
@@ -390,7 +412,7 @@ class Engine:
     def _log_for(self, job: Job) -> Any:
         def log(line: str) -> None:
             self.logs.append(job.id, line)
-            self.bus.publish(events.JOB_OUTPUT, job=job.to_dict(), line=line)
+            self.bus.publish(JobOutput(job.snapshot(), line))
 
         return log
 
@@ -401,7 +423,7 @@ class Engine:
             if last is not None and abs(fraction - last) < PROGRESS_STEP and fraction < 1.0:
                 return
             job.progress = fraction
-            self.bus.publish(events.JOB_PROGRESS, job=job.to_dict(), progress=fraction)
+            self.bus.publish(JobProgress(job.snapshot(), fraction))
 
         return progress
 
@@ -421,28 +443,24 @@ class Engine:
             self.logs.append(job.id, "interrupted by meshd shutdown; it runs again after restart")
             self.logs.close(job.id)
             return
-        if result.outcome is Outcome.REROUTE:
-            self._reroute(job, result.error or "receiver lost", result.exclude)
+        if result.reroute is not None:
+            self._requeue(job, result.reroute)
             return
         self._finish(job, result.outcome, result.error)
 
-    def _reroute(self, job: Job, reason: str, exclude: str | None) -> None:
-        """Put a compile whose receiver was lost back in the queue, at its old place."""
-        attempts = int(job.args.get("reroutes", 0)) + 1
-        job.args["reroutes"] = attempts
-        if exclude is not None:
-            excluded = list(job.args.get("excluded_receivers", []))
-            job.args["excluded_receivers"] = [*excluded, exclude]
-        self.logs.append(job.id, f"re-routing (attempt {attempts}): {reason}")
-        if attempts >= MAX_REROUTES:
-            job.args["force_local"] = True
-            self.logs.append(
-                job.id, f"lost {attempts} receivers; building locally as a last resort"
-            )
+    def _requeue(self, job: Job, reroute: Reroute) -> None:
+        """Put a job its runner could not run back in its queue, at its old place.
+
+        The runner's side decided what changes (``reroute.options``: receivers to avoid,
+        or local only); the engine only records it and lets placement run again.
+        """
+        for note in reroute.notes:
+            self.logs.append(job.id, note)
+        job.options = reroute.options
         _back_to_queued(job)
         self.store.save(job)
-        self.bus.publish(events.JOB_QUEUED, job=job.to_dict())
-        self.compile_lane.enqueue(job)
+        self.bus.publish(JobQueued(job.snapshot()))
+        self.lane(job.lane).enqueue(job)
 
     def _finish(self, job: Job, outcome: Outcome, error: str | None) -> None:
         """Make a job terminal: persist, announce, then settle its held dependents."""
@@ -454,12 +472,7 @@ class Engine:
         self.store.save(job)
         self.logs.append(job.id, f"{job.status.value}" + (f": {job.error}" if job.error else ""))
         self.logs.close(job.id)
-        event = {
-            JobStatus.COMPLETED: events.JOB_COMPLETED,
-            JobStatus.FAILED: events.JOB_FAILED,
-            JobStatus.CANCELLED: events.JOB_CANCELLED,
-        }[job.status]
-        self.bus.publish(event, job=job.to_dict())
+        self.bus.publish(JobFinished(job.snapshot()))
         for dependent in self._held.pop(job.id, []):
             if job.status is JobStatus.COMPLETED:
                 self.lane(dependent.lane).enqueue(dependent)
@@ -472,8 +485,8 @@ class Engine:
         # A finished clean or reset may open the build gate for waiting uploads.
         self.upload_lane.wake()
 
-    def _publish_lane_status(self, status: LaneStatus) -> None:
-        self.bus.publish(events.LANE_STATUS, **status.to_dict())
+    def _publish_lane_status(self, status: LaneSnapshot) -> None:
+        self.bus.publish(LaneStatusChanged(status))
 
     # -- restore --------------------------------------------------------------
 

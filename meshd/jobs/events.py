@@ -1,4 +1,9 @@
-"""In-process publish/subscribe for job and lane events.
+"""In-process publish/subscribe for job and lane events, and the events themselves.
+
+Events are frozen objects (``JobQueued``, ``JobOutput``, ``JobFinished``,
+``LaneStatusChanged``...): consumers match on the class and read typed fields. Each
+one's ``to_wire()`` is its JSON object for the events websocket, exactly the shape
+docs/API.md documents, so clients never see the classes.
 
 Two kinds of consumers: in-process listeners (plain callbacks, called synchronously
 in publish order, e.g. the mesh pushing compile-lane status) and subscribers with a
@@ -14,10 +19,14 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar, TypeAlias
+
+from meshd.jobs.lanes import LaneSnapshot
+from meshd.jobs.model import Job, JobStatus
 
 _LOGGER = logging.getLogger(__name__)
 
+# The ``type`` of each event on the wire (docs/API.md, "Events").
 JOB_QUEUED = "job_queued"
 JOB_STARTED = "job_started"
 JOB_OUTPUT = "job_output"
@@ -32,12 +41,94 @@ DEFAULT_SUBSCRIBER_QUEUE = 4096
 
 
 @dataclass(frozen=True)
-class Event:
-    type: str
-    data: dict[str, Any]
+class JobEvent:
+    """Something happened to ``job``: a snapshot taken when it happened (do not mutate)."""
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"type": self.type, **self.data}
+    job: Job
+    TYPE: ClassVar[str]
+
+    @property
+    def type(self) -> str:
+        return self.TYPE
+
+    def to_wire(self) -> dict[str, Any]:
+        """The event's JSON object for the events websocket."""
+        return {"type": self.type, "job": self.job.to_dict()}
+
+
+@dataclass(frozen=True)
+class JobQueued(JobEvent):
+    """Created (and persisted), or put back in the queue after a re-route."""
+
+    TYPE = JOB_QUEUED
+
+
+@dataclass(frozen=True)
+class JobStarted(JobEvent):
+    TYPE = JOB_STARTED
+
+
+@dataclass(frozen=True)
+class JobOutput(JobEvent):
+    """One line of tool output, also appended to the job's log."""
+
+    line: str
+    TYPE = JOB_OUTPUT
+
+    def to_wire(self) -> dict[str, Any]:
+        return {**super().to_wire(), "line": self.line}
+
+
+@dataclass(frozen=True)
+class JobProgress(JobEvent):
+    """Progress moved by at least ``engine.PROGRESS_STEP``."""
+
+    progress: float
+    TYPE = JOB_PROGRESS
+
+    def to_wire(self) -> dict[str, Any]:
+        return {**super().to_wire(), "progress": self.progress}
+
+
+_FINISHED_TYPES = {
+    JobStatus.COMPLETED: JOB_COMPLETED,
+    JobStatus.FAILED: JOB_FAILED,
+    JobStatus.CANCELLED: JOB_CANCELLED,
+}
+
+
+@dataclass(frozen=True)
+class JobFinished(JobEvent):
+    """Terminal: its wire type follows the status (completed, failed or cancelled)."""
+
+    def __post_init__(self) -> None:
+        if self.job.status not in _FINISHED_TYPES:
+            raise ValueError(f"job {self.job.id} is {self.job.status.value}, not finished")
+
+    @property
+    def type(self) -> str:
+        return _FINISHED_TYPES[self.job.status]
+
+
+@dataclass(frozen=True)
+class LaneStatusChanged:
+    """A lane's snapshot changed (running, queued, idle...)."""
+
+    snapshot: LaneSnapshot
+    TYPE: ClassVar[str] = LANE_STATUS
+
+    @property
+    def type(self) -> str:
+        return self.TYPE
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"type": self.type, **self.snapshot.to_dict()}
+
+
+Event: TypeAlias = (
+    JobQueued | JobStarted | JobOutput | JobProgress | JobFinished | LaneStatusChanged
+)
+"""Everything the bus carries; match on the class, not on ``type``."""
 
 
 class Subscription:
@@ -91,13 +182,12 @@ class EventBus:
         if sub in self._subscriptions:
             self._subscriptions.remove(sub)
 
-    def publish(self, type_: str, **data: Any) -> None:
-        event = Event(type_, data)
+    def publish(self, event: Event) -> None:
         for listener in list(self._listeners):
             try:
                 listener(event)
             except Exception:
                 # A broken observer must not break job bookkeeping.
-                _LOGGER.exception("event listener failed on %s", type_)
+                _LOGGER.exception("event listener failed on %s", event.type)
         for sub in list(self._subscriptions):
             sub._offer(event)

@@ -4,9 +4,11 @@ The lane knows nothing about job rules; the engine gives it callables:
 ``can_start(job)`` (device exclusivity, the build gate), ``execute(job, placement)``
 (runs the job to an outcome) and, for the compile lane, a ``Placer`` that may send
 jobs to remote receivers beside the local slots (the dispatch pool). Remote jobs do
-not occupy a local slot. The lane calls ``on_finished(job, outcome)`` only after the
-job's slot is released, so whoever reacts to a terminal status already sees the lane
-free (an offloader must never see a stale "busy").
+not occupy a local slot; the lane remembers which receiver each one occupies and
+hands that set to the placer, so placing never has to ask anyone about the lane. The
+lane calls ``on_finished(job, outcome)`` only after the job's slot is released, so
+whoever reacts to a terminal status already sees the lane free (an offloader must
+never see a stale "busy").
 """
 
 from __future__ import annotations
@@ -23,7 +25,9 @@ from meshd.jobs.placement import Placement, Placer, Where
 
 
 @dataclass(frozen=True)
-class LaneStatus:
+class LaneSnapshot:
+    """A lane's state at one moment (the ``lane_status`` event and ``/status`` lanes)."""
+
     lane: LaneName
     idle: bool
     """No local job running and nothing queued: this node could take a compile now."""
@@ -56,11 +60,12 @@ class Lane:
         *,
         execute: Callable[[Job, Placement], Awaitable[Any]],
         on_finished: Callable[[Job, Any], None],
-        on_status: Callable[[LaneStatus], None],
+        on_status: Callable[[LaneSnapshot], None],
+        local: Placement,
         can_start: Callable[[Job], bool] = lambda _job: True,
         placer: Placer | None = None,
-        local_reason: str = "local",
     ) -> None:
+        """``local`` is the placement of every job when there is no ``placer``."""
         if slots < 1:
             raise ValueError(f"a lane needs at least one slot, got {slots}")
         self.name = name
@@ -70,13 +75,13 @@ class Lane:
         self._on_status = on_status
         self._can_start = can_start
         self.placer = placer
-        self._local_reason = local_reason
+        self._local = local
         self._queue: list[Job] = []
         self._running: dict[str, tuple[Job, asyncio.Task[Any]]] = {}
-        self._remote: set[str] = set()
+        self._remote: dict[str, str] = {}  # running remote job id -> its receiver
         self._wake = asyncio.Event()
         self._idle_since: float | None = time.time()
-        self._last_status: LaneStatus | None = None
+        self._last_status: LaneSnapshot | None = None
         self._accepting = True
 
     # -- queue ----------------------------------------------------------------
@@ -115,9 +120,13 @@ class Lane:
     def _is_idle(self) -> bool:
         return self._local_running() == 0 and not self._queue
 
-    def status(self) -> LaneStatus:
+    def busy_receivers(self) -> frozenset[str]:
+        """The receivers this lane's running remote jobs occupy."""
+        return frozenset(self._remote.values())
+
+    def status(self) -> LaneSnapshot:
         idle = self._is_idle()
-        return LaneStatus(
+        return LaneSnapshot(
             lane=self.name,
             idle=idle,
             running=tuple(self._running),
@@ -160,14 +169,18 @@ class Lane:
                 if self._local_running() >= self.slots:
                     break
                 if self._can_start(job):
-                    self._start(job, Placement(Where.LOCAL, self._local_reason))
+                    self._start(job, self._local)
         self._status_changed()
 
     def _fill_placed(self, placer: Placer) -> None:
         queued = [job for job in self._queue if self._can_start(job)]
         if not queued:
             return
-        placements = placer.place(queued, self._local_running() < self.slots)
+        placements = placer.place(
+            queued,
+            local_free=self._local_running() < self.slots,
+            busy_receivers=self.busy_receivers(),
+        )
         for job, placement in zip(queued, placements, strict=True):
             if placement.where is Where.WAIT:
                 continue
@@ -177,8 +190,8 @@ class Lane:
 
     def _start(self, job: Job, placement: Placement) -> None:
         self._queue.remove(job)
-        if placement.where is Where.REMOTE:
-            self._remote.add(job.id)
+        if placement.receiver is not None:
+            self._remote[job.id] = placement.receiver
         task = asyncio.create_task(self._run_job(job, placement), name=f"job-{job.id}")
         self._running[job.id] = (job, task)
 
@@ -186,7 +199,7 @@ class Lane:
         outcome = await self._execute(job, placement)
         # Release the slot first, then report: see the module docstring.
         del self._running[job.id]
-        self._remote.discard(job.id)
+        self._remote.pop(job.id, None)
         self._status_changed()
         self._on_finished(job, outcome)
         self.wake()

@@ -7,11 +7,14 @@ dataclass owned by the engine; everything outside the engine sees snapshots via
 
 from __future__ import annotations
 
+import copy
 import enum
 import secrets
 import time
 from dataclasses import dataclass, field
 from typing import Any
+
+from meshd.jobs.options import JobOptions
 
 
 class JobType(enum.StrEnum):
@@ -67,8 +70,8 @@ class Job:
     configuration: str
     device: str | None = None
     depends_on: str | None = None
-    # Extra, type-specific arguments (e.g. ``new_name`` for rename, ``force_local``).
-    args: dict[str, Any] = field(default_factory=dict)
+    options: JobOptions = field(default_factory=JobOptions)
+    """Type-specific options (``new_name`` for rename, ``force_local``...); the API's ``args``."""
     id: str = field(default_factory=new_job_id)
     status: JobStatus = JobStatus.QUEUED
     created_at: float = field(default_factory=now)
@@ -77,6 +80,9 @@ class Job:
     error: str | None = None
     runner: str | None = None
     reason: str | None = None
+    reason_code: str | None = None
+    """Machine-readable form of ``reason`` (a ``placement.ReasonCode`` value; kept as text
+    so a code written by a newer meshd still loads)."""
     progress: float | None = None
     # Monotonic submission order; the lanes are FIFO by this, not by wall clock.
     seq: int = 0
@@ -84,6 +90,10 @@ class Job:
     @property
     def lane(self) -> LaneName:
         return lane_for(self.type)
+
+    def snapshot(self) -> Job:
+        """A copy as the job is now, for events (every field is immutable, so shallow is enough)."""
+        return copy.copy(self)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -100,8 +110,9 @@ class Job:
             "error": self.error,
             "runner": self.runner,
             "reason": self.reason,
+            "reason_code": self.reason_code,
             "progress": self.progress,
-            "args": dict(self.args),
+            "args": self.options.to_api(),
         }
 
     @classmethod
@@ -113,13 +124,14 @@ class Job:
             configuration=data["configuration"],
             device=data.get("device"),
             depends_on=data.get("depends_on"),
-            args=dict(data.get("args") or {}),
+            options=JobOptions.from_mapping(data.get("args") or {}),
             created_at=data["created_at"],
             started_at=data.get("started_at"),
             finished_at=data.get("finished_at"),
             error=data.get("error"),
             runner=data.get("runner"),
             reason=data.get("reason"),
+            reason_code=data.get("reason_code"),
             progress=data.get("progress"),
             seq=int(data.get("seq", 0)),
         )

@@ -11,12 +11,12 @@ its own module and connection; this module touches only ``jobs``.
 
 from __future__ import annotations
 
-import json
 import sqlite3
 from pathlib import Path
 from typing import Any
 
 from meshd.jobs.model import Job
+from meshd.jobs.options import JobOptions
 
 DB_FILENAME = "meshd.db"
 
@@ -36,7 +36,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     error         TEXT,
     runner        TEXT,
     reason        TEXT,
-    progress      REAL
+    progress      REAL,
+    reason_code   TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_status ON jobs(status);
 CREATE TABLE IF NOT EXISTS job_processes (
@@ -62,7 +63,12 @@ _COLUMNS = (
     "runner",
     "reason",
     "progress",
+    "reason_code",
 )
+
+# Columns added after the first release, with their type: a database an older meshd
+# created gets them on open (``ALTER TABLE ... ADD COLUMN`` keeps every row).
+_ADDED_COLUMNS = {"reason_code": "TEXT"}
 
 
 def connect(path: Path) -> sqlite3.Connection:
@@ -81,6 +87,10 @@ class JobStore:
         self.path = path
         self._conn = connect(path)
         self._conn.executescript(_SCHEMA)
+        present = {row[1] for row in self._conn.execute("PRAGMA table_info(jobs)")}
+        for name, kind in _ADDED_COLUMNS.items():
+            if name not in present:
+                self._conn.execute(f"ALTER TABLE jobs ADD COLUMN {name} {kind}")
 
     def close(self) -> None:
         self._conn.close()
@@ -94,7 +104,7 @@ class JobStore:
             job.configuration,
             job.device,
             job.depends_on,
-            json.dumps(job.args, sort_keys=True),
+            job.options.to_json(),
             job.created_at,
             job.started_at,
             job.finished_at,
@@ -102,6 +112,7 @@ class JobStore:
             job.runner,
             job.reason,
             job.progress,
+            job.reason_code,
         )
         placeholders = ",".join("?" * len(_COLUMNS))
         self._conn.execute(
@@ -151,5 +162,6 @@ class JobStore:
 
 def _row_to_job(row: tuple[Any, ...]) -> Job:
     data = dict(zip(_COLUMNS, row, strict=True))
-    data["args"] = json.loads(data["args"])
-    return Job.from_dict(data)
+    job = Job.from_dict({**data, "args": None})
+    job.options = JobOptions.from_json(data["args"])
+    return job

@@ -17,9 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from meshd.jobs import events
 from meshd.jobs.engine import Engine
-from meshd.jobs.events import Event
+from meshd.jobs.events import Event, LaneStatusChanged
 from meshd.jobs.model import LaneName
 from meshd.link import LinkServer, LinkSession, Router, SessionConfig
 from meshd.link.limits import PROTOCOL_VERSION
@@ -30,7 +29,6 @@ from meshd.mesh.content.bundle import prune_workdirs
 from meshd.mesh.content.store import ContentStore
 from meshd.mesh.dispatch.offloader import RemoteCompileRunner
 from meshd.mesh.dispatch.placer import MeshPlacer
-from meshd.mesh.dispatch.scheduler import VersionPolicy
 from meshd.mesh.peering.connections import Connections, SessionHooks, split_address
 from meshd.mesh.peering.discovery import AdvertInfo, Discovery
 from meshd.mesh.peering.registry import Registry
@@ -39,6 +37,7 @@ from meshd.mesh.security.pairing import PairingCode, PairingReceiver, pair_join
 from meshd.mesh.security.trust import TrustedPeer, TrustStore
 from meshd.mesh.serving.receiver import Receiver
 from meshd.toolchain.tools import Toolchain
+from meshd.version_policy import VersionPolicy
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -142,7 +141,6 @@ class MeshNode:
         if settings.offload:
             self.placer = MeshPlacer(
                 self.registry.views,
-                self._in_flight,
                 local_version=esphome_version,
                 policy=settings.version_policy,
                 include_local=settings.include_local,
@@ -264,13 +262,6 @@ class MeshNode:
     def _session_for(self, fingerprint: str) -> LinkSession | None:
         return self.connections.session_for(fingerprint)
 
-    def _in_flight(self) -> set[str]:
-        return {
-            job.runner
-            for job in self.engine.compile_lane.running_jobs()
-            if job.runner and job.runner != "local"
-        }
-
     def _opened(self, session: LinkSession) -> None:
         self.receiver.attach(session)
         asyncio.create_task(self._introduce(session))  # noqa: RUF006 - ends with the session
@@ -321,10 +312,10 @@ class MeshNode:
         self._heard_from(session, "node_info")
 
     def _on_engine_event(self, event: Event) -> None:
-        if event.type != events.LANE_STATUS or event.data.get("lane") != LaneName.COMPILE.value:
+        if not isinstance(event, LaneStatusChanged) or event.snapshot.lane is not LaneName.COMPILE:
             return
         if self.discovery is not None:
-            self.discovery.update_lane(bool(event.data["idle"]), event.data.get("idle_since"))
+            self.discovery.update_lane(event.snapshot.idle, event.snapshot.idle_since)
 
     async def _prune_loop(self) -> None:
         while True:

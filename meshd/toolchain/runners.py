@@ -113,7 +113,9 @@ class UploadRunner:
             plan = flash_plan(record, FlashMethod.SERIAL, config, env)
         except ArtifactError as exc:
             raise JobFailed(str(exc)) from exc
-        wanted = ctx.job.args.get("verify_chip", self.verify_chip)
+        wanted = ctx.job.options.verify_chip
+        if wanted is None:
+            wanted = self.verify_chip
         expected = expected_chip(record)
         if wanted and expected is not None:
             try:
@@ -160,8 +162,8 @@ class RenameRunner:
 
     async def run(self, ctx: JobContext) -> None:
         config = _config_file(ctx)
-        new_name = ctx.job.args.get("new_name")
-        if not isinstance(new_name, str) or not new_name:
+        new_name = ctx.job.options.new_name
+        if not new_name:
             raise JobFailed("rename needs args.new_name")
         progress = Combined(
             Banded(CompileProgress(), 0.0, _RENAME_COMPILE_SHARE),

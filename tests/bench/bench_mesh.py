@@ -32,6 +32,7 @@ from typing import Any
 import pytest
 
 from meshd.jobs.model import JobStatus, JobType
+from meshd.jobs.options import JobOptions
 from tests.mesh.nodes import host_yaml, start_node, stop_node, trust
 
 RESULTS = Path(__file__).parent / "results" / "mesh.json"
@@ -72,7 +73,7 @@ async def one_run(root: Path, run: int) -> dict[str, float]:
         for label, local in (("local", True), ("remote", False)):
             cfg = configs / f"{label}.yaml"
             cfg.write_text(host_yaml(label, compile_seconds=0))
-            job = pi.engine.submit(JobType.COMPILE, str(cfg), args={"force_local": local})
+            job = pi.engine.submit(JobType.COMPILE, str(cfg), options=JobOptions(force_local=local))
             done = await pi.wait_status(job.id, JobStatus.COMPLETED, JobStatus.FAILED)
             assert done.status is JobStatus.COMPLETED, done.error
             assert (done.runner == "local") is local

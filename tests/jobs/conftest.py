@@ -8,7 +8,7 @@ import pytest
 
 from meshd.jobs import events
 from meshd.jobs.engine import Engine
-from meshd.jobs.events import Event
+from meshd.jobs.events import Event, JobEvent
 from meshd.jobs.model import Job, JobStatus, JobType
 from tests.jobs.gated import GatedRunner, gone
 
@@ -48,11 +48,7 @@ class Harness:
         await self.gate.wait_started(job.id)
 
     def types_for(self, job: Job) -> list[str]:
-        return [
-            e.type
-            for e in self.events
-            if e.type.startswith("job_") and e.data["job"]["id"] == job.id
-        ]
+        return [e.type for e in self.events if isinstance(e, JobEvent) and e.job.id == job.id]
 
 
 def all_runners(gate: GatedRunner) -> dict[JobType, GatedRunner]:

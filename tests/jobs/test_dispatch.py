@@ -8,12 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from meshd.jobs.engine import MAX_REROUTES, Engine
+from meshd.jobs.engine import Engine
 from meshd.jobs.model import Job, JobStatus, JobType, LaneName
-from meshd.jobs.placement import Reroute
+from meshd.jobs.options import JobOptions
+from meshd.jobs.placement import ReasonCode
 from meshd.jobs.runner import JobContext
 from meshd.mesh.dispatch.placer import MeshPlacer
-from meshd.mesh.dispatch.scheduler import PeerView, VersionPolicy
+from meshd.mesh.dispatch.reroute import MAX_REROUTES, ReceiverLost, after_loss
+from meshd.mesh.dispatch.scheduler import PeerView
+from meshd.version_policy import VersionPolicy
 from tests.jobs.conftest import Harness, all_runners
 from tests.jobs.gated import GatedRunner
 
@@ -34,7 +37,11 @@ def receiver(name: str, idle_since: float, **kw: object) -> PeerView:
 
 
 class FlakyRemote:
-    """A remote runner (real processes) whose receiver can be 'lost' on demand."""
+    """A remote runner (real processes) whose receiver can be 'lost' on demand.
+
+    Like the real offloader, it reads its receiver from the placement and hands a
+    loss to the mesh's re-route policy.
+    """
 
     def __init__(self, gate: GatedRunner) -> None:
         self.gate = gate
@@ -42,10 +49,13 @@ class FlakyRemote:
         self.ran_on: dict[str, list[str]] = {}
 
     async def run(self, ctx: JobContext) -> None:
-        runner = ctx.job.runner or "?"
-        self.ran_on.setdefault(ctx.job.id, []).append(runner)
-        if runner in self.lose:
-            raise Reroute(f"receiver {runner} vanished", exclude=runner)
+        receiver = ctx.placement.receiver
+        assert receiver is not None and receiver == ctx.job.runner
+        self.ran_on.setdefault(ctx.job.id, []).append(receiver)
+        if receiver in self.lose:
+            raise after_loss(
+                ctx.job.options, ReceiverLost(f"receiver {receiver} vanished", receiver)
+            )
         await self.gate.run(ctx)
 
 
@@ -58,11 +68,9 @@ async def mesh_harness(tmp_path: Path) -> AsyncIterator[MeshHarness]:
     remote = FlakyRemote(GatedRunner(tmp_path / "remote"))
     engine = Engine(tmp_path / "data", all_runners(local_gate))
     peers: list[PeerView] = []
-
-    def in_flight() -> set[str]:
-        return {j.runner for j in engine.compile_lane.running_jobs() if j.runner != "local"}  # type: ignore[misc]
-
-    placer = MeshPlacer(lambda: peers, in_flight, local_version=lambda: V)
+    # The peer views never change: that receivers are busy is known only from what the
+    # lane tells the placer.
+    placer = MeshPlacer(lambda: peers, local_version=lambda: V)
     placer.ready = True
     engine.use_mesh(placer, remote)
     harness = Harness(engine, local_gate)
@@ -90,7 +98,9 @@ async def test_one_compile_per_idle_receiver_plus_local_in_flight_at_once(
     runners = [eng.get(j.id).runner for j in jobs[:4]]
     # FIFO order meets oldest-idle order: b (100) first, then c (200), then a (300).
     assert runners == ["fp-b", "fp-c", "fp-a", "local"]
-    assert "idle the longest" in (eng.get(jobs[0].id).reason or "")
+    codes = [eng.get(j.id).reason_code for j in jobs[:4]]
+    assert codes == [ReasonCode.IDLE_RECEIVER] * 3 + [ReasonCode.RECEIVERS_BUSY]
+    assert eng.compile_lane.busy_receivers() == {"fp-a", "fp-b", "fp-c"}
     status = eng.lane_status(LaneName.COMPILE)
     assert len(status.remote) == 3 and len(status.running) == 4
     assert [eng.get(j.id).status for j in jobs[4:]] == [JobStatus.QUEUED] * 2
@@ -128,7 +138,12 @@ async def test_lost_receiver_reroutes_then_builds_locally_as_last_resort(
     assert remote.ran_on[job.id] == [f"fp-{n}" for n in names[:MAX_REROUTES]]
     current = eng.get(job.id)
     assert current.runner == "local"
-    assert current.args["excluded_receivers"] == [f"fp-{n}" for n in names[:MAX_REROUTES]]
+    assert current.reason_code == ReasonCode.REROUTE_LIMIT
+    assert current.options.excluded_receivers == tuple(f"fp-{n}" for n in names[:MAX_REROUTES])
+    assert current.options.reroutes == MAX_REROUTES and current.options.force_local
+    # What the engine persisted is what the policy decided.
+    stored = eng.store.get(job.id)
+    assert stored is not None and stored.options == current.options
     log = "\n".join(eng.logs.read_lines(job.id))
     assert log.count("re-routing") == MAX_REROUTES and "last resort" in log
     harness.gate.release(job.id)
@@ -158,7 +173,7 @@ async def test_exact_required_fails_the_job_and_cancels_its_upload(
     compile_job, upload_job = eng.install("x.yaml", "10.0.0.9")
     await harness.status(upload_job, JobStatus.CANCELLED)
     failed = eng.get(compile_job.id)
-    assert failed.status is JobStatus.FAILED and "exact_required" in (failed.error or "")
+    assert failed.status is JobStatus.FAILED and failed.reason_code == ReasonCode.NO_EXACT_RECEIVER
     assert not remote.gate.ever_started(compile_job.id)
 
 
@@ -178,10 +193,10 @@ async def test_forced_local_job_stays_local(mesh_harness: MeshHarness) -> None:
     harness, peers, _remote = mesh_harness
     eng = harness.engine
     peers.append(receiver("a", 1.0))
-    job = eng.submit(JobType.COMPILE, "x.yaml", args={"force_local": True})
+    job = eng.submit(JobType.COMPILE, "x.yaml", options=JobOptions(force_local=True))
     await harness.started(job)
     assert eng.get(job.id).runner == "local"
-    assert "forced local" in (eng.get(job.id).reason or "")
+    assert eng.get(job.id).reason_code == ReasonCode.FORCED_LOCAL
     harness.gate.release(job.id)
     await harness.status(job, JobStatus.COMPLETED)
 
@@ -189,21 +204,23 @@ async def test_forced_local_job_stays_local(mesh_harness: MeshHarness) -> None:
 async def test_nothing_but_forced_local_runs_before_the_mesh_is_ready(tmp_path: Path) -> None:
     gate = GatedRunner(tmp_path / "gate")
     engine = Engine(tmp_path / "data", all_runners(gate))
-    placer = MeshPlacer(lambda: [], set, local_version=lambda: V)
+    placer = MeshPlacer(lambda: [], local_version=lambda: V)
     engine.use_mesh(placer, FlakyRemote(GatedRunner(tmp_path / "remote")))
     harness = Harness(engine, gate)
     await engine.start()
     try:
         waiting = engine.submit(JobType.COMPILE, "a.yaml")
-        forced = engine.submit(JobType.COMPILE, "b.yaml", args={"force_local": True})
+        forced = engine.submit(JobType.COMPILE, "b.yaml", options=JobOptions(force_local=True))
         await harness.started(forced)
         assert engine.get(waiting.id).status is JobStatus.QUEUED
+        assert engine.get(forced.id).reason_code == ReasonCode.FORCED_LOCAL
         gate.release(forced.id)
         await harness.status(forced, JobStatus.COMPLETED)
         assert engine.get(waiting.id).status is JobStatus.QUEUED
         placer.ready = True
         engine.reschedule()
         await harness.started(waiting)  # no receivers at all: local
+        assert engine.get(waiting.id).reason_code == ReasonCode.NO_ELIGIBLE_RECEIVER
         gate.release(waiting.id)
         await harness.status(waiting, JobStatus.COMPLETED)
     finally:

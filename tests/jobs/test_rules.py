@@ -331,8 +331,8 @@ async def test_lane_is_released_before_terminal_event(harness: Harness) -> None:
     await harness.status(job, C)
     assert len(seen) == 1 and seen[0].idle
     assert seen[0].idle_since is not None and seen[0].idle_since >= (before.idle_since or 0)
-    lane_events = [e for e in harness.events if e.type == events.LANE_STATUS]
-    idle_flags = [e.data["idle"] for e in lane_events if e.data["lane"] == "compile"]
+    lane_events = [e for e in harness.events if isinstance(e, events.LaneStatusChanged)]
+    idle_flags = [e.snapshot.idle for e in lane_events if e.snapshot.lane is LaneName.COMPILE]
     transitions = [flag for i, flag in enumerate(idle_flags) if i == 0 or flag != idle_flags[i - 1]]
     assert transitions == [False, True]
 
@@ -345,12 +345,12 @@ async def test_every_event_is_durable_before_it_is_announced(harness: Harness) -
     reader = JobStore(eng.store.path)
 
     def check(event: events.Event) -> None:
-        if event.type in (events.JOB_OUTPUT, events.JOB_PROGRESS, events.LANE_STATUS):
+        if not isinstance(event, events.JobQueued | events.JobStarted | events.JobFinished):
             return
-        job = event.data["job"]
-        row = {j.id: j for j in reader.load_all()}.get(job["id"])
-        if row is None or row.status.value != job["status"]:
-            mismatches.append((event.type, job["status"], row and row.status))
+        job = event.job
+        row = {j.id: j for j in reader.load_all()}.get(job.id)
+        if row is None or row.status is not job.status:
+            mismatches.append((event.type, job.status, row and row.status))
 
     eng.bus.add_listener(check)
     compile_job, upload_job = eng.install("a.yaml", "10.0.0.5")
@@ -387,7 +387,7 @@ async def test_progress_events_are_throttled(harness: Harness) -> None:
     for step in range(1000):
         ctx.progress(step / 1000)
     ctx.progress(1.0)
-    progress = [e.data["progress"] for e in harness.events if e.type == events.JOB_PROGRESS]
+    progress = [e.progress for e in harness.events if isinstance(e, events.JobProgress)]
     assert 90 <= len(progress) <= 102
     assert progress[-1] == 1.0
     await harness.started(job)

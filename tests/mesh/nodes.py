@@ -17,10 +17,10 @@ from pathlib import Path
 
 from meshd.jobs.engine import Engine
 from meshd.jobs.model import Job, JobStatus
-from meshd.mesh.dispatch.scheduler import VersionPolicy
 from meshd.mesh.node import MeshNode, MeshSettings
 from meshd.toolchain.runners import make_runners
 from meshd.toolchain.tools import Toolchain
+from meshd.version_policy import VersionPolicy
 
 STANDIN = Path(__file__).resolve().parents[1] / "support" / "standin_esphome.py"
 WAIT = 60.0  # safety net against hangs, not a speed assertion

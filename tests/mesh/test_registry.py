@@ -8,7 +8,8 @@ from dataclasses import replace
 
 import pytest
 
-from meshd.mesh.dispatch.scheduler import Kind, PeerView, WaitingJob, plan
+from meshd.jobs.placement import Where
+from meshd.mesh.dispatch.scheduler import PeerView, WaitingJob, plan
 from meshd.mesh.peering.registry import (
     MAX_ADDRESSES,
     MAX_PEERS,
@@ -296,7 +297,7 @@ def test_views_feed_the_scheduler(reg: Registry) -> None:
     assert all(isinstance(v, PeerView) for v in views)
     assert {v.fingerprint: v.in_flight for v in views} == {older: False, newer: True}
     [decision] = plan([WaitingJob("j1")], views, local_version="2026.6.5", local_free=True)
-    assert (decision.kind, decision.peer) == (Kind.REMOTE, older)
+    assert (decision.where, decision.receiver) == (Where.REMOTE, older)
 
 
 def test_a_failing_listener_does_not_stop_the_others(reg: Registry) -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from meshd.jobs.model import Job, JobStatus, JobType, LaneName
+from meshd.jobs.placement import ReasonCode
 from meshd.link.messages import CompileReject, CompileRequest
 from tests.mesh.nodes import Node, host_yaml, start_node, stop_node, trust
 
@@ -48,11 +49,12 @@ async def test_install_compiles_remotely_and_flashes_locally(
     assert done.status is C, pi.engine.get(compile_job.id).error
     compiled = pi.engine.get(compile_job.id)
     assert compiled.runner == desktop.fingerprint
-    assert "idle the longest" in (compiled.reason or "")
-    # The receiver ran it as its own job, tagged with the offloader.
-    remote = desktop.engine.jobs_where(lambda j: j.args.get("remote_job") == compile_job.id)
+    assert compiled.reason_code == ReasonCode.IDLE_RECEIVER
+    # The receiver ran it as its own job, tagged with the offloader, and never re-offloads it.
+    remote = desktop.engine.jobs_where(lambda j: j.options.remote_job == compile_job.id)
     assert len(remote) == 1 and remote[0].status is C
-    assert remote[0].args["offloader"] == pi.fingerprint
+    assert remote[0].options.offloader == pi.fingerprint
+    assert remote[0].options.offloader_name == "pi" and remote[0].options.force_local
     # The flash ran on the Pi, with the firmware the desktop built.
     built = Path(remote[0].configuration).parent / ".esphome/build/kitchen/.pioenvs/kitchen/program"
     flashed = pi.uploads(cfg)
@@ -89,7 +91,7 @@ async def test_cancel_during_remote_compile_cancels_there_and_never_flashes(
 
     def remote_running() -> list[object]:
         return desktop.engine.jobs_where(
-            lambda j: j.args.get("remote_job") == compile_job.id and j.status is R
+            lambda j: j.options.remote_job == compile_job.id and j.status is R
         )
 
     async with asyncio.timeout(60):
@@ -97,9 +99,7 @@ async def test_cancel_during_remote_compile_cancels_there_and_never_flashes(
             await asyncio.sleep(0.02)
     await pi.engine.cancel(compile_job.id)
     assert pi.engine.get(upload_job.id).status is X
-    remote_id = desktop.engine.jobs_where(lambda j: j.args.get("remote_job") == compile_job.id)[
-        0
-    ].id
+    remote_id = desktop.engine.jobs_where(lambda j: j.options.remote_job == compile_job.id)[0].id
     assert (await desktop.wait_status(remote_id, C, F, X)).status is X
     assert pi.uploads(cfg) == []
 
@@ -191,7 +191,10 @@ async def test_lost_receiver_reroutes_to_another(tmp_path: Path) -> None:
         await stop_node(first)  # gone mid-build
         done = await pi.wait_status(upload_job.id, C, F, X)
         assert done.status is C
-        assert pi.engine.get(compile_job.id).runner == second.fingerprint
+        rerouted = pi.engine.get(compile_job.id)
+        assert rerouted.runner == second.fingerprint
+        assert rerouted.options.excluded_receivers == (first.fingerprint,)
+        assert rerouted.options.reroutes == 1 and not rerouted.options.force_local
         log = "\n".join(pi.engine.logs.read_lines(compile_job.id))
         assert "re-routing (attempt 1)" in log
         assert pi.engine.lane_status(LaneName.COMPILE).idle
@@ -211,7 +214,7 @@ async def test_supersede_clean_and_reset_cancel_an_offloaded_compile_there(
     compile_job, upload_job = pi.engine.install(str(cfg), "192.0.2.10")
 
     def remote_of(job_id: str) -> list[Job]:
-        return desk.engine.jobs_where(lambda j: j.args.get("remote_job") == job_id)
+        return desk.engine.jobs_where(lambda j: j.options.remote_job == job_id)
 
     async with asyncio.timeout(60):
         while not [j for j in remote_of(compile_job.id) if j.status is R]:

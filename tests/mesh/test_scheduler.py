@@ -1,4 +1,8 @@
-"""Every branch of the scheduler, over hand-built snapshots."""
+"""Every branch of the scheduler, over hand-built snapshots.
+
+Assertions are on the placement's ``where``, ``code`` and ``receiver``; the sentence is
+for people and may be reworded freely.
+"""
 
 from __future__ import annotations
 
@@ -6,15 +10,13 @@ from dataclasses import replace
 
 import pytest
 
-from meshd.mesh.dispatch.scheduler import (
-    Kind,
-    PeerView,
-    VersionPolicy,
-    WaitingJob,
-    compatible,
-    plan,
-    release_of,
-)
+from meshd.jobs.model import Job, JobType
+from meshd.jobs.options import JobOptions
+from meshd.jobs.placement import Placement, ReasonCode, Where
+from meshd.mesh.dispatch.placer import waiting_job
+from meshd.mesh.dispatch.reroute import MAX_REROUTES, ReceiverLost, after_loss, gave_up
+from meshd.mesh.dispatch.scheduler import PeerView, WaitingJob, plan
+from meshd.version_policy import VersionPolicy, compatible, release_of
 
 V = "2026.6.5"
 
@@ -33,9 +35,13 @@ def peer(name: str, since: float | None = 100.0, **kw: object) -> PeerView:
     return replace(base, **kw)  # type: ignore[arg-type]
 
 
-def one(job: WaitingJob, peers: list[PeerView], **kw: object):  # type: ignore[no-untyped-def]
-    opts = {"local_version": V, "local_free": True, **kw}
+def one(job: WaitingJob, peers: list[PeerView], **kw: object) -> Placement:
+    opts: dict[str, object] = {"local_version": V, "local_free": True, **kw}
     return plan([job], peers, **opts)[0]  # type: ignore[arg-type]
+
+
+def what(p: Placement) -> tuple[Where, ReasonCode]:
+    return p.where, p.code
 
 
 JOB = WaitingJob("j1")
@@ -43,13 +49,13 @@ JOB = WaitingJob("j1")
 
 def test_oldest_idle_receiver_wins() -> None:
     d = one(JOB, [peer("a", 300.0), peer("b", 100.0), peer("c", 200.0)])
-    assert (d.kind, d.peer) == (Kind.REMOTE, "fp-b")
-    assert "idle the longest" in d.reason
+    assert (d.where, d.code, d.receiver) == (Where.REMOTE, ReasonCode.IDLE_RECEIVER, "fp-b")
+    assert d.runner == "fp-b"
 
 
 def test_ties_break_by_fingerprint_and_missing_since_counts_as_newest() -> None:
     d = one(JOB, [peer("b", 5.0), peer("a", 5.0), peer("z", None)])
-    assert d.peer == "fp-a"
+    assert d.receiver == "fp-a"
 
 
 @pytest.mark.parametrize(
@@ -63,60 +69,73 @@ def test_ties_break_by_fingerprint_and_missing_since_counts_as_newest() -> None:
 )
 def test_ineligible_receivers_are_skipped_with_a_reason(override: dict, why: str) -> None:
     d = one(JOB, [peer("a", 1.0, **override), peer("b", 50.0)])
-    assert d.peer == "fp-b"
+    assert d.receiver == "fp-b"
     alone = one(JOB, [peer("a", 1.0, **override)])
-    assert alone.kind is Kind.LOCAL
+    assert what(alone) == (Where.LOCAL, ReasonCode.NO_ELIGIBLE_RECEIVER)
+    assert alone.receiver is None and alone.runner == "local"
+    # The sentence names each receiver's problem for the person reading the job.
     assert why in alone.reason
 
 
 def test_excluded_receiver_is_not_used_again_for_that_job() -> None:
     job = WaitingJob("j1", excluded=frozenset({"fp-a"}))
     d = one(job, [peer("a", 1.0), peer("b", 50.0)])
-    assert d.peer == "fp-b"
+    assert d.receiver == "fp-b"
+    assert what(one(job, [peer("a", 1.0)])) == (Where.LOCAL, ReasonCode.NO_ELIGIBLE_RECEIVER)
 
 
 def test_one_job_per_receiver_and_fifo_gets_oldest_idle_first() -> None:
     jobs = [WaitingJob(f"j{i}") for i in range(5)]
     peers = [peer("a", 30.0), peer("b", 10.0), peer("c", 20.0)]
     decisions = plan(jobs, peers, local_version=V, local_free=True)
-    assert [d.peer for d in decisions[:3]] == ["fp-b", "fp-c", "fp-a"]
-    assert decisions[3].kind is Kind.LOCAL
-    assert decisions[4].kind is Kind.WAIT
+    assert [d.receiver for d in decisions[:3]] == ["fp-b", "fp-c", "fp-a"]
+    assert what(decisions[3]) == (Where.LOCAL, ReasonCode.RECEIVERS_BUSY)
+    assert what(decisions[4]) == (Where.WAIT, ReasonCode.RECEIVERS_BUSY)
 
 
 def test_in_flight_receiver_takes_no_second_job() -> None:
     d = one(JOB, [peer("a", 1.0, in_flight=True)], local_free=False)
-    assert d.kind is Kind.WAIT
+    assert what(d) == (Where.WAIT, ReasonCode.RECEIVERS_BUSY)
 
 
 def test_all_busy_runs_locally_when_include_local_and_slot_free() -> None:
     busy = [peer("a", None, idle=False), peer("b", None, idle=False)]
-    assert one(JOB, busy).kind is Kind.LOCAL
-    assert one(JOB, busy, local_free=False).kind is Kind.WAIT
+    assert what(one(JOB, busy)) == (Where.LOCAL, ReasonCode.RECEIVERS_BUSY)
+    assert what(one(JOB, busy, local_free=False)) == (Where.WAIT, ReasonCode.RECEIVERS_BUSY)
     off = one(JOB, busy, include_local=False)
-    assert off.kind is Kind.WAIT and "include-local off" in off.reason
+    assert what(off) == (Where.WAIT, ReasonCode.RECEIVERS_BUSY_NO_LOCAL)
 
 
 def test_no_eligible_receiver_runs_locally_even_with_include_local_off() -> None:
     d = one(JOB, [], include_local=False)
-    assert d.kind is Kind.LOCAL and "none known" in d.reason
-    assert one(JOB, [], local_free=False).kind is Kind.WAIT
+    assert what(d) == (Where.LOCAL, ReasonCode.NO_ELIGIBLE_RECEIVER)
+    assert "none known" in d.reason
+    waiting = one(JOB, [], local_free=False)
+    assert what(waiting) == (Where.WAIT, ReasonCode.NO_ELIGIBLE_RECEIVER)
 
 
 def test_exact_required_fails_instead_of_falling_back() -> None:
     other = [peer("a", 1.0, esphome_version="2026.6.4")]
     d = one(JOB, other, policy=VersionPolicy.EXACT_REQUIRED)
-    assert d.kind is Kind.FAIL and "exactly" in d.reason
-    assert one(JOB, other, policy=VersionPolicy.EXACT).kind is Kind.LOCAL
+    assert what(d) == (Where.FAIL, ReasonCode.NO_EXACT_RECEIVER)
+    exact_preferred = one(JOB, other, policy=VersionPolicy.EXACT)
+    assert what(exact_preferred) == (Where.LOCAL, ReasonCode.NO_ELIGIBLE_RECEIVER)
     exact = [peer("b", 1.0)]
-    assert one(JOB, exact, policy=VersionPolicy.EXACT_REQUIRED).peer == "fp-b"
+    assert one(JOB, exact, policy=VersionPolicy.EXACT_REQUIRED).receiver == "fp-b"
 
 
 def test_forced_local_ignores_idle_receivers() -> None:
     forced = WaitingJob("j1", force_local=True)
-    assert one(forced, [peer("a", 1.0)]).kind is Kind.LOCAL
+    assert what(one(forced, [peer("a", 1.0)])) == (Where.LOCAL, ReasonCode.FORCED_LOCAL)
     waiting = one(forced, [peer("a", 1.0)], local_free=False)
-    assert waiting.kind is Kind.WAIT and "forced local" in waiting.reason
+    assert what(waiting) == (Where.WAIT, ReasonCode.FORCED_LOCAL)
+
+
+def test_a_job_the_reroute_policy_gave_up_on_says_so() -> None:
+    lost = WaitingJob("j1", force_local=True, gave_up=True, excluded=frozenset({"fp-a"}))
+    assert what(one(lost, [peer("b", 1.0)])) == (Where.LOCAL, ReasonCode.REROUTE_LIMIT)
+    waiting = one(lost, [peer("b", 1.0)], local_free=False)
+    assert what(waiting) == (Where.WAIT, ReasonCode.REROUTE_LIMIT)
 
 
 def test_version_policies() -> None:
@@ -132,23 +151,51 @@ def test_version_policies() -> None:
 
 def test_unknown_local_version_builds_locally_until_probed() -> None:
     d = plan([JOB], [peer("a", 1.0)], local_version="", local_free=True)[0]
-    assert d.kind is Kind.LOCAL and "not known yet" in d.reason
+    assert what(d) == (Where.LOCAL, ReasonCode.NO_ELIGIBLE_RECEIVER)
+    assert "not known yet" in d.reason
     anyway = plan(
         [JOB], [peer("a", 1.0)], local_version="", local_free=True, policy=VersionPolicy.ANY
     )[0]
-    assert anyway.peer == "fp-a"
+    assert anyway.receiver == "fp-a"
 
 
 def test_first_connection_attempts_hold_off_the_local_fallback() -> None:
     waiting = plan([JOB], [], local_version=V, local_free=True, receivers_connecting=True)[0]
-    assert waiting.kind is Kind.WAIT and "connect" in waiting.reason
+    assert what(waiting) == (Where.WAIT, ReasonCode.RECEIVERS_CONNECTING)
     # An idle eligible receiver is used at once; a forced-local job never waits.
     ready = plan(
         [JOB], [peer("a", 1.0)], local_version=V, local_free=True, receivers_connecting=True
     )[0]
-    assert ready.peer == "fp-a"
+    assert ready.receiver == "fp-a"
     forced = WaitingJob("j2", force_local=True)
-    assert (
-        plan([forced], [], local_version=V, local_free=True, receivers_connecting=True)[0].kind
-        is Kind.LOCAL
-    )
+    placed = plan([forced], [], local_version=V, local_free=True, receivers_connecting=True)[0]
+    assert what(placed) == (Where.LOCAL, ReasonCode.FORCED_LOCAL)
+
+
+def test_a_remote_placement_always_names_its_receiver() -> None:
+    with pytest.raises(ValueError, match="receiver"):
+        Placement(Where.REMOTE, ReasonCode.IDLE_RECEIVER, "no receiver given")
+    with pytest.raises(ValueError, match="receiver"):
+        Placement(Where.LOCAL, ReasonCode.NO_MESH, "local", receiver="fp-a")
+
+
+def test_reroute_policy_excludes_each_lost_receiver_then_gives_up() -> None:
+    options = JobOptions(elf=True, extra={"future": 1})
+    for attempt in range(1, MAX_REROUTES + 1):
+        reroute = after_loss(options, ReceiverLost("session closed", f"fp-{attempt}"))
+        options = reroute.options
+        assert options.reroutes == attempt
+        assert options.excluded_receivers == tuple(f"fp-{n}" for n in range(1, attempt + 1))
+        assert options.force_local is (attempt == MAX_REROUTES)
+        assert gave_up(options) is (attempt == MAX_REROUTES)
+        assert reroute.notes[0] == f"re-routing (attempt {attempt}): session closed"
+    assert "last resort" in reroute.notes[-1]
+    # Options the policy does not own survive every re-route.
+    assert options.elf and dict(options.extra) == {"future": 1}
+    # Fed back to the scheduler, the job stays home and says why.
+    job = waiting_job(Job(JobType.COMPILE, "a.yaml", options=options))
+    assert what(one(job, [peer("z", 1.0)])) == (Where.LOCAL, ReasonCode.REROUTE_LIMIT)
+
+
+def test_a_user_forced_job_is_not_mistaken_for_a_given_up_one() -> None:
+    assert not gave_up(JobOptions(force_local=True))

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from meshd.jobs.model import Job, JobType
+from meshd.jobs.options import JobOptions
 from meshd.jobs.runner import JobContext, JobFailed, Runner
 
 
@@ -30,9 +31,16 @@ def make_job(
     job_type: JobType,
     configuration: object,
     device: str | None = None,
-    **args: Any,
+    **options: Any,
 ) -> Recorder:
-    return Recorder(Job(type=job_type, configuration=str(configuration), device=device, args=args))
+    return Recorder(
+        Job(
+            type=job_type,
+            configuration=str(configuration),
+            device=device,
+            options=JobOptions(**options),
+        )
+    )
 
 
 async def run_job(runner: Runner, recorder: Recorder) -> JobFailed | None:

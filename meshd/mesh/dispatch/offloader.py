@@ -7,9 +7,11 @@
 4. pull the artifacts a flash needs (digest-verified) and materialise them where
    ``esphome upload`` looks, so the held upload runs as after a local compile.
 
-Losing the receiver at any step (connection, heartbeat, its restart) raises
-``Reroute``: the engine re-queues the job elsewhere. A compile error on the receiver
-is a normal failure. Cancelling the local job sends ``cancel`` to the receiver first.
+The receiver is the one the placement chose (``ctx.placement.receiver``). Losing it
+at any step (connection, heartbeat, its restart, a refusal) is a ``ReceiverLost``,
+which the re-route policy (``reroute.py``) turns into the ``Reroute`` the engine
+re-queues. A compile error on the receiver is a normal failure. Cancelling the local
+job sends ``cancel`` to the receiver first.
 """
 
 from __future__ import annotations
@@ -22,7 +24,6 @@ import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from meshd.jobs.placement import Reroute
 from meshd.jobs.runner import JobContext, JobFailed
 from meshd.link import LinkError, LinkSession, RequestFailed, Router
 from meshd.link.messages import (
@@ -42,6 +43,7 @@ from meshd.link.messages import (
 from meshd.mesh.content.artifacts import ArtifactManifest, materialise_artifacts
 from meshd.mesh.content.blobs import BlobExchange
 from meshd.mesh.content.bundle import BundleRejected, read_bundle
+from meshd.mesh.dispatch.reroute import ReceiverLost, after_loss
 from meshd.toolchain.commands import EsphomeFailed, create_bundle
 from meshd.toolchain.storage import FlashMethod, is_serial_device
 from meshd.toolchain.tools import Toolchain, ToolMissing
@@ -65,8 +67,8 @@ def _accepted(answer: object, fingerprint: str) -> CompileAccept:
         if answer.reason == "invalid":
             # The bundle itself is unsafe or broken: no other receiver will take it.
             raise JobFailed(f"receiver refused the bundle: {answer.message}")
-        raise Reroute(f"receiver declined ({answer.reason}: {answer.message})", fingerprint)
-    raise Reroute(f"receiver answered {getattr(answer, 'TYPE', answer)!r}", fingerprint)
+        raise ReceiverLost(f"receiver declined ({answer.reason}: {answer.message})", fingerprint)
+    raise ReceiverLost(f"receiver answered {getattr(answer, 'TYPE', answer)!r}", fingerprint)
 
 
 def _why(exc: BaseException) -> str:
@@ -120,11 +122,19 @@ class RemoteCompileRunner:
     # -- the runner -------------------------------------------------------------------
 
     async def run(self, ctx: JobContext) -> None:
+        fingerprint = ctx.placement.receiver
+        if fingerprint is None:
+            raise JobFailed("internal error: a remote compile was placed without a receiver")
+        try:
+            await self._run(ctx, fingerprint)
+        except ReceiverLost as lost:
+            raise after_loss(ctx.job.options, lost) from None
+
+    async def _run(self, ctx: JobContext, fingerprint: str) -> None:
         job = ctx.job
-        fingerprint = job.runner or ""
         session = self._session_for(fingerprint)
         if session is None:
-            raise Reroute(f"receiver {fingerprint[:16]} is not connected", exclude=fingerprint)
+            raise ReceiverLost(f"receiver {fingerprint[:16]} is not connected", fingerprint)
         config = Path(job.configuration)
         started = time.monotonic()
         ctx.log(f"[meshd] offloading compile to {fingerprint[:16]}")
@@ -138,7 +148,7 @@ class RemoteCompileRunner:
             try:
                 reply = await session.request(HaveQuery(tuple(bytes.fromhex(d) for d in digests)))
                 if not isinstance(reply, HaveReply):
-                    raise Reroute("receiver answered have_query oddly", exclude=fingerprint)
+                    raise ReceiverLost("receiver answered have_query oddly", fingerprint)
                 missing = [d.hex() for d in reply.missing]
                 sent = await self.blobs.push(session, missing)
                 ctx.log(
@@ -156,7 +166,7 @@ class RemoteCompileRunner:
                     )
                 )
             except (LinkError, RequestFailed) as exc:
-                raise Reroute(
+                raise ReceiverLost(
                     f"lost receiver while sending the bundle: {exc}", fingerprint
                 ) from None
             accepted = _accepted(answer, fingerprint)
@@ -199,7 +209,7 @@ class RemoteCompileRunner:
         while True:
             item = await queue.get()
             if item is _LOST:
-                raise Reroute("lost the receiver during the compile", exclude=fingerprint)
+                raise ReceiverLost("lost the receiver during the compile", fingerprint)
             if isinstance(item, LogLine):
                 ctx.log(item.line)
             elif isinstance(item, JobState):
@@ -211,9 +221,9 @@ class RemoteCompileRunner:
                 elif item.state == "failed":
                     raise JobFailed(item.error or "compile failed on the receiver")
                 elif item.state == "cancelled":
-                    raise Reroute(
+                    raise ReceiverLost(
                         f"receiver cancelled the compile ({item.error or 'no reason'})",
-                        exclude=fingerprint,
+                        fingerprint,
                     )
 
     async def _fetch(self, session: LinkSession, digests: list[str]) -> None:
@@ -234,7 +244,7 @@ class RemoteCompileRunner:
         method = FlashMethod.SERIAL if is_serial_device(device) else FlashMethod.OTA
         try:
             reply = await session.request(
-                ArtifactRequest(ctx.job.id, method.value, bool(ctx.job.args.get("elf"))),
+                ArtifactRequest(ctx.job.id, method.value, ctx.job.options.elf),
                 ArtifactReply,
             )
             manifest_digest = reply.manifest_digest.hex()
@@ -250,7 +260,9 @@ class RemoteCompileRunner:
             # Before LinkError (its base): the receiver answered, it is not lost.
             raise JobFailed(f"receiver could not provide artifacts: {exc}") from None
         except (LinkError, TimeoutError) as exc:
-            raise Reroute(f"lost receiver while pulling artifacts: {exc}", fingerprint) from None
+            raise ReceiverLost(
+                f"lost receiver while pulling artifacts: {exc}", fingerprint
+            ) from None
         except (BundleRejected, ValueError) as exc:
             raise JobFailed(f"receiver sent unusable artifacts: {exc}") from None
         written = await asyncio.to_thread(

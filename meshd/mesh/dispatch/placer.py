@@ -1,8 +1,8 @@
 """Adapts the pure scheduler to the compile lane's ``Placer`` seam.
 
-The lane hands over its FIFO queue; this reads the mesh's live peer registry and the
-jobs already in flight, asks ``scheduler.plan``, and translates each decision into a
-placement whose reason is stored on the job.
+The lane hands over its FIFO queue and the receivers its running remote jobs occupy;
+this reads the mesh's live peer registry, marks those receivers busy, and asks
+``scheduler.plan``, whose placements go back to the lane as they are.
 """
 
 from __future__ import annotations
@@ -11,22 +11,18 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 
 from meshd.jobs.model import Job
-from meshd.jobs.placement import Placement, Where
-from meshd.mesh.dispatch.scheduler import Kind, PeerView, VersionPolicy, WaitingJob, plan
-
-_WHERE = {
-    Kind.REMOTE: Where.REMOTE,
-    Kind.LOCAL: Where.LOCAL,
-    Kind.WAIT: Where.WAIT,
-    Kind.FAIL: Where.FAIL,
-}
+from meshd.jobs.placement import Placement, ReasonCode, Where
+from meshd.mesh.dispatch.reroute import gave_up
+from meshd.mesh.dispatch.scheduler import PeerView, WaitingJob, plan
+from meshd.version_policy import VersionPolicy
 
 
 def waiting_job(job: Job) -> WaitingJob:
     return WaitingJob(
         id=job.id,
-        force_local=bool(job.args.get("force_local")),
-        excluded=frozenset(job.args.get("excluded_receivers", ())),
+        force_local=job.options.force_local,
+        gave_up=gave_up(job.options),
+        excluded=frozenset(job.options.excluded_receivers),
     )
 
 
@@ -34,7 +30,6 @@ class MeshPlacer:
     def __init__(
         self,
         peers: Callable[[], Sequence[PeerView]],
-        in_flight: Callable[[], set[str]],
         *,
         local_version: Callable[[], str],
         policy: VersionPolicy = VersionPolicy.RELEASE,
@@ -43,7 +38,6 @@ class MeshPlacer:
     ) -> None:
         self._peers = peers
         self._connecting = connecting
-        self._in_flight = in_flight
         self._local_version = local_version
         self.policy = policy
         self.include_local = include_local
@@ -51,12 +45,13 @@ class MeshPlacer:
         """False until the mesh has started: until then only forced-local jobs run, so
         jobs restored at start are not placed before any receiver could connect."""
 
-    def place(self, queued: Sequence[Job], local_free: bool) -> Sequence[Placement]:
+    def place(
+        self, queued: Sequence[Job], *, local_free: bool, busy_receivers: frozenset[str]
+    ) -> Sequence[Placement]:
         if not self.ready:
             return self._before_start(queued, local_free)
-        busy = self._in_flight()
-        views = [replace(p, in_flight=p.fingerprint in busy) for p in self._peers()]
-        decisions = plan(
+        views = [replace(p, in_flight=p.fingerprint in busy_receivers) for p in self._peers()]
+        return plan(
             [waiting_job(job) for job in queued],
             views,
             local_version=self._local_version(),
@@ -65,17 +60,15 @@ class MeshPlacer:
             include_local=self.include_local,
             receivers_connecting=self._connecting(),
         )
-        return [
-            Placement(_WHERE[decision.kind], decision.reason, decision.peer or "local")
-            for decision in decisions
-        ]
 
     def _before_start(self, queued: Sequence[Job], local_free: bool) -> list[Placement]:
         placements = []
         for job in queued:
-            if local_free and job.args.get("force_local"):
-                placements.append(Placement(Where.LOCAL, "forced local (--local)"))
-                local_free = False
+            if job.options.force_local:
+                # The scheduler's forced-local rule needs no peers: apply it as it is.
+                [placement] = plan([waiting_job(job)], [], local_version="", local_free=local_free)
+                local_free = local_free and placement.where is not Where.LOCAL
             else:
-                placements.append(Placement(Where.WAIT, "the mesh is starting"))
+                placement = Placement(Where.WAIT, ReasonCode.MESH_STARTING, "the mesh is starting")
+            placements.append(placement)
         return placements

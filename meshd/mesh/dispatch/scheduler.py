@@ -2,8 +2,9 @@
 
 No I/O, no clock, no mutable state: the dispatch pool calls ``plan`` on every peer,
 status and lane event with what it knows right then, and acts on the result. That
-makes every branch testable with hand-built snapshots, and every decision carries the
-reason that is stored on the job.
+makes every branch testable with hand-built snapshots. Each decision is the compile
+lane's own ``Placement``: where, a ``ReasonCode`` (what tests and programs match on),
+the sentence stored on the job for people, and the chosen receiver.
 
 Rules (DESIGN.md, "Scheduling"):
 
@@ -19,28 +20,17 @@ Rules (DESIGN.md, "Scheduling"):
   is still connecting for the first time (after a start or a trust change), which
   waits: a Pi that restarts must not begin a half-hour local build because its
   desktop reconnected a moment later;
-* a job forced local runs locally, waiting for the local slot if need be.
+* a job forced local runs locally, waiting for the local slot if need be (also a
+  job the re-route policy gave up on, see ``reroute.py``).
 """
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-
-class VersionPolicy(enum.StrEnum):
-    ANY = "any"
-    RELEASE = "release"  # same YYYY.MM
-    EXACT = "exact"
-    EXACT_REQUIRED = "exact_required"  # exact, and fail rather than build locally
-
-
-class Kind(enum.StrEnum):
-    REMOTE = "remote"
-    LOCAL = "local"
-    WAIT = "wait"
-    FAIL = "fail"
+from meshd.jobs.placement import Placement, ReasonCode, Where
+from meshd.version_policy import VersionPolicy, compatible
 
 
 @dataclass(frozen=True)
@@ -63,31 +53,10 @@ class PeerView:
 class WaitingJob:
     id: str
     force_local: bool = False
+    gave_up: bool = False
+    """Forced local because too many receivers were lost building it (not by the user)."""
     excluded: frozenset[str] = frozenset()
     """Receivers not to use for this job (lost mid-build of it before)."""
-
-
-@dataclass(frozen=True)
-class Decision:
-    kind: Kind
-    reason: str
-    peer: str | None = None
-
-
-def release_of(version: str) -> str:
-    """``2026.6.5`` → ``2026.6``; a version without a dot is its own release."""
-    parts = version.split(".")
-    return ".".join(parts[:2])
-
-
-def compatible(local_version: str, peer_version: str | None, policy: VersionPolicy) -> bool:
-    if policy is VersionPolicy.ANY:
-        return True
-    if peer_version is None:
-        return False
-    if policy is VersionPolicy.RELEASE:
-        return release_of(peer_version) == release_of(local_version)
-    return peer_version == local_version
 
 
 def _ineligibility(
@@ -117,11 +86,11 @@ def plan(
     policy: VersionPolicy = VersionPolicy.RELEASE,
     include_local: bool = True,
     receivers_connecting: bool = False,
-) -> list[Decision]:
-    """One decision per job, in the jobs' (FIFO) order."""
+) -> list[Placement]:
+    """One placement per job, in the jobs' (FIFO) order."""
     taken: set[str] = set()
     local_available = local_free
-    decisions: list[Decision] = []
+    decisions: list[Placement] = []
     for job in jobs:
         decision = _decide(
             job,
@@ -133,9 +102,9 @@ def plan(
             include_local,
             receivers_connecting,
         )
-        if decision.kind is Kind.REMOTE and decision.peer is not None:
-            taken.add(decision.peer)
-        if decision.kind is Kind.LOCAL:
+        if decision.receiver is not None:
+            taken.add(decision.receiver)
+        if decision.where is Where.LOCAL:
             local_available = False
         decisions.append(decision)
     return decisions
@@ -150,44 +119,70 @@ def _decide(
     policy: VersionPolicy,
     include_local: bool,
     receivers_connecting: bool,
-) -> Decision:
+) -> Placement:
     if job.force_local:
+        if job.gave_up:
+            code, why = ReasonCode.REROUTE_LIMIT, "lost too many receivers; local as a last resort"
+        else:
+            code, why = ReasonCode.FORCED_LOCAL, "forced local (--local)"
         if local_free:
-            return Decision(Kind.LOCAL, "forced local (--local)")
-        return Decision(Kind.WAIT, "forced local; waiting for the local compile slot")
+            return Placement(Where.LOCAL, code, why)
+        return Placement(Where.WAIT, code, f"{why}; waiting for the local compile slot")
 
     eligible = [p for p in peers if _ineligibility(p, local_version, policy, job) is None]
     if not eligible and receivers_connecting:
-        return Decision(Kind.WAIT, "waiting for trusted receivers to connect")
+        return Placement(
+            Where.WAIT,
+            ReasonCode.RECEIVERS_CONNECTING,
+            "waiting for trusted receivers to connect",
+        )
     if not eligible:
         if policy is VersionPolicy.EXACT_REQUIRED:
-            return Decision(
-                Kind.FAIL,
+            return Placement(
+                Where.FAIL,
+                ReasonCode.NO_EXACT_RECEIVER,
                 f"no connected, trusted receiver runs esphome {local_version} exactly "
                 "(policy exact_required)",
             )
         why = _summarise_ineligible(peers, local_version, policy, job)
         if local_free:
-            return Decision(Kind.LOCAL, f"no eligible receiver ({why}); building locally")
-        return Decision(Kind.WAIT, f"no eligible receiver ({why}); waiting for the local slot")
+            return Placement(
+                Where.LOCAL,
+                ReasonCode.NO_ELIGIBLE_RECEIVER,
+                f"no eligible receiver ({why}); building locally",
+            )
+        return Placement(
+            Where.WAIT,
+            ReasonCode.NO_ELIGIBLE_RECEIVER,
+            f"no eligible receiver ({why}); waiting for the local slot",
+        )
 
     idle = [p for p in eligible if p.idle and not p.in_flight and p.fingerprint not in taken]
     if idle:
         chosen = min(idle, key=lambda p: (_since(p), p.fingerprint))
-        return Decision(
-            Kind.REMOTE,
+        return Placement(
+            Where.REMOTE,
+            ReasonCode.IDLE_RECEIVER,
             f"receiver {chosen.name} has been idle the longest of {len(idle)} idle",
-            peer=chosen.fingerprint,
+            receiver=chosen.fingerprint,
         )
     if include_local and local_free:
-        return Decision(
-            Kind.LOCAL, f"all {len(eligible)} eligible receivers busy; local compile slot free"
+        return Placement(
+            Where.LOCAL,
+            ReasonCode.RECEIVERS_BUSY,
+            f"all {len(eligible)} eligible receivers busy; local compile slot free",
         )
     if include_local:
-        return Decision(
-            Kind.WAIT, f"all {len(eligible)} eligible receivers and the local slot busy"
+        return Placement(
+            Where.WAIT,
+            ReasonCode.RECEIVERS_BUSY,
+            f"all {len(eligible)} eligible receivers and the local slot busy",
         )
-    return Decision(Kind.WAIT, f"all {len(eligible)} eligible receivers busy (include-local off)")
+    return Placement(
+        Where.WAIT,
+        ReasonCode.RECEIVERS_BUSY_NO_LOCAL,
+        f"all {len(eligible)} eligible receivers busy (include-local off)",
+    )
 
 
 def _since(peer: PeerView) -> float:

@@ -23,10 +23,17 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from meshd.jobs import events
 from meshd.jobs.engine import Engine
-from meshd.jobs.events import Event
+from meshd.jobs.events import (
+    Event,
+    JobFinished,
+    JobOutput,
+    JobProgress,
+    JobStarted,
+    LaneStatusChanged,
+)
 from meshd.jobs.model import Job, JobStatus, JobType, LaneName
+from meshd.jobs.options import JobOptions
 from meshd.link import LinkError, LinkSession, RejectRequest, Router
 from meshd.link.errors import ErrorCode
 from meshd.link.messages import (
@@ -123,7 +130,7 @@ class Receiver:
     async def cancel_orphans(self) -> None:
         """Cancel compiles a previous run of this daemon accepted: their sessions are gone."""
         for job in self.engine.active_jobs():
-            if job.args.get("offloader"):
+            if job.options.offloader:
                 self.engine.logs.append(
                     job.id, "receiver restarted; the offloader re-routes this compile"
                 )
@@ -182,33 +189,29 @@ class Receiver:
     # -- engine events ----------------------------------------------------------------
 
     def _on_event(self, event: Event) -> None:
-        if event.type == events.LANE_STATUS:
-            if event.data.get("lane") == LaneName.COMPILE.value:
+        if isinstance(event, LaneStatusChanged):
+            if event.snapshot.lane is LaneName.COMPILE:
                 for wanted in self._status_wanted.values():
                     wanted.set()
             return
-        job = event.data.get("job")
-        if not isinstance(job, dict):
-            return
-        remote = self._jobs.get(job["id"])
+        job = event.job
+        remote = self._jobs.get(job.id)
         if remote is None:
             return
-        if event.type == events.JOB_OUTPUT:
+        if isinstance(event, JobOutput):
             if remote.outbox.qsize() >= MAX_QUEUED_LINES:
                 remote.dropped += 1
                 return
-            remote.outbox.put_nowait(LogLine(remote.remote_id, str(event.data["line"])[:4000]))
-        elif event.type in (events.JOB_STARTED, events.JOB_PROGRESS):
-            remote.outbox.put_nowait(
-                JobState(remote.remote_id, "running", progress=job.get("progress"))
-            )
-        elif event.type in (events.JOB_COMPLETED, events.JOB_FAILED, events.JOB_CANCELLED):
+            remote.outbox.put_nowait(LogLine(remote.remote_id, event.line[:4000]))
+        elif isinstance(event, JobStarted | JobProgress):
+            remote.outbox.put_nowait(JobState(remote.remote_id, "running", progress=job.progress))
+        elif isinstance(event, JobFinished):
             if remote.dropped:
                 remote.outbox.put_nowait(
                     LogLine(remote.remote_id, f"[{remote.dropped} lines dropped]", "meshd")
                 )
             remote.outbox.put_nowait(
-                JobState(remote.remote_id, job["status"], error=job.get("error") or "")
+                JobState(remote.remote_id, job.status.value, error=job.error or "")
             )
             remote.outbox.put_nowait(None)
 
@@ -276,12 +279,12 @@ class Receiver:
         job = self.engine.submit(
             JobType.COMPILE,
             str(config),
-            args={
-                "force_local": True,
-                "offloader": offloader,
-                "offloader_name": peer.name if peer and peer.name else offloader[:16],
-                "remote_job": message.job_id,
-            },
+            options=JobOptions(
+                force_local=True,
+                offloader=offloader,
+                offloader_name=peer.name if peer and peer.name else offloader[:16],
+                remote_job=message.job_id,
+            ),
         )
         key = (offloader, message.job_id)
         self._local_ids.pop(key, None)  # a re-sent compile (offloader restart) wins
