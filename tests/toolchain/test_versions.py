@@ -427,6 +427,25 @@ async def test_cancel_during_the_version_check_leaves_nothing(tmp_path: Path) ->
     assert build_dirs(store) == []
 
 
+async def test_a_version_check_that_never_answers_fails(tmp_path: Path) -> None:
+    gate = tmp_path / "never"
+    house = tmp_path / "hangs"
+    build_standin_wheel(house, V1, gate=gate)
+    store = ToolchainStore(
+        tmp_path / "data",
+        pip=PipOptions(find_links=(str(house),)),
+        kill_grace=1.0,
+        check_timeout=1.0,
+    )
+    with pytest.raises(ProvisionError, match="did not answer within 1 s") as e:
+        await store.ensure(V1)
+    assert e.value.stage == "check"
+    checker = int(Path(f"{gate}.waiting").read_text())
+    assert not Path(f"/proc/{checker}").exists()
+    assert store.ready_versions() == []
+    assert build_dirs(store) == []
+
+
 async def test_empty_wheelhouse_gives_pips_reason(tmp_path: Path) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -566,6 +585,18 @@ async def test_sweep_never_removes_one_leased_by_another_process(
     assert report.removed == ()
     assert report.decisions[0].reason == "in use"
     assert store.is_ready(V1)
+
+
+async def test_sweep_removes_a_ready_directory_that_is_not_a_link(store: ToolchainStore) -> None:
+    """A toolchain laid down by hand (a real directory, not meshd's link) is swept too."""
+    manual = store.path(V1)
+    (manual / "bin").mkdir(parents=True)
+    (manual / "bin" / "esphome").write_text("#!/bin/sh\necho Version: 2099.1.0\n")
+    (manual / READY_MARKER).write_text(f'{{"esphome_version": "{V1}"}}')
+    assert store.ready_versions() == [V1]
+    report = await store.sweep(SweepPolicy(max_idle=0), now=time.time() + DAY)
+    assert report.removed == (V1,)
+    assert not manual.exists()
 
 
 async def test_sweep_clears_unpublished_build_dirs(store: ToolchainStore) -> None:

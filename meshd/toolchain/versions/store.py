@@ -95,6 +95,9 @@ _PROVISION_ENV: Final = {
     "PIP_DISABLE_PIP_VERSION_CHECK": "1",
     "PIP_NO_INPUT": "1",
 }
+# `esphome version` imports esphome and answers in 1-2 s on a desktop, ~10 s on a Pi;
+# a package that hangs there is broken, not slow.
+CHECK_TIMEOUT: Final = 120.0
 # How many of pip's last lines explain a failure when it printed no "ERROR:" line.
 _TAIL_FOR_ERRORS: Final = 6
 
@@ -157,6 +160,7 @@ class ToolchainStore:
         use_host_pip: bool | None = None,
         env: Mapping[str, str] | None = None,
         kill_grace: float = DEFAULT_KILL_GRACE,
+        check_timeout: float = CHECK_TIMEOUT,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.root = data_dir / TOOLCHAINS_DIR
@@ -165,6 +169,7 @@ class ToolchainStore:
         self.use_host_pip = host_pip_usable() if use_host_pip is None else use_host_pip
         self._env = dict(env or {})
         self._kill_grace = kill_grace
+        self._check_timeout = check_timeout
         self._clock = clock
         self._provision_locks: dict[str, asyncio.Lock] = {}
         self._leases: Counter[str] = Counter()
@@ -248,7 +253,7 @@ class ToolchainStore:
     async def _provision(self, version: str, on_line: LineSink) -> None:
         """Build, check and publish ``version``; caller holds both provisioning locks."""
         started = time.monotonic()
-        await asyncio.to_thread(self._clear_leftovers, version)
+        await _settle(self._clear_leftovers, version)
         token = secrets.token_hex(4)
         build = self.root / BUILDS_DIR / f"{PREFIX}{version}.{token}"
         build.parent.mkdir(parents=True, exist_ok=True)
@@ -268,12 +273,11 @@ class ToolchainStore:
             on_line(f"[meshd] pip install esphome=={version}")
             await self._run(version, "pip", argv, on_line)
             await self._check(version, build, on_line)
-            await asyncio.to_thread(
-                self._publish, version, build, token, time.monotonic() - started
-            )
+            await _settle(self._publish, version, build, token, time.monotonic() - started)
         except BaseException:
-            # Also on cancel: run_process has already killed pip's process group.
-            await asyncio.shield(asyncio.to_thread(_remove_tree, build))
+            # Also on cancel: run_process has already killed pip's process group. The
+            # removal finishes before the locks go, so no other provisioning sees it.
+            await _settle(_remove_tree, build)
             raise
         on_line(f"[meshd] esphome {version} ready ({time.monotonic() - started:.1f} s)")
         log.info("provisioned esphome %s in %.1f s", version, time.monotonic() - started)
@@ -309,7 +313,15 @@ class ToolchainStore:
     async def _check(self, version: str, build: Path, on_line: LineSink) -> None:
         """``<venv>/bin/esphome version`` must answer exactly ``version``."""
         esphome = build / "bin" / "esphome"
-        result = await self._run(version, "check", [str(esphome), "version"], on_line)
+        try:
+            async with asyncio.timeout(self._check_timeout):
+                result = await self._run(version, "check", [str(esphome), "version"], on_line)
+        except TimeoutError:
+            raise ProvisionError(
+                version,
+                "check",
+                f"`esphome version` did not answer within {self._check_timeout:g} s",
+            ) from None
         answers = [m.group(1) for line in result.tail if (m := _VERSION_LINE.match(line))]
         if not answers:
             raise ProvisionError(
@@ -459,9 +471,10 @@ class ToolchainStore:
                     return "in use"
                 published = self.root / f"{PREFIX}{version}"
                 target = published.resolve()
-                published.unlink(missing_ok=True)
+                is_link = published.is_symlink()
+                _remove_tree(published)  # unpublish first: readers then see it gone
                 _fsync_dir(self.root)
-                if target.parent == (self.root / BUILDS_DIR).resolve():
+                if is_link and target.parent == (self.root / BUILDS_DIR).resolve():
                     _remove_tree(target)
         return None
 
@@ -501,6 +514,27 @@ class ToolchainStore:
 
 
 # -- helpers ---------------------------------------------------------------------------
+
+
+async def _settle(func: Callable[..., object], *args: object) -> None:
+    """Run ``func`` in a thread and wait for it to finish even if cancelled meanwhile.
+
+    Leftover removal and publishing run under the provisioning locks; a cancel must not
+    release the locks while the thread still changes the directory (then re-raised).
+    """
+    future = asyncio.ensure_future(asyncio.to_thread(func, *args))
+    cancelled = False
+    while True:
+        try:
+            await asyncio.shield(future)
+        except asyncio.CancelledError:
+            if future.cancelled():
+                raise
+            cancelled = True
+            continue
+        break
+    if cancelled:
+        raise asyncio.CancelledError
 
 
 def _build_version(name: str) -> str | None:
