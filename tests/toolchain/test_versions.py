@@ -414,10 +414,13 @@ async def test_cancel_during_the_version_check_leaves_nothing(tmp_path: Path) ->
     store = ToolchainStore(
         tmp_path / "data", pip=PipOptions(find_links=(str(house),)), kill_grace=2.0
     )
-    task = asyncio.create_task(store.ensure(V1))
+    groups: list[int] = []
+    task = asyncio.create_task(store.ensure(V1, on_process=groups.append))
     waiting = Path(f"{gate}.waiting")
     await wait_until(waiting.exists, "the version check")
     checker = int(waiting.read_text())
+    # venv, pip, then the check: each child's process group was reported as it started.
+    assert len(groups) == 3 and groups[-1] == checker
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task

@@ -221,8 +221,17 @@ class ToolchainStore:
 
     # -- provisioning --------------------------------------------------------------------
 
-    async def ensure(self, version: str, *, on_line: LineSink = _ignore) -> ProvisionedToolchain:
+    async def ensure(
+        self,
+        version: str,
+        *,
+        on_line: LineSink = _ignore,
+        on_process: Callable[[int], None] | None = None,
+    ) -> ProvisionedToolchain:
         """Return ``version`` ready, provisioning it first if needed.
+
+        ``on_line`` gets every log line (pip's output and meshd's steps); ``on_process``
+        the process group of each child (``JobContext.on_process``, for crash cleanup).
 
         A running job should hold :meth:`use` instead, which also keeps a sweep off it.
         Raises ``ToolchainVersionError`` for a bad version string, ``ProvisionError``
@@ -245,12 +254,14 @@ class ToolchainStore:
                 )
                 try:
                     if not self.is_ready(version):
-                        await self._provision(version, on_line)
+                        await self._provision(version, on_line, on_process)
                 finally:
                     file_lock.release()
         return ProvisionedToolchain(version, self.path(version))
 
-    async def _provision(self, version: str, on_line: LineSink) -> None:
+    async def _provision(
+        self, version: str, on_line: LineSink, on_process: Callable[[int], None] | None
+    ) -> None:
         """Build, check and publish ``version``; caller holds both provisioning locks."""
         started = time.monotonic()
         await _settle(self._clear_leftovers, version)
@@ -265,14 +276,14 @@ class ToolchainStore:
             venv_argv = [self.python, "-m", "venv"]
             if self.use_host_pip:
                 venv_argv.append("--without-pip")
-            await self._run(version, "venv", [*venv_argv, str(build)], on_line)
+            await self._run(version, "venv", [*venv_argv, str(build)], on_line, on_process)
             host_python = self.python if self.use_host_pip else None
             argv = install_argv(
                 build / "bin" / "python", version, self.pip, host_python=host_python
             )
             on_line(f"[meshd] pip install esphome=={version}")
-            await self._run(version, "pip", argv, on_line)
-            await self._check(version, build, on_line)
+            await self._run(version, "pip", argv, on_line, on_process)
+            await self._check(version, build, on_line, on_process)
             await _settle(self._publish, version, build, token, time.monotonic() - started)
         except BaseException:
             # Also on cancel: run_process has already killed pip's process group. The
@@ -289,11 +300,20 @@ class ToolchainStore:
         return env
 
     async def _run(
-        self, version: str, stage: str, argv: Sequence[str], on_line: LineSink
+        self,
+        version: str,
+        stage: str,
+        argv: Sequence[str],
+        on_line: LineSink,
+        on_process: Callable[[int], None] | None,
     ) -> ProcessResult:
         try:
             result = await run_process(
-                argv, on_line=on_line, env=self._environ(), kill_grace=self._kill_grace
+                argv,
+                on_line=on_line,
+                env=self._environ(),
+                kill_grace=self._kill_grace,
+                on_start=on_process,
             )
         except (FileNotFoundError, PermissionError, NotADirectoryError) as exc:
             raise ProvisionError(
@@ -310,12 +330,20 @@ class ToolchainStore:
             )
         return result
 
-    async def _check(self, version: str, build: Path, on_line: LineSink) -> None:
+    async def _check(
+        self,
+        version: str,
+        build: Path,
+        on_line: LineSink,
+        on_process: Callable[[int], None] | None,
+    ) -> None:
         """``<venv>/bin/esphome version`` must answer exactly ``version``."""
         esphome = build / "bin" / "esphome"
         try:
             async with asyncio.timeout(self._check_timeout):
-                result = await self._run(version, "check", [str(esphome), "version"], on_line)
+                result = await self._run(
+                    version, "check", [str(esphome), "version"], on_line, on_process
+                )
         except TimeoutError:
             raise ProvisionError(
                 version,
@@ -394,7 +422,11 @@ class ToolchainStore:
 
     @contextlib.asynccontextmanager
     async def use(
-        self, version: str, *, on_line: LineSink = _ignore
+        self,
+        version: str,
+        *,
+        on_line: LineSink = _ignore,
+        on_process: Callable[[int], None] | None = None,
     ) -> AsyncIterator[ProvisionedToolchain]:
         """Hold ``version`` for a job: provisioned if needed, never swept while held."""
         version = check_version(version)
@@ -405,7 +437,7 @@ class ToolchainStore:
         )
         self._leases[version] += 1
         try:
-            toolchain = await self.ensure(version, on_line=on_line)
+            toolchain = await self.ensure(version, on_line=on_line, on_process=on_process)
             self._touch(version)
             yield toolchain
         finally:
