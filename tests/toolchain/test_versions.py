@@ -29,6 +29,7 @@ from meshd.toolchain.versions import (
     ToolchainStore,
     ToolchainVersionError,
     check_version,
+    hermetic_environ,
     plan_sweep,
 )
 from meshd.toolchain.versions.pip import install_argv
@@ -193,6 +194,24 @@ def test_pip_options_become_explicit_arguments(tmp_path: Path) -> None:
 def test_bad_pip_options_refused(kwargs: dict[str, object], why: str) -> None:
     with pytest.raises(PipOptionError, match=why):
         PipOptions(**kwargs)  # type: ignore[arg-type]
+
+
+def test_hermetic_environ_drops_what_would_leak_into_a_venv() -> None:
+    base = {
+        "PATH": "/usr/bin",
+        "HOME": "/root",
+        "PYTHONPATH": "/work/meshd",
+        "PYTHONHOME": "/opt/py",
+        "PIP_TARGET": "/tmp/elsewhere",
+        "PIP_PREFIX": "/tmp/elsewhere",
+        "PIP_USER": "1",
+        "PLATFORMIO_CORE_DIR": "/srv/pio",
+    }
+    assert hermetic_environ(base) == {
+        "PATH": "/usr/bin",
+        "HOME": "/root",
+        "PLATFORMIO_CORE_DIR": "/srv/pio",
+    }
 
 
 # -- sweep planning (pure) --------------------------------------------------------------

@@ -16,6 +16,7 @@ from meshd.toolchain.versions.store import (
     ProvisionError,
     SweepReport,
     ToolchainStore,
+    hermetic_environ,
 )
 from meshd.toolchain.versions.sweep import SweepDecision, SweepPolicy, plan_sweep
 from meshd.toolchain.versions.validate import ToolchainVersionError, check_version, is_version
@@ -31,6 +32,7 @@ __all__ = [
     "ToolchainStore",
     "ToolchainVersionError",
     "check_version",
+    "hermetic_environ",
     "is_version",
     "plan_sweep",
 ]

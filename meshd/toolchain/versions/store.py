@@ -294,7 +294,7 @@ class ToolchainStore:
         log.info("provisioned esphome %s in %.1f s", version, time.monotonic() - started)
 
     def _environ(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if k not in _LEAKY_ENV}
+        env = hermetic_environ(os.environ)
         env.update(_PROVISION_ENV)
         env.update(self._env)
         return env
@@ -546,6 +546,15 @@ class ToolchainStore:
 
 
 # -- helpers ---------------------------------------------------------------------------
+
+
+def hermetic_environ(base: Mapping[str, str]) -> dict[str, str]:
+    """``base`` without what would make a venv's python or pip look outside the venv.
+
+    Use it for every command run with a provisioned toolchain, not only for pip: a
+    daemon started with PYTHONPATH would otherwise hand its own packages to esphome.
+    """
+    return {k: v for k, v in base.items() if k not in _LEAKY_ENV}
 
 
 async def _settle(func: Callable[..., object], *args: object) -> None:
