@@ -310,6 +310,11 @@ class HaveReply(Message):
 
 
 ARTIFACT_METHODS = frozenset({"ota", "serial"})
+# A signed build-provenance record (PROTOCOL.md "Build provenance"): a real one is a few
+# hundred bytes; 32 artifacts with 512-character ASCII paths still fit. The cap bounds
+# what a receiver can make an offloader parse.
+MAX_PROVENANCE = 32 * 1024
+PROVENANCE_SIGNATURE = Bin(64, 64)
 
 
 @register
@@ -327,13 +332,17 @@ class ArtifactRequest(Message):
 @register
 @dataclass(frozen=True)
 class ArtifactReply(Message):
-    """The artifact manifest: a content blob (JSON) to fetch with ``blob_request``."""
+    """The artifact manifest (a JSON content blob to fetch) and its signed provenance."""
 
     TYPE = "artifact_reply"
     KIND = Kind.RESPONSE
     job_id: str = spec(JOB_ID)
     manifest_digest: bytes = spec(DIGEST)
     manifest_size: int = spec(U64)
+    # Signed by the receiver over exactly these artifacts (meshd/mesh/security/provenance.py);
+    # nil from a receiver that does not sign (no ``provenance`` capability).
+    provenance: bytes | None = spec(Opt(Bin(MAX_PROVENANCE, 1)), default=None)
+    provenance_sig: bytes | None = spec(Opt(PROVENANCE_SIGNATURE), default=None)
 
 
 @register

@@ -50,6 +50,14 @@ from meshd.link.messages import (  # noqa: E402
     StreamOpen,
     encode,
 )
+from meshd.mesh.security.identity import Identity  # noqa: E402
+from meshd.mesh.security.provenance import (  # noqa: E402
+    ArtifactDigest,
+    ProvenanceRecord,
+    SignedProvenance,
+    sign,
+    signing_input,
+)
 
 HERE = Path(__file__).resolve().parent
 
@@ -225,6 +233,7 @@ def frames_vector() -> dict[str, Any]:
     )
 
     digest = hashlib.sha256(b"bundle").digest()
+    signed = provenance_sign(provenance_record())
     samples: list[tuple[Message, int]] = [
         (Hello(("pair", "stream"), "meshd/0.1.0"), 0),
         (Ping(7), 0),
@@ -243,7 +252,7 @@ def frames_vector() -> dict[str, Any]:
         (HaveQuery((digest,)), 4),
         (HaveReply(()), 4),
         (ArtifactRequest("a1b2c3d4e5f6", "serial", True), 5),
-        (ArtifactReply("a1b2c3d4e5f6", digest, 2048), 5),
+        (ArtifactReply("a1b2c3d4e5f6", digest, 2048, signed.record, signed.signature), 5),
         (BlobRequest((digest,)), 6),
         (BlobReply(1), 6),
         (NodeInfo("desktop", "2026.6.5", True), 0),
@@ -296,6 +305,147 @@ def stream_vector() -> dict[str, Any]:
     }
 
 
+PROVENANCE_JOB = "a1b2c3d4e5f6"
+PROVENANCE_TIME_MS = 1767225600500
+PROVENANCE_ARTIFACTS = (
+    ("app", "build/kitchen/.pioenvs/kitchen/program", b"program"),
+    ("storage", "storage/kitchen.yaml.json", b"storage"),
+    ("validated_config", "storage/kitchen.yaml.validated.yaml", b"validated"),
+)
+
+
+def _identity(name: str) -> Identity:
+    return Identity.from_seed(bytes.fromhex(INPUTS[name]))
+
+
+def provenance_record(**changes: Any) -> ProvenanceRecord:
+    """The vector's record: the responder built job a1b2c3d4e5f6 for the initiator."""
+    fields: dict[str, Any] = {
+        "receiver": _identity("responder_identity_seed").fingerprint,
+        "offloader": _identity("initiator_identity_seed").fingerprint,
+        "job_id": PROVENANCE_JOB,
+        "bundle": hashlib.sha256(b"bundle").digest(),
+        "esphome_version": "2026.6.5",
+        "platform": "HOST",
+        "artifacts": tuple(
+            ArtifactDigest(path, role, hashlib.sha256(content).digest())
+            for role, path, content in PROVENANCE_ARTIFACTS
+        ),
+        "time_ms": PROVENANCE_TIME_MS,
+    }
+    fields.update(changes)
+    return ProvenanceRecord(**fields)
+
+
+def provenance_sign(record: ProvenanceRecord) -> SignedProvenance:
+    return sign(record, _identity("responder_identity_seed"))
+
+
+def _artifacts_json(artifacts: Any) -> list[dict[str, str]]:
+    return [{"path": a.path, "role": a.role, "sha256": a.sha256.hex()} for a in artifacts]
+
+
+def provenance_vector() -> dict[str, Any]:
+    """A signed provenance record, and the ways verification must fail."""
+    import msgpack
+
+    receiver = _identity("responder_identity_seed")
+    record = provenance_record()
+    signed = provenance_sign(record)
+    expected = {
+        "offloader": record.offloader.hex(),
+        "job_id": PROVENANCE_JOB,
+        "bundle": record.bundle.hex(),
+        "esphome_version": None,
+    }
+    received = _artifacts_json(record.artifacts)
+
+    def case(description: str, error: str, **over: Any) -> dict[str, Any]:
+        out = {
+            "description": description,
+            "record": signed.record.hex(),
+            "signature": signed.signature.hex(),
+            "receiver_public_key": receiver.public_key.hex(),
+            "expected_job": expected,
+            "received": received,
+            "error": error,
+        }
+        out.update(over)
+        return out
+
+    other_job = provenance_sign(provenance_record(job_id="ffffffffffff"))
+    flipped = bytearray(signed.signature)
+    flipped[0] ^= 1
+    tampered = [dict(a) for a in received]
+    tampered[0]["sha256"] = hashlib.sha256(b"not the program").hexdigest()
+    renamed = [dict(a) for a in received]
+    renamed[1]["role"] = "app"
+    wire = record.to_wire()
+    unsorted = msgpack.packb(dict(reversed(list(wire.items()))), use_bin_type=True)
+    offloader_key = _identity("initiator_identity_seed")
+    return {
+        "description": "build provenance: canonical msgpack record, Ed25519 over "
+        "'meshd-provenance-v1' || record, by the receiver's identity",
+        "inputs": {
+            "receiver_identity_seed": INPUTS["responder_identity_seed"],
+            "offloader_identity_seed": INPUTS["initiator_identity_seed"],
+        },
+        "receiver_public_key": receiver.public_key.hex(),
+        "receiver_fingerprint": receiver.fingerprint.hex(),
+        "offloader_fingerprint": record.offloader.hex(),
+        "record_fields": to_json(wire),
+        "record": signed.record.hex(),
+        "signing_input": signing_input(signed.record).hex(),
+        "signature": signed.signature.hex(),
+        "expected_job": expected,
+        "received": received,
+        "failures": [
+            case(
+                "an artifact whose SHA-256 is not the signed one",
+                "artifact_mismatch",
+                received=tampered,
+            ),
+            case(
+                "an artifact received under another role than signed",
+                "artifact_mismatch",
+                received=renamed,
+            ),
+            case(
+                "an artifact received that was never signed",
+                "artifact_mismatch",
+                received=[
+                    *received,
+                    {"path": "extra.bin", "role": "extra", "sha256": "00" * 32},
+                ],
+            ),
+            case("a signed artifact not received", "artifact_mismatch", received=received[1:]),
+            case("one bit of the signature flipped", "bad_signature", signature=flipped.hex()),
+            case(
+                "signed by another key (the offloader's)",
+                "bad_signature",
+                signature=offloader_key.sign(signing_input(signed.record)).hex(),
+            ),
+            case(
+                "a valid record of another job by the same receiver",
+                "wrong_job",
+                record=other_job.record.hex(),
+                signature=other_job.signature.hex(),
+            ),
+            case(
+                "a valid record, but the job requires esphome 2026.6.4",
+                "wrong_version",
+                expected_job={**expected, "esphome_version": "2026.6.4"},
+            ),
+            case(
+                "the same fields with map keys out of order, validly signed",
+                "malformed",
+                record=unsorted.hex(),
+                signature=receiver.sign(signing_input(unsorted)).hex(),
+            ),
+        ],
+    }
+
+
 def build() -> dict[str, str]:
     """File name -> exact file content."""
     vectors = {
@@ -303,6 +453,7 @@ def build() -> dict[str, str]:
         "handshake_pairing.json": handshake_vector(Mode.PAIRING),
         "frames.json": frames_vector(),
         "stream.json": stream_vector(),
+        "provenance.json": provenance_vector(),
     }
     return {name: json.dumps(v, indent=2, sort_keys=True) + "\n" for name, v in vectors.items()}
 
