@@ -131,7 +131,15 @@ async def run_handshake(
             if conn.role is Role.INITIATOR:
                 writer.write(conn.initiate())
             while True:
-                event = conn.next_event()
+                try:
+                    event = conn.next_event()
+                except LinkError:
+                    # A refusal the protocol still owes the peer (the version refusal
+                    # body) goes out before we hang up.
+                    if out := conn.data_to_send():
+                        writer.write(out)
+                        await writer.drain()
+                    raise
                 out = conn.data_to_send()
                 if out:
                     writer.write(out)
