@@ -109,6 +109,7 @@ def test_the_recovery_hint_works(meshd: MeshdFactory, tmp_path: Path) -> None:
     assert daemon.cli_json("wait", job)["jobs"][0]["status"] == "completed"
 
 
+@pytest.mark.slow
 def test_bad_rows_are_quarantined_and_the_daemon_works(meshd: MeshdFactory, tmp_path: Path) -> None:
     daemon, good = _history(meshd, tmp_path)
     stranger = Identity.generate()

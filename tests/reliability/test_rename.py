@@ -90,6 +90,7 @@ def test_rename_never_touches_a_yaml_that_already_has_the_name(
     assert taken.read_text() == theirs and cfg.exists()
 
 
+@pytest.mark.slow
 def test_rename_interrupted_by_a_crash_is_cleaned_up_on_restart(
     meshd: MeshdFactory, tmp_path: Path
 ) -> None:
