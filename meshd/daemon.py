@@ -39,6 +39,7 @@ from meshd.config import Settings
 from meshd.jobs.engine import Engine
 from meshd.jobs.model import JobType
 from meshd.jobs.runner import Runner
+from meshd.jobs.store import DB_FILENAME, DatabaseUnusable, check_database
 from meshd.mesh.node import MeshSettings
 from meshd.mesh.service import MeshService
 from meshd.sdnotify import Notifier
@@ -54,6 +55,9 @@ _VERSION_RE = re.compile(r"Version:\s*(\S+)")
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
+# The database is corrupt or unusable: restarting will not help (sysexits EX_DATAERR;
+# the systemd unit does not restart on it).
+EXIT_BAD_DATA = 65
 
 
 class Service(Protocol):
@@ -255,6 +259,11 @@ def serve(settings: Settings, *, verbose: bool = False) -> int:
     configure_logging(verbose)
     if settings.config_file is not None:
         _LOGGER.info("settings from %s", settings.config_file)
+    try:
+        check_database(settings.data_dir / DB_FILENAME)
+    except DatabaseUnusable as exc:
+        _LOGGER.error("meshd cannot start: %s", exc)  # noqa: TRY400 - the message is the point
+        return EXIT_BAD_DATA
     daemon = Daemon(settings)
     try:
         with contextlib.suppress(KeyboardInterrupt):

@@ -6,17 +6,31 @@ rate of a few per minute makes the fsync cost irrelevant, and losing a completed
 status on power loss would re-flash a device).
 
 The trust store and settings live in other tables of the same file, each owned by
-its own module and connection; this module touches only ``jobs``.
+its own module and connection; this module touches only ``jobs`` (and its
+``jobs_quarantine``).
+
+Bad data never stops the daemon: a row that cannot be read back as a job (unknown type
+or status, bad JSON, a missing or mistyped value) is moved to ``jobs_quarantine`` with
+the reason, in one transaction, and logged; every other row loads. ``check_database``
+(run before anything opens the file) refuses a file SQLite itself finds corrupt, with a
+message that says how to recover, instead of a traceback.
 """
 
 from __future__ import annotations
 
+import json
+import logging
+import math
+import os
 import sqlite3
+import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from meshd.jobs.model import Job
-from meshd.jobs.options import JobOptions
+from meshd.jobs.model import Job, JobStatus, JobType
+
+_LOGGER = logging.getLogger(__name__)
 
 DB_FILENAME = "meshd.db"
 
@@ -45,7 +59,17 @@ CREATE TABLE IF NOT EXISTS job_processes (
     job_id   TEXT NOT NULL,
     identity TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS jobs_quarantine (
+    job_id         TEXT,
+    row            TEXT NOT NULL,
+    reason         TEXT NOT NULL,
+    quarantined_at REAL NOT NULL
+);
 """
+
+# Column types for columns an older or hand-edited table lacks (added back on open, as
+# nullable: a row missing a value it needs is then quarantined on load).
+_COLUMN_TYPES = {"seq": "INTEGER", "created_at": "REAL", "started_at": "REAL"}
 
 _COLUMNS = (
     "id",
@@ -66,9 +90,61 @@ _COLUMNS = (
     "reason_code",
 )
 
-# Columns added after the first release, with their type: a database an older meshd
-# created gets them on open (``ALTER TABLE ... ADD COLUMN`` keeps every row).
-_ADDED_COLUMNS = {"reason_code": "TEXT"}
+
+
+class DatabaseUnusable(Exception):
+    """The database file cannot be used; the message says why and what to do."""
+
+
+class DatabaseCorrupt(DatabaseUnusable):
+    """The database file is damaged; the message says what was found and how to recover."""
+
+
+def check_database(path: Path) -> None:
+    """Run SQLite's ``PRAGMA integrity_check`` on ``path``; DatabaseCorrupt if it fails.
+
+    A missing file is fine (it will be created). Nothing is written or repaired.
+    ``DatabaseUnusable`` if the file cannot even be opened (owner, permissions).
+    """
+    if not path.exists():
+        return
+    if not os.access(path, os.R_OK | os.W_OK):
+        raise DatabaseUnusable(
+            f"cannot open the database {path}: meshd may not read and write it "
+            "(check its owner and permissions)"
+        )
+    problems: list[str]
+    try:
+        conn = sqlite3.connect(path, isolation_level=None)
+        try:
+            problems = [str(row[0]) for row in conn.execute("PRAGMA integrity_check").fetchall()]
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError as exc:
+        problems = [str(exc)]
+    if problems == ["ok"]:
+        return
+    lines = [
+        line.strip()
+        for problem in problems
+        for line in problem.splitlines()
+        if line.strip() and not line.startswith("***")
+    ] or ["integrity check failed"]
+    detail = "; ".join(line[:200] for line in lines[:3])
+    if len(lines) > 3:
+        detail += f" (and {len(lines) - 3} more problems)"
+    raise DatabaseCorrupt(
+        f"the database {path} is corrupt: {detail}. meshd did not change it. To recover, "
+        f"stop meshd and keep a copy (cp {path.name} {path.name}.corrupt), then restore "
+        f"it from a backup, or salvage what SQLite can still read "
+        f"(sqlite3 {path.name} .recover > salvage.sql, or .dump where .recover fails; "
+        f"sqlite3 {path.name}.recovered < salvage.sql; remove {path.name}-wal and "
+        f"{path.name}-shm; move {path.name}.recovered to {path.name}), "
+        f"or move it (and any {path.name}-wal and "
+        f"{path.name}-shm beside it) away to start with an empty "
+        "job history and trust store (trusted peers must then be trusted or paired again; "
+        "the node's identity key is a separate file and is kept)"
+    )
 
 
 def connect(path: Path) -> sqlite3.Connection:
@@ -87,10 +163,7 @@ class JobStore:
         self.path = path
         self._conn = connect(path)
         self._conn.executescript(_SCHEMA)
-        present = {row[1] for row in self._conn.execute("PRAGMA table_info(jobs)")}
-        for name, kind in _ADDED_COLUMNS.items():
-            if name not in present:
-                self._conn.execute(f"ALTER TABLE jobs ADD COLUMN {name} {kind}")
+        _add_missing_columns(self._conn)
 
     def close(self) -> None:
         self._conn.close()
@@ -132,15 +205,62 @@ class JobStore:
         self._conn.execute("COMMIT")
 
     def get(self, job_id: str) -> Job | None:
+        """The job, or None if there is none (or its row had to be quarantined)."""
         row = self._conn.execute(
-            f"SELECT {','.join(_COLUMNS)} FROM jobs WHERE id = ?",  # noqa: S608 - constants
+            f"SELECT rowid, {','.join(_COLUMNS)} FROM jobs WHERE id = ?",  # noqa: S608 - constants
             (job_id,),
         ).fetchone()
-        return _row_to_job(row) if row is not None else None
+        return self._decode(row) if row is not None else None
 
     def load_all(self) -> list[Job]:
-        cur = self._conn.execute(f"SELECT {','.join(_COLUMNS)} FROM jobs")  # noqa: S608
-        return [_row_to_job(row) for row in cur.fetchall()]
+        """Every readable job; unreadable rows are quarantined (see the module docstring)."""
+        cur = self._conn.execute(f"SELECT rowid, {','.join(_COLUMNS)} FROM jobs")  # noqa: S608
+        jobs = []
+        for row in cur.fetchall():
+            job = self._decode(row)
+            if job is not None:
+                jobs.append(job)
+        return jobs
+
+    def quarantined(self) -> list[tuple[str | None, str]]:
+        """(job id, reason) of every quarantined row, oldest first."""
+        rows = self._conn.execute(
+            "SELECT job_id, reason FROM jobs_quarantine ORDER BY quarantined_at, rowid"
+        ).fetchall()
+        return [(job_id, str(reason)) for job_id, reason in rows]
+
+    def _decode(self, row: tuple[Any, ...]) -> Job | None:
+        rowid, values = row[0], row[1:]
+        data = dict(zip(_COLUMNS, values, strict=True))
+        try:
+            return _row_to_job(data)
+        except (BadJobRow, ValueError, TypeError, KeyError) as exc:
+            self._quarantine(rowid, data, str(exc) or type(exc).__name__)
+            return None
+
+    def _quarantine(self, rowid: int, data: Mapping[str, Any], reason: str) -> None:
+        """Move one unreadable row out of ``jobs``, keeping it and the reason."""
+        job_id = data.get("id") if isinstance(data.get("id"), str) else None
+        raw = json.dumps({k: _jsonable(v) for k, v in data.items()}, sort_keys=True)
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            self._conn.execute(
+                "INSERT INTO jobs_quarantine (job_id, row, reason, quarantined_at)"
+                " VALUES (?, ?, ?, ?)",
+                (job_id, raw, reason, time.time()),
+            )
+            self._conn.execute("DELETE FROM jobs WHERE rowid = ?", (rowid,))
+        except BaseException:
+            self._conn.execute("ROLLBACK")
+            raise
+        self._conn.execute("COMMIT")
+        _LOGGER.warning(
+            "job %s cannot be read (%s); moved it to the jobs_quarantine table of %s, "
+            "the other jobs load",
+            job_id or f"row {rowid}",
+            reason,
+            self.path,
+        )
 
     # Process groups of running jobs (see meshd.jobs.orphans).
 
@@ -160,8 +280,86 @@ class JobStore:
         return [(str(j), int(p), str(i)) for j, p, i in rows]
 
 
-def _row_to_job(row: tuple[Any, ...]) -> Job:
-    data = dict(zip(_COLUMNS, row, strict=True))
-    job = Job.from_dict({**data, "args": None})
-    job.options = JobOptions.from_json(data["args"])
-    return job
+class BadJobRow(ValueError):
+    """A stored row that is not a job this version can run; the message says why."""
+
+
+def _add_missing_columns(conn: sqlite3.Connection) -> None:
+    """Give an older or hand-edited ``jobs`` table every column this version writes."""
+    present = {str(row[1]) for row in conn.execute("PRAGMA table_info(jobs)")}
+    for name in _COLUMNS:
+        if name not in present:
+            kind = _COLUMN_TYPES.get(
+                name, "REAL" if name in ("finished_at", "progress") else "TEXT"
+            )
+            conn.execute(f"ALTER TABLE jobs ADD COLUMN {name} {kind}")
+            _LOGGER.warning("the jobs table had no %s column; added it", name)
+
+
+def _text(data: Mapping[str, Any], name: str, *, optional: bool = False) -> str | None:
+    value = data.get(name)
+    if value is None and optional:
+        return None
+    if not isinstance(value, str) or (not optional and not value):
+        raise BadJobRow(f"{name} is {value!r:.60}, not text")
+    return value
+
+
+def _number(data: Mapping[str, Any], name: str, *, optional: bool = False) -> float | None:
+    value = data.get(name)
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise BadJobRow(f"{name} is {value!r:.60}, not a number")
+    return float(value)
+
+
+def _row_to_job(data: Mapping[str, Any]) -> Job:
+    """Decode one row strictly: every value must have the type the job model expects."""
+    try:
+        job_type = JobType(str(data.get("type")))
+    except ValueError:
+        raise BadJobRow(f"unknown job type {data.get('type')!r:.60}") from None
+    try:
+        status = JobStatus(str(data.get("status")))
+    except ValueError:
+        raise BadJobRow(f"unknown job status {data.get('status')!r:.60}") from None
+    seq = data.get("seq")
+    if isinstance(seq, bool) or not isinstance(seq, int):
+        raise BadJobRow(f"seq is {seq!r:.60}, not an integer")
+    raw_args = data.get("args")
+    try:
+        args = json.loads(raw_args) if isinstance(raw_args, str) else None
+    except ValueError as exc:
+        raise BadJobRow(f"args is not valid JSON ({exc})") from None
+    if not isinstance(args, dict):
+        raise BadJobRow(f"args is {raw_args!r:.60}, not a JSON object")
+    return Job.from_dict(
+        {
+            "id": _text(data, "id"),
+            "seq": seq,
+            "type": job_type,
+            "status": status,
+            "configuration": _text(data, "configuration"),
+            "device": _text(data, "device", optional=True),
+            "depends_on": _text(data, "depends_on", optional=True),
+            "args": args,
+            "created_at": _number(data, "created_at"),
+            "started_at": _number(data, "started_at", optional=True),
+            "finished_at": _number(data, "finished_at", optional=True),
+            "error": _text(data, "error", optional=True),
+            "runner": _text(data, "runner", optional=True),
+            "reason": _text(data, "reason", optional=True),
+            "progress": _number(data, "progress", optional=True),
+            "reason_code": _text(data, "reason_code", optional=True),
+        }
+    )
+
+
+def _jsonable(value: Any) -> Any:
+    """A stored value as JSON can keep it (blobs as hex, the rest as their repr)."""
+    if value is None or isinstance(value, str | int | float):
+        return value
+    if isinstance(value, bytes):
+        return {"hex": value.hex()}
+    return repr(value)

@@ -215,6 +215,9 @@ class Connection:
         self._sealer: FrameSealer | None = None
         self._opener: FrameOpener | None = None
         self._pending_event: Event | None = None
+        # After the peer broke the protocol on an established session, our own sending
+        # direction is still intact: we may seal exactly one ``close`` to say why.
+        self._may_close_after_error = False
 
     # -- plumbing ---------------------------------------------------------------------
 
@@ -291,7 +294,15 @@ class Connection:
         return self._sealer_or_fail().seal(encode(message, rid))
 
     def close(self, reason: CloseReason = CloseReason.NORMAL, message: str = "") -> bytes:
-        """The sealed ``close`` frame if established (else b""); the connection is done."""
+        """The sealed ``close`` frame if established (else b""); the connection is done.
+
+        After a remote protocol error on an established session this still returns one
+        sealed ``close`` (PROTOCOL.md "Errors and close"), so the peer learns why.
+        """
+        if self.state is State.ERROR and self._may_close_after_error:
+            self._may_close_after_error = False
+            self.closed = ConnectionClosed(int(reason), message, by_peer=False)
+            return self._sealer_or_fail().seal(encode(Close(int(reason), message)))
         if self.state in (State.CLOSED, State.ERROR):
             return b""
         data = b""
@@ -311,6 +322,7 @@ class Connection:
         try:
             return self._next_event()
         except LinkError:
+            self._may_close_after_error = self.state is State.ESTABLISHED
             self.state = State.ERROR
             raise
 

@@ -63,6 +63,13 @@ MAX_LIST: Final = 4096  # digests in a have/need query, names in a request
 MAX_CAPS: Final = 64  # capability names in the handshake
 MAX_META: Final = 64  # key/value pairs in stream metadata
 
+# Heartbeats (PROTOCOL.md "Heartbeats and liveness"): a ping every interval, and a
+# peer silent for DEAD_AFTER_INTERVALS intervals is dead. 10 s is meshd's ``heartbeat``
+# setting default (meshd.config): a dead receiver is noticed within half a minute,
+# while a Pi busy compiling never misses three pings in a row.
+DEFAULT_HEARTBEAT_INTERVAL: Final = 10.0
+DEAD_AFTER_INTERVALS: Final = 3
+
 # A peer must finish the whole handshake within this many seconds, so half-open
 # connections from a scanner cannot pin sockets.
 HANDSHAKE_TIMEOUT: Final = 10.0

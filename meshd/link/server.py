@@ -4,6 +4,10 @@ handshake over asyncio streams and consulting an authorizer before going further
 Trust decisions are callbacks (``Authorizer``) so this package never imports the trust
 store: the mesh layer passes ``TrustStore.authorizer()`` or a pairing check in. A
 refused peer learns only the close reason; no job state is ever sent before trust.
+
+Until its handshake ends a connection is a stranger's: ``LinkServer`` admits it only
+within per-source and total caps (``meshd.link.admission``), bounds it by the
+handshake timeout, and reports floods in rate-limited log lines.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from typing import Any, Final, Protocol, Self
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from meshd import __version__
+from meshd.link.admission import MAX_HANDSHAKING, MAX_HANDSHAKING_PER_SOURCE, Admission, LogLimiter
 from meshd.link.connection import (
     DEFAULT_CAPS,
     NEED_DATA,
@@ -112,6 +117,14 @@ def _address(writer: asyncio.StreamWriter) -> str | None:
     return None
 
 
+def _source(writer: asyncio.StreamWriter) -> str:
+    """The peer's host address: what the per-source caps count by."""
+    peer = writer.get_extra_info("peername")
+    if isinstance(peer, tuple) and peer:
+        return str(peer[0])
+    return "unknown"
+
+
 Decide = Callable[[PeerAuthenticated], Awaitable[tuple[CloseReason, str] | None]]
 
 
@@ -131,7 +144,15 @@ async def run_handshake(
             if conn.role is Role.INITIATOR:
                 writer.write(conn.initiate())
             while True:
-                event = conn.next_event()
+                try:
+                    event = conn.next_event()
+                except LinkError:
+                    # A refusal the protocol still owes the peer (the version refusal
+                    # body) goes out before we hang up.
+                    if out := conn.data_to_send():
+                        writer.write(out)
+                        await writer.drain()
+                    raise
                 out = conn.data_to_send()
                 if out:
                     writer.write(out)
@@ -262,6 +283,8 @@ class LinkServer:
         agent: str = AGENT,
         handshake_timeout: float = HANDSHAKE_TIMEOUT,
         max_connections: int = MAX_CONNECTIONS,
+        max_handshaking: int = MAX_HANDSHAKING,
+        max_handshaking_per_source: int = MAX_HANDSHAKING_PER_SOURCE,
     ) -> None:
         self._key = _key(identity)
         self._authorize = authorize
@@ -276,7 +299,11 @@ class LinkServer:
         self._max = max_connections
         self._server: asyncio.Server | None = None
         self._handlers: set[asyncio.Task[Any]] = set()
-        self._handshaking: set[asyncio.StreamWriter] = set()
+        total = min(max_handshaking, max_connections)
+        self._admission: Admission[asyncio.StreamWriter] = Admission(
+            per_source=min(max_handshaking_per_source, total), total=total
+        )
+        self._log_limit = LogLimiter()
         self._sessions: set[LinkSession] = set()
         self._closing = False
 
@@ -305,7 +332,7 @@ class LinkServer:
         await asyncio.gather(*(s.close(reason) for s in sessions), return_exceptions=True)
         # Handshakes in progress fail on their own once their sockets are gone; cancelling
         # the connection tasks instead would make asyncio log a spurious error.
-        for writer in list(self._handshaking):
+        for writer in self._admission.connections():
             writer.transport.abort()
         if self._handlers:
             _done, pending = await asyncio.wait(set(self._handlers), timeout=CLOSE_WAIT)
@@ -322,18 +349,56 @@ class LinkServer:
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
 
+    def _warn(self, key: tuple[str, str], fmt: str, *args: object) -> None:
+        """A warning at most once per key per LogLimiter interval, with a count."""
+        quiet = self._log_limit.allow(key)
+        if quiet is None:
+            return
+        if quiet:
+            fmt += " (and %d more since the last report)"
+            args = (*args, quiet)
+        log.warning(fmt, *args)
+
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
-        if self._closing or len(self._handlers) >= self._max or task is None:
+        source = _source(writer)
+        if self._closing or task is None:
             await _abandon(writer)
             return
+        if len(self._handlers) >= self._max:
+            self._warn(
+                ("full", ""), "peer port full (%d connections): refused %s", self._max, source
+            )
+            await _abandon(writer)
+            return
+        admitted, displaced = self._admission.admit(writer, source)
+        if not admitted:
+            self._warn(
+                ("source", source),
+                "peer port: refused a connection from %s, which has %d handshakes open already",
+                source,
+                self._admission.held_by(source),
+            )
+            await _abandon(writer)
+            return
+        if displaced is not None:
+            self._warn(
+                ("displaced", ""),
+                "peer port: %d handshakes open; dropped the oldest of the busiest source for %s",
+                len(self._admission),
+                source,
+            )
+            displaced.transport.abort()
         self._handlers.add(task)
         try:
-            await self._serve(reader, writer)
+            await self._serve(reader, writer, source)
         finally:
+            self._admission.release(writer, source)
             self._handlers.discard(task)
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _serve(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, source: str
+    ) -> None:
         address = _address(writer)
         conn = Connection(Role.RESPONDER, self._key, caps=self._caps, agent=self._agent)
 
@@ -349,18 +414,20 @@ class LinkServer:
                 return None
             return CloseReason.UNTRUSTED, "your key is not trusted here"
 
-        self._handshaking.add(writer)
         try:
             established = await run_handshake(conn, reader, writer, decide, self._timeout)
         except LinkError as exc:
-            log.info("link from %s refused: %s", address, exc)
+            quiet = self._log_limit.allow(("refused", source))
+            if quiet is not None:
+                more = f" (and {quiet} more from there since the last report)" if quiet else ""
+                log.info("link from %s refused: %s%s", address, exc, more)
             await _abandon(writer)
             return
         except BaseException:
             await _abandon(writer)
             raise
         finally:
-            self._handshaking.discard(writer)
+            self._admission.release(writer, source)
         pairing = established.mode is Mode.PAIRING
         peer = PeerInfo.from_established(established, address, trusted=not pairing)
         router = self._pairing_router if pairing else self._router

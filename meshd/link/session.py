@@ -4,9 +4,14 @@ The session only moves bytes and runs handlers; every protocol decision is made 
 sans-IO ``Connection``. It adds what needs a clock or concurrency:
 
 * request/response correlation (``request()`` awaits the reply with the same rid, with
-  a timeout) and one-way messages (``send()``);
+  a timeout) and one-way messages (``send()``). Request ids have the parity of the
+  side that chose them (initiator odd, responder even), so a message of a type this
+  version does not know can still be told apart: the peer's parity is a request,
+  answered ``error(UNSUPPORTED)``; ours is a (bad) answer to one of our requests;
 * handlers from a ``Router``: request handlers run concurrently (each in its own task,
-  capped), one-way handlers run in arrival order on one dispatcher task;
+  capped), one-way handlers run in arrival order on one dispatcher task. Every request
+  gets exactly one answer (its handler's, or an ``error``), so no requester waits for
+  longer than its own timeout;
 * streams with credit-based flow control (``send_stream()``, ``Router.on_stream``);
 * heartbeats: a ping every ``heartbeat_interval``; a peer silent for ``dead_after``
   seconds is declared dead (``PeerTimeout``) within ``dead_after + tick``;
@@ -55,7 +60,14 @@ from meshd.link.errors import (
     close_reason,
 )
 from meshd.link.handshake import Mode
-from meshd.link.limits import DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE, MAX_STREAMS, STREAM_WINDOW
+from meshd.link.limits import (
+    DEAD_AFTER_INTERVALS,
+    DEFAULT_CHUNK_SIZE,
+    DEFAULT_HEARTBEAT_INTERVAL,
+    MAX_CHUNK_SIZE,
+    MAX_STREAMS,
+    STREAM_WINDOW,
+)
 from meshd.link.messages import (
     Error,
     Kind,
@@ -99,10 +111,15 @@ CLOSE_GRACE: Final = 2.0
 
 @dataclass(frozen=True)
 class SessionConfig:
-    """Timing and concurrency knobs of a session (the daemon maps settings onto these)."""
+    """Timing and concurrency knobs of a session (the daemon maps settings onto these).
 
-    heartbeat_interval: float = 5.0
-    dead_after: float = 15.0
+    The heartbeat defaults are PROTOCOL.md's (section "Heartbeats and liveness"); the
+    daemon's ``heartbeat`` setting (``meshd.config``) has the same default and is
+    mapped here with ``from_heartbeat``.
+    """
+
+    heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL
+    dead_after: float = DEFAULT_HEARTBEAT_INTERVAL * DEAD_AFTER_INTERVALS
     request_timeout: float = 30.0
     chunk_size: int = DEFAULT_CHUNK_SIZE
     max_inflight_requests: int = 64
@@ -117,6 +134,13 @@ class SessionConfig:
             raise ValueError("chunk_size must be positive and fit the frame and window")
         if self.max_inflight_requests < 1 or self.max_pending_oneway < 1:
             raise ValueError("concurrency limits must be at least 1")
+
+    @classmethod
+    def from_heartbeat(cls, interval: float, **kwargs: Any) -> Self:
+        """A config whose peer is dead after DEAD_AFTER_INTERVALS silent ``interval``s."""
+        return cls(
+            heartbeat_interval=interval, dead_after=interval * DEAD_AFTER_INTERVALS, **kwargs
+        )
 
 
 @dataclass(frozen=True)
@@ -212,7 +236,9 @@ class LinkSession:
         self._reader = reader
         self._writer = writer
         self._pending: dict[int, asyncio.Future[tuple[Message, int]]] = {}
-        self._next_rid = 1
+        # Request ids, like stream ids, have the parity of the side that chose them.
+        self._next_rid = 1 if conn.role is Role.INITIATOR else 2
+        self._peer_rid_parity = 0 if conn.role is Role.INITIATOR else 1
         # Stream ids never collide: the initiator uses odd ids, the responder even ones.
         self._next_sid = 1 if conn.role is Role.INITIATOR else 2
         self._peer_sid_parity = 0 if conn.role is Role.INITIATOR else 1
@@ -330,7 +356,7 @@ class LinkSession:
             raise LocalProtocolError(f"{message.TYPE} is not a request")
         self._check_open()
         rid = self._next_rid
-        self._next_rid += 1
+        self._next_rid += 2
         future: asyncio.Future[tuple[Message, int]] = asyncio.get_running_loop().create_future()
         self._pending[rid] = future
         try:
@@ -421,6 +447,7 @@ class LinkSession:
                     "peer is not reading; write buffer overflow", reason=CloseReason.OVERLOAD
                 ),
                 notify=None,
+                abort=True,
             )
             self._check_open()
 
@@ -430,7 +457,7 @@ class LinkSession:
             async with asyncio.timeout(self.config.dead_after):
                 await self._writer.drain()
         except TimeoutError:
-            self._shutdown(PeerTimeout("peer stopped reading"), notify=None)
+            self._shutdown(PeerTimeout("peer stopped reading"), notify=None, abort=True)
         except (ConnectionError, OSError) as exc:
             self._shutdown(
                 LinkClosed(
@@ -466,8 +493,20 @@ class LinkSession:
 
     # -- shutdown ---------------------------------------------------------------------
 
-    def _shutdown(self, error: LinkError, *, notify: CloseReason | None, message: str = "") -> None:
-        """End the session: first error wins, runs once, never awaits."""
+    def _shutdown(
+        self,
+        error: LinkError,
+        *,
+        notify: CloseReason | None,
+        message: str = "",
+        abort: bool = False,
+    ) -> None:
+        """End the session: first error wins, runs once, never awaits.
+
+        ``notify`` is the close reason to send the peer (None: send nothing, e.g. the
+        connection is gone); ``abort`` drops unsent bytes at once, for a peer that does
+        not read (flushing would never finish).
+        """
         if self._error is not None:
             return
         self._error = error
@@ -477,17 +516,21 @@ class LinkSession:
             CloseReason.PAIRING_COMPLETE,
         ):
             log.info("link to %s closed: %s", self.peer.fingerprint_hex[:16], error)
-        if notify is not None and self._conn.state is State.ESTABLISHED:
-            with contextlib.suppress(LinkError, OSError, RuntimeError):
-                self._writer.write(self._conn.close(notify, message))
+        # close() also seals after a remote protocol error (our direction is intact).
+        farewell = b""
+        with contextlib.suppress(LinkError):
+            farewell = self._conn.close(notify if notify is not None else error.reason, message)
+        if notify is not None and not abort and farewell:
+            with contextlib.suppress(OSError, RuntimeError):
+                self._writer.write(farewell)
+        transport = self._writer.transport
+        if abort:
+            transport.abort()
         else:
-            self._conn.close(error.reason)
-        if isinstance(error, PeerTimeout) or error.reason is CloseReason.OVERLOAD:
-            # The peer is not reading: flushing would never finish.
-            self._writer.transport.abort()
-        else:
-            # transport.close() still flushes what is buffered (the close frame) first.
+            # transport.close() flushes what is buffered (the close frame) first; a peer
+            # that does not take it within CLOSE_GRACE is cut off.
             self._writer.close()
+            asyncio.get_running_loop().call_later(CLOSE_GRACE, transport.abort)
         for future in self._pending.values():
             if not future.done():
                 future.set_exception(self._closed_error())
@@ -545,7 +588,7 @@ class LinkSession:
     async def _dispatch(self, event: MessageReceived) -> None:
         message, rid = event.message, event.rid
         if isinstance(message, UnknownMessage):
-            log.debug("ignoring unknown message type %r", message.type)
+            self._on_unknown(message, rid)
             return
         if not self.peer.trusted and not message.PRE_TRUST:
             if message.KIND is Kind.REQUEST:
@@ -572,6 +615,21 @@ class LinkSession:
                 self._rx_blocked = False
                 self._last_rx = time.monotonic()
 
+    def _on_unknown(self, message: UnknownMessage, rid: int) -> None:
+        """A type this version does not know: answer it if it is a request, else drop it."""
+        if rid == 0:
+            log.debug("ignoring unknown one-way message %r", message.type)
+        elif rid % 2 == self._peer_rid_parity:
+            self._control_reply(
+                Error(ErrorCode.UNSUPPORTED, f"unknown request type {message.type!r}"), rid
+            )
+        else:
+            future = self._pending.get(rid)
+            if future is not None and not future.done():
+                future.set_exception(
+                    RemoteProtocolError(f"request answered with unknown type {message.type!r}")
+                )
+
     def _control_reply(self, message: Message, rid: int) -> None:
         if self.closed:
             return
@@ -596,8 +654,13 @@ class LinkSession:
                 reply = await handler(self, message)
             except RejectRequest as exc:
                 reply = Error(exc.code, exc.message)
-            except LinkError:
-                return
+            except LinkError as exc:
+                if self.closed:
+                    return
+                # e.g. a stream the handler sent was aborted: the request still gets
+                # its answer, so the requester never waits on it.
+                log.info("handler for %s gave up: %s", message.TYPE, exc)
+                reply = Error(ErrorCode.INTERNAL, f"handler gave up: {exc}")
             except Exception:
                 # a handler bug answers "internal", never kills the link
                 log.exception("handler for %s failed", message.TYPE)

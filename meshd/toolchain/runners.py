@@ -10,6 +10,9 @@ kills the process group (``meshd.toolchain.process``) and propagates.
 
 from __future__ import annotations
 
+import contextlib
+import json
+from collections.abc import Callable
 from pathlib import Path
 
 from meshd.jobs.model import JobType
@@ -154,8 +157,63 @@ class ResetBuildEnvRunner:
         await run_esphome(self.toolchain, ctx, ["clean-all", str(directory)])
 
 
+class _RenameGuard:
+    """Keeps a rename atomic for the user: the old YAML or the new one, never both.
+
+    ``esphome rename`` writes ``NEW.yaml`` first, then compiles and uploads it, and
+    removes the old YAML only at the very end; it deletes ``NEW.yaml`` itself only on a
+    failure it sees. A cancel (SIGTERM to its group), a supersede, or meshd dying leaves
+    ``NEW.yaml`` behind. So before esphome starts, a marker beside the YAML records that
+    ``NEW.yaml`` is this rename's to remove; whenever the rename does not finish (or an
+    interrupted one is found on the next run), ``NEW.yaml`` goes while the old YAML still
+    exists. A ``NEW.yaml`` that existed before is never touched (esphome refuses then).
+    """
+
+    def __init__(self, config: Path, new_path: Path) -> None:
+        self.config = config
+        self.new_path = new_path
+        self.marker = new_path.with_name(f".{new_path.name}.meshd-rename")
+        self._armed = False
+
+    def arm(self, log: Callable[[str], None]) -> None:
+        """Before esphome runs: clear an interrupted earlier rename, then own NEW.yaml."""
+        if self.new_path.parent != self.config.parent:
+            return  # not a plain name: esphome refuses it, nothing to guard
+        if self._marker_is_ours() and self.new_path.exists() and self.config.exists():
+            log(f"removing {self.new_path.name} left by an interrupted rename")
+            self.new_path.unlink(missing_ok=True)
+        self.marker.unlink(missing_ok=True)
+        if self.new_path.exists():
+            return  # someone else's file: esphome refuses to overwrite it
+        self.marker.write_text(json.dumps({"from": str(self.config)}), encoding="utf-8")
+        self._armed = True
+
+    def undo(self, log: Callable[[str], None]) -> None:
+        """The rename did not finish: remove NEW.yaml unless the old YAML is gone."""
+        if self._armed and self.config.exists() and self.new_path.exists():
+            self.new_path.unlink(missing_ok=True)
+            log(f"rename did not finish: removed {self.new_path.name}; {self.config.name} is kept")
+        self.disarm()
+
+    def disarm(self) -> None:
+        if self._armed:
+            self.marker.unlink(missing_ok=True)
+            self._armed = False
+
+    def _marker_is_ours(self) -> bool:
+        try:
+            data = json.loads(self.marker.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return False
+        return isinstance(data, dict) and data.get("from") == str(self.config)
+
+
 class RenameRunner:
-    """``esphome rename CFG NEW_NAME``: rewrite the YAML, compile and upload it (OTA)."""
+    """``esphome rename CFG NEW_NAME``: rewrite the YAML, compile and upload it (OTA).
+
+    All or nothing for the user: unless the rename completes, the old YAML stays and
+    no new YAML is left behind (``_RenameGuard``).
+    """
 
     def __init__(self, toolchain: Toolchain) -> None:
         self.toolchain = toolchain
@@ -169,7 +227,19 @@ class RenameRunner:
             Banded(CompileProgress(), 0.0, _RENAME_COMPILE_SHARE),
             Banded(OtaProgress(), _RENAME_COMPILE_SHARE, 1.0),
         )
-        await run_esphome(self.toolchain, ctx, ["rename", str(config), new_name], progress)
+        guard = _RenameGuard(config.absolute(), config.absolute().parent / f"{new_name}.yaml")
+        try:
+            guard.arm(ctx.log)
+        except OSError as exc:
+            raise JobFailed(f"cannot prepare the rename in {config.parent}: {exc}") from exc
+        try:
+            await run_esphome(self.toolchain, ctx, ["rename", str(config), new_name], progress)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                guard.undo(ctx.log)
+            raise
+        with contextlib.suppress(OSError):
+            guard.disarm()
         ctx.log(f"renamed: configuration is now {config.parent / (new_name + '.yaml')}")
 
 

@@ -15,7 +15,9 @@ Encoding in the JSON: byte strings are lower-case hex; message bodies use
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import hmac
 import json
 import sys
 from pathlib import Path
@@ -35,19 +37,26 @@ from meshd.link.connection import (  # noqa: E402
     PeerAuthenticated,
     Role,
 )
+from meshd.link.errors import CloseReason, ErrorCode, HandshakeError  # noqa: E402
 from meshd.link.framing import FrameSealer  # noqa: E402
 from meshd.link.handshake import Mode  # noqa: E402
 from meshd.link.messages import (  # noqa: E402
     REGISTRY,
+    BlobReply,
+    BlobRequest,
+    Error,
     HaveQuery,
     HaveReply,
     LaneStatus,
     Message,
+    PairAccept,
+    PairProof,
     Ping,
     Pong,
     StreamChunk,
     StreamEnd,
     StreamOpen,
+    UnknownMessage,
     encode,
 )
 from meshd.mesh.security.identity import Identity  # noqa: E402
@@ -76,6 +85,15 @@ FRAME_KEY = "77" * 32
 STREAM_CHUNK = 1000
 STREAM_TOTAL = 2500
 
+# Pairing: the secret part of the receiver's one-time code (12 RFC 4648 base32
+# characters, lower case) and the names both sides give themselves.
+PAIRING_SECRET = "k7m2qx4tnabz"  # noqa: S105 - a published test input
+PAIR_PROOF_LABEL = b"meshd-link-v1 pair proof"
+JOINER_NAME = "pi"
+RECEIVER_NAME = "desktop"
+# A message type no version defines: how a request of an unknown type is answered.
+UNKNOWN_REQUEST = ("x_future_request", {"question": "anything new?"})
+
 
 def to_json(value: Any) -> Any:
     """Message field values -> JSON (bytes as {"$bin": hex})."""
@@ -99,13 +117,42 @@ def from_json(value: Any) -> Any:
     return value
 
 
-def message_json(message: Message, rid: int) -> dict[str, Any]:
+def message_json(message: Message | UnknownMessage, rid: int) -> dict[str, Any]:
+    if isinstance(message, UnknownMessage):
+        return {"type": message.type, "rid": rid, "body": to_json(message.body)}
     return {"type": message.TYPE, "rid": rid, "body": to_json(message.to_wire())}
 
 
-def message_from_json(data: dict[str, Any]) -> tuple[Message, int]:
-    cls = REGISTRY[data["type"]]
-    return cls.from_wire(from_json(data["body"])), int(data["rid"])
+def message_from_json(data: dict[str, Any]) -> tuple[Message | UnknownMessage, int]:
+    """A registered message, or ``UnknownMessage`` for a type no version defines."""
+    cls = REGISTRY.get(data["type"])
+    body = from_json(data["body"])
+    if cls is None:
+        return UnknownMessage(data["type"], body), int(data["rid"])
+    return cls.from_wire(body), int(data["rid"])
+
+
+def plaintext_of(message: Message | UnknownMessage, rid: int) -> bytes:
+    """The msgpack plaintext ``[type, rid, body]`` (also for unknown types)."""
+    if isinstance(message, UnknownMessage):
+        import msgpack
+
+        packed: bytes = msgpack.packb([message.type, rid, message.body], use_bin_type=True)
+        return packed
+    return encode(message, rid)
+
+
+def pairing_code(fingerprint: bytes, secret: str) -> str:
+    """The code a receiver shows: 20 base32 characters of its fingerprint, then the
+    secret, upper case in groups of four (PROTOCOL.md "Pairing")."""
+    text = (base64.b32encode(fingerprint).decode("ascii")[:20] + secret).upper()
+    return "-".join(text[i : i + 4] for i in range(0, len(text), 4))
+
+
+def pairing_proof(secret: str, session_id: bytes, joiner_key: bytes, receiver_key: bytes) -> bytes:
+    """HMAC-SHA256(secret, label || h4 || id_i || id_r), written here from the spec."""
+    message = PAIR_PROOF_LABEL + session_id + joiner_key + receiver_key
+    return hmac.new(secret.encode("ascii"), message, hashlib.sha256).digest()
 
 
 def make_connections(mode: Mode) -> tuple[Connection, Connection]:
@@ -134,15 +181,49 @@ def make_connections(mode: Mode) -> tuple[Connection, Connection]:
     return initiator, responder
 
 
-def session_messages() -> list[tuple[str, Message, int]]:
-    """Messages exchanged after the handshake, in order: (direction, message, rid)."""
+Traffic = list[tuple[str, Message | UnknownMessage, int]]
+
+
+def normal_messages() -> Traffic:
+    """A normal session after the handshake, in order: (direction, message, rid).
+
+    Request ids have the requester's parity (initiator odd, responder even); the
+    unknown request is answered UNSUPPORTED by the session itself.
+    """
+    digest_a, digest_b = hashlib.sha256(b"a").digest(), hashlib.sha256(b"b").digest()
     return [
         ("i2r", Ping(1), 0),
         ("r2i", Pong(1), 0),
-        ("i2r", HaveQuery((hashlib.sha256(b"a").digest(), hashlib.sha256(b"b").digest())), 1),
-        ("r2i", HaveReply((hashlib.sha256(b"b").digest(),)), 1),
+        ("i2r", HaveQuery((digest_a, digest_b)), 1),
+        ("r2i", HaveReply((digest_b,)), 1),
         ("r2i", LaneStatus(idle=True, running=0, queued=0, idle_since=1767225600.5), 0),
+        ("r2i", BlobRequest((digest_a,)), 2),
+        ("i2r", BlobReply(1), 2),
+        ("i2r", UnknownMessage(*UNKNOWN_REQUEST), 3),
+        ("r2i", Error(ErrorCode.UNSUPPORTED, "unknown request type 'x_future_request'"), 3),
     ]
+
+
+def pairing_messages(initiator: Connection, responder: Connection) -> Traffic:
+    """A pairing session: only pre-trust messages, the proof bound to this session."""
+    proof = pairing_proof(
+        PAIRING_SECRET,
+        initiator.session_id,
+        _public(initiator),
+        _public(responder),
+    )
+    return [
+        ("i2r", Ping(1), 0),
+        ("r2i", Pong(1), 0),
+        ("i2r", PairProof(proof, JOINER_NAME), 1),
+        ("r2i", PairAccept(RECEIVER_NAME), 1),
+    ]
+
+
+def _public(conn: Connection) -> bytes:
+    from meshd.link.crypto import raw_public_key
+
+    return raw_public_key(conn._identity)
 
 
 def handshake_vector(mode: Mode) -> dict[str, Any]:
@@ -166,19 +247,56 @@ def handshake_vector(mode: Mode) -> dict[str, Any]:
     initiator.receive_data(hello)
     assert isinstance(initiator.next_event(), Established)
     frames = []
-    for direction, message, rid in session_messages():
+    pairing = mode is Mode.PAIRING
+    traffic = pairing_messages(initiator, responder) if pairing else normal_messages()
+    for direction, message, rid in traffic:
         sender, receiver = (initiator, responder) if direction == "i2r" else (responder, initiator)
-        wire = sender.send(message, rid)
+        if pairing:
+            assert not isinstance(message, UnknownMessage) and message.PRE_TRUST, message
+        plaintext = plaintext_of(message, rid)
+        wire = sender._sealer_or_fail().seal(plaintext)
         receiver.receive_data(wire)
         got = receiver.next_event()
         assert isinstance(got, MessageReceived) and got.message == message
         frames.append(
-            {"direction": direction, "message": message_json(message, rid), "wire": wire.hex()}
+            {
+                "direction": direction,
+                "message": message_json(message, rid),
+                "plaintext": plaintext.hex(),
+                "wire": wire.hex(),
+            }
         )
-    close = initiator.close()
+    close_reason = CloseReason.PAIRING_COMPLETE if pairing else CloseReason.NORMAL
+    close = initiator.close(close_reason)
     k = initiator.keys
+    extra: dict[str, Any] = {}
+    if pairing:
+        fingerprint = seen_by_initiator.fingerprint
+        extra["pairing"] = {
+            "secret": PAIRING_SECRET,
+            "code": pairing_code(fingerprint, PAIRING_SECRET),
+            "code_fingerprint_prefix": base64.b32encode(fingerprint).decode()[:20].lower(),
+            "proof_label": PAIR_PROOF_LABEL.decode(),
+            "proof_input": (
+                PAIR_PROOF_LABEL
+                + k.h4
+                + seen_by_responder.public_key
+                + seen_by_initiator.public_key
+            ).hex(),
+            "proof": pairing_proof(
+                PAIRING_SECRET, k.h4, seen_by_responder.public_key, seen_by_initiator.public_key
+            ).hex(),
+            "wrong_secret": "aaaaaaaaaaaa",
+            "wrong_proof": pairing_proof(
+                "aaaaaaaaaaaa", k.h4, seen_by_responder.public_key, seen_by_initiator.public_key
+            ).hex(),
+        }
     return {
-        "description": f"full handshake ({mode.name.lower()} mode) then messages, both ways",
+        "description": (
+            f"full handshake ({mode.name.lower()} mode) then messages, both ways"
+            + ("; only pre-trust messages, as a pairing session allows" if pairing else "")
+        ),
+        **extra,
         "mode": int(mode),
         "inputs": INPUTS,
         "initiator_caps": list(INITIATOR_CAPS),
@@ -205,7 +323,56 @@ def handshake_vector(mode: Mode) -> dict[str, Any]:
             "k_r2i": k.k_r2i.hex(),
         },
         "frames": frames,
-        "initiator_close": {"reason": 0, "message": "", "wire": close.hex()},
+        "initiator_close": {"reason": int(close_reason), "message": "", "wire": close.hex()},
+    }
+
+
+def version_vector() -> dict[str, Any]:
+    """Version negotiation: a wider range picks the highest common version; no common
+    version gets the 6-byte refusal frame instead of HS2."""
+
+    def hs(versions: tuple[int, int], responder_versions: tuple[int, int]) -> dict[str, Any]:
+        initiator, responder = make_connections(Mode.NORMAL)
+        initiator._versions = versions
+        responder._versions = responder_versions
+        hs1 = initiator.initiate()
+        responder.receive_data(hs1)
+        case: dict[str, Any] = {
+            "initiator_versions": list(versions),
+            "responder_versions": list(responder_versions),
+            "hs1": hs1.hex(),
+        }
+        try:
+            responder.next_event()
+        except HandshakeError as exc:
+            assert exc.reason is CloseReason.VERSION_MISMATCH
+            refusal = responder.data_to_send()
+            initiator.receive_data(refusal)
+            try:
+                initiator.next_event()
+            except HandshakeError as seen:
+                assert seen.reason is CloseReason.VERSION_MISMATCH
+            else:
+                raise AssertionError("initiator accepted a refusal") from None
+            case["refusal"] = refusal.hex()
+            return case
+        hs2 = responder.data_to_send()
+        case["hs2"] = hs2.hex()
+        case["chosen_version"] = hs2[4 + 4]
+        return case
+
+    return {
+        "description": (
+            "protocol version negotiation (fixed inputs as in handshake.json): the "
+            "responder picks min(its max, the initiator's max) or refuses with "
+            "MAGIC || 0x00 || its max version, framed, instead of HS2"
+        ),
+        "inputs": INPUTS,
+        "cases": {
+            "wider_initiator_range": hs((1, 3), (1, 1)),
+            "initiator_too_new": hs((2, 3), (1, 1)),
+            "responder_too_new": hs((1, 1), (2, 2)),
+        },
     }
 
 
@@ -234,33 +401,35 @@ def frames_vector() -> dict[str, Any]:
 
     digest = hashlib.sha256(b"bundle").digest()
     signed = provenance_sign(provenance_record())
+    blob = b"\x00\x01\x02\x03"
+    blob_name = hashlib.sha256(blob).hexdigest()
     samples: list[tuple[Message, int]] = [
         (Hello(("pair", "stream"), "meshd/0.1.0"), 0),
         (Ping(7), 0),
         (Pong(7), 0),
         (Close(9, "paired"), 0),
-        (Error(4, "too many requests in flight"), 3),
+        (Error(4, "too many requests in flight"), 2),
         (PairProof(hashlib.sha256(b"proof").digest(), "pi"), 1),
-        (PairAccept("desktop"), 1),
+        (PairAccept("desktop"), 2),
         (LaneStatus(False, 1, 2, None, "2026.6.5"), 0),
-        (CompileRequest("a1b2c3d4e5f6", "kitchen.yaml", "2026.6.5", digest, 123456), 2),
-        (CompileAccept("a1b2c3d4e5f6", 0), 2),
-        (CompileReject("a1b2c3d4e5f6", "busy", "compile lane busy"), 2),
+        (CompileRequest("a1b2c3d4e5f6", "kitchen.yaml", "2026.6.5", digest, 123456), 3),
+        (CompileAccept("a1b2c3d4e5f6", 0), 4),
+        (CompileReject("a1b2c3d4e5f6", "busy", "compile lane busy"), 6),
         (LogLine("a1b2c3d4e5f6", "Compiling src/main.cpp.o", "stdout"), 0),
         (JobState("a1b2c3d4e5f6", "running", 0.25, ""), 0),
         (Cancel("a1b2c3d4e5f6", "superseded"), 0),
-        (HaveQuery((digest,)), 4),
-        (HaveReply(()), 4),
-        (ArtifactRequest("a1b2c3d4e5f6", "serial", True), 5),
-        (ArtifactReply("a1b2c3d4e5f6", digest, 2048, signed.record, signed.signature), 5),
-        (BlobRequest((digest,)), 6),
-        (BlobReply(1), 6),
+        (HaveQuery((digest,)), 5),
+        (HaveReply(()), 8),
+        (ArtifactRequest("a1b2c3d4e5f6", "serial", True), 7),
+        (ArtifactReply("a1b2c3d4e5f6", digest, 2048, signed.record, signed.signature), 10),
+        (BlobRequest((digest,)), 9),
+        (BlobReply(1), 12),
         (NodeInfo("desktop", "2026.6.5", True), 0),
-        (StreamOpen(3, "artifact", "firmware.bin", 4, {"offset": "0x10000"}), 0),
-        (StreamChunk(3, b"\x00\x01\x02\x03"), 0),
-        (StreamEnd(3, hashlib.sha256(b"\x00\x01\x02\x03").digest()), 0),
+        (StreamOpen(3, "blob", blob_name, 4, {}), 0),
+        (StreamChunk(3, blob), 0),
+        (StreamEnd(3, hashlib.sha256(blob).digest()), 0),
         (StreamAbort(5, "disk full"), 0),
-        (StreamWindow(3, 1048576), 0),
+        (StreamWindow(4, 1048576), 0),
     ]
     missing = set(REGISTRY) - {m.TYPE for m, _ in samples}
     assert not missing, f"frames vector lacks {sorted(missing)}"
@@ -277,7 +446,11 @@ def frames_vector() -> dict[str, Any]:
             }
         )
     return {
-        "description": "every message type, sealed in order under one direction key",
+        "description": (
+            "every message type, sealed in order under one direction key, as the "
+            "initiator would send them: its requests carry odd rids, its responses the "
+            "even rids of the responder's requests; its streams have odd ids"
+        ),
         "key": FRAME_KEY,
         "frames": out,
     }
@@ -288,14 +461,18 @@ def stream_vector() -> dict[str, Any]:
     data = b"".join(
         hashlib.sha256(i.to_bytes(4, "big")).digest() for i in range(STREAM_TOTAL // 32 + 1)
     )[:STREAM_TOTAL]
-    messages: list[Message] = [StreamOpen(1, "bundle", "kitchen.tar", len(data), {})]
+    name = hashlib.sha256(data).hexdigest()
+    messages: list[Message] = [StreamOpen(1, "blob", name, len(data), {})]
     messages += [
         StreamChunk(1, data[i : i + STREAM_CHUNK]) for i in range(0, len(data), STREAM_CHUNK)
     ]
     messages.append(StreamEnd(1, hashlib.sha256(data).digest()))
     sealer = FrameSealer(bytes.fromhex(FRAME_KEY))
     return {
-        "description": "a 2500-byte stream in 1000-byte chunks, sealed under one key",
+        "description": (
+            "a 2500-byte content blob as a stream of kind blob named by its hex "
+            "SHA-256, in 1000-byte chunks, sealed under one key"
+        ),
         "key": FRAME_KEY,
         "data": data.hex(),
         "sha256": hashlib.sha256(data).hexdigest(),
@@ -454,6 +631,7 @@ def build() -> dict[str, str]:
         "frames.json": frames_vector(),
         "stream.json": stream_vector(),
         "provenance.json": provenance_vector(),
+        "version.json": version_vector(),
     }
     return {name: json.dumps(v, indent=2, sort_keys=True) + "\n" for name, v in vectors.items()}
 

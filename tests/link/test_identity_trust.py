@@ -109,7 +109,7 @@ def test_trust_store_persists_and_shares_the_file(tmp_path: Path) -> None:
 
     db = sqlite3.connect(tmp_path / "meshd.db")
     tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-    assert tables == {"trust_peers"}
+    assert tables == {"trust_peers", "trust_quarantine"}  # only trust_ tables
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     db.close()
 

@@ -305,6 +305,10 @@ def cmd_clean_all(args: argparse.Namespace) -> int:
 
 
 def cmd_rename(args: argparse.Namespace) -> int:
+    """As ``esphome rename`` (esphome/__main__.py ``command_rename``): refuse a taken name,
+    write NEW.yaml, validate it, then compile and upload it (``run``); only on success
+    remove the old YAML. On a failure it sees it removes NEW.yaml; killed (SIGTERM,
+    SIGKILL) it leaves NEW.yaml behind, exactly like esphome."""
     config = load(args.configuration)
     if not _ALLOWED_NAME.match(args.name):
         out(
@@ -312,17 +316,33 @@ def cmd_rename(args: argparse.Namespace) -> int:
             "abcdefghijklmnopqrstuvwxyz0123456789- (lowercase, no spaces)"
         )
         return 1
+    if args.name == config.name:
+        out(f"'{args.name}' is already the device's name.")
+        return 1
     new_path = config.path.with_name(f"{args.name}.yaml")
+    if new_path.exists():
+        out(
+            f"Cannot rename: {new_path} already exists. "
+            "Refusing to overwrite an existing configuration."
+        )
+        return 1
     new_text = re.sub(r"(?m)^(\s*name:\s*)\S+", rf"\g<1>{args.name}", config.text, count=1)
+    out(f"Updating {config.path} to {new_path}")
     new_path.write_text(new_text, encoding="utf-8")
-    log("INFO", f"Writing {new_path}")
-    renamed = Config(new_path)
+    try:
+        renamed = Config(new_path)  # esphome runs `esphome config NEW.yaml` here
+    except (OSError, yaml.YAMLError):
+        renamed = None
+    if renamed is None or renamed.flag("invalid"):
+        out("Rename failed. Reverting changes.")
+        new_path.unlink(missing_ok=True)
+        return 1
     code = compile_config(renamed) or upload_config(renamed, f"{config.name}.local")
     if code:
         new_path.unlink(missing_ok=True)
-        return code
+        return 1
     config.path.unlink()
-    log("INFO", f"Successfully renamed {config.name} to {args.name}")
+    out("SUCCESS")
     return 0
 
 

@@ -123,7 +123,7 @@ class BlobExchange:
         sent = 0
         for digest in digests:
             path = self.store.path(digest)
-            if not path.is_file():
+            if not self.store.has(digest):  # re-verified: a damaged blob is never served
                 raise RejectRequest(ErrorCode.NOT_FOUND, f"no blob {digest[:12]}")
             await session.send_file(path, kind=BLOB_STREAM, name=digest)
             sent += path.stat().st_size

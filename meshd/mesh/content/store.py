@@ -5,20 +5,37 @@ not hold yet (after the first build, usually just the edited YAML), and the offl
 keeps artifacts it already pulled. Writes land in a temporary file and are renamed
 into place only once the digest matches, so a truncated or tampered transfer never
 becomes a blob.
+
+What is on disk is not trusted either: a blob is re-hashed before the store first
+vouches for it (``has``/``missing``, and so before it is served or built from), and one
+whose content no longer matches its name is removed and reported missing, so it is
+fetched again instead of used. Until the file changes (inode, size, mtime) the check is
+not repeated. Opening the store sweeps away whatever is not a blob: stray files, links
+and directories, and temporary files an interrupted write left behind.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import os
 import re
+import shutil
+import stat
 import tempfile
 import time
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Final
+
+_LOGGER = logging.getLogger(__name__)
 
 _DIGEST = re.compile(r"^[0-9a-f]{64}$")
+_SHARD = re.compile(r"^[0-9a-f]{2}$")
+TEMP_PREFIX: Final = ".incoming-"
+# A temporary file this old belongs to no write in progress (a blob of the largest
+# allowed size lands in well under this on any link meshd runs on).
+STALE_TEMP_SECONDS: Final = 3600.0
 
 
 class ContentError(Exception):
@@ -36,17 +53,91 @@ def file_digest(path: Path) -> str:
         return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
+def _remove(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+
+
 class ContentStore:
     def __init__(self, root: Path) -> None:
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
+        # digest -> (inode, size, mtime_ns) of the file last hashed and found right.
+        self._verified: dict[str, tuple[int, int, int]] = {}
+        self.sweep()
 
     def path(self, digest: str) -> Path:
         check_digest(digest)
         return self.root / digest[:2] / digest
 
     def has(self, digest: str) -> bool:
-        return self.path(digest).is_file()
+        """Whether the store holds this blob *with the right content* (see the module)."""
+        path = self.path(digest)
+        try:
+            info = path.lstat()
+        except FileNotFoundError:
+            self._verified.pop(digest, None)
+            return False
+        if not stat.S_ISREG(info.st_mode):
+            _LOGGER.warning("content store: %s is not a regular file; removed it", path)
+            _remove(path)
+            return False
+        key = (info.st_ino, info.st_size, info.st_mtime_ns)
+        if self._verified.get(digest) == key:
+            return True
+        try:
+            actual = file_digest(path)
+        except FileNotFoundError:
+            return False
+        if actual != digest:
+            _LOGGER.warning(
+                "content store: blob %s holds other content (digest %s); removed it, it "
+                "will be fetched again",
+                digest[:12],
+                actual[:12],
+            )
+            self._verified.pop(digest, None)
+            path.unlink(missing_ok=True)
+            return False
+        self._verified[digest] = key
+        return True
+
+    def sweep(self, *, now: float | None = None) -> int:
+        """Remove everything under the root that is not a blob; returns how many entries.
+
+        Temporary files of writes are removed only once STALE_TEMP_SECONDS old, so a
+        write in progress is never disturbed.
+        """
+        current = time.time() if now is None else now
+        removed = 0
+        for entry in list(self.root.iterdir()):
+            if entry.is_dir() and not entry.is_symlink() and _SHARD.match(entry.name):
+                for item in list(entry.iterdir()):
+                    if item.name.startswith(TEMP_PREFIX) and not item.is_symlink():
+                        try:
+                            age = current - item.stat().st_mtime
+                        except FileNotFoundError:
+                            continue
+                        if age < STALE_TEMP_SECONDS:
+                            continue
+                    elif (
+                        item.is_file()
+                        and not item.is_symlink()
+                        and _DIGEST.match(item.name)
+                        and item.name[:2] == entry.name
+                    ):
+                        continue
+                    _LOGGER.warning("content store: removed stray %s", item)
+                    _remove(item)
+                    removed += 1
+                continue
+            _LOGGER.warning("content store: removed stray %s", entry)
+            _remove(entry)
+            removed += 1
+        return removed
 
     def missing(self, digests: list[str]) -> list[str]:
         """The digests not held yet, in the order asked, without duplicates.
@@ -89,22 +180,35 @@ class ContentStore:
 
     def touch(self, digest: str) -> None:
         """Mark a blob as used (TTL pruning keeps what builds still need)."""
+        path = self.path(digest)
         with contextlib.suppress(FileNotFoundError):
-            os.utime(self.path(digest))
+            was = self._verified.get(digest)
+            os.utime(path)
+            if was is not None:
+                self._remember(digest, path)
+
+    def _remember(self, digest: str, path: Path) -> None:
+        """Note that ``path`` as it is now holds exactly ``digest``."""
+        info = path.stat()
+        self._verified[digest] = (info.st_ino, info.st_size, info.st_mtime_ns)
 
     def prune(self, ttl_seconds: float, *, now: float | None = None) -> tuple[int, int]:
         """Remove blobs unused for ``ttl_seconds``; returns (count, bytes) removed."""
         current = time.time() if now is None else now
         count = size = 0
         for blob in self.root.glob("??/*"):
+            if blob.name.startswith(TEMP_PREFIX):
+                continue  # the sweep below decides about temporary files
             try:
-                stat = blob.stat()
+                info = blob.stat()
             except FileNotFoundError:
                 continue
-            if current - stat.st_mtime > ttl_seconds:
+            if current - info.st_mtime > ttl_seconds:
                 blob.unlink(missing_ok=True)
+                self._verified.pop(blob.name, None)
                 count += 1
-                size += stat.st_size
+                size += info.st_size
+        self.sweep(now=current)
         return count, size
 
 
@@ -119,7 +223,7 @@ class BlobWriter:
         self._written = 0
         target = store.path(digest)
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".incoming-")
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=TEMP_PREFIX)
         self._tmp = Path(tmp)
         self._file: BinaryIO = os.fdopen(fd, "wb")
 
@@ -139,7 +243,9 @@ class BlobWriter:
                 f"blob {self.digest[:12]} failed verification "
                 f"({self._written}/{self.size} bytes, digest {actual[:12]})"
             )
-        self._tmp.replace(self._store.path(self.digest))
+        target = self._store.path(self.digest)
+        self._tmp.replace(target)
+        self._store._remember(self.digest, target)
 
     def abort(self) -> None:
         self._file.close()

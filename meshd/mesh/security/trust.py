@@ -10,12 +10,22 @@ The job store shares the database file through its own connection, so this modul
 creates only ``trust_``-prefixed tables, with ``CREATE TABLE IF NOT EXISTS``.
 Calls are short indexed statements; the daemon may run them on the loop or in a thread
 (the connection is guarded by a lock and not tied to one thread).
+
+A row that cannot be read strictly (a malformed fingerprint, a public key that does
+not match it, addresses that are not a JSON list of strings, a permission that is not
+exactly 0 or 1, a missing timestamp) is moved to ``trust_quarantine`` with the reason
+and logged. That fails closed: the peer is simply no longer trusted until the operator
+trusts or pairs it again, and a value like ``'false'`` can never grant a permission.
 """
 
 from __future__ import annotations
 
+import builtins
 import enum
 import json
+import logging
+import math
+import re
 import sqlite3
 import threading
 import time
@@ -28,7 +38,11 @@ from meshd.link.crypto import fingerprint as key_fingerprint
 from meshd.link.server import PeerCandidate
 from meshd.mesh.security.identity import parse_fingerprint
 
+_LOGGER = logging.getLogger(__name__)
+
 DB_FILE: Final = "meshd.db"
+
+_FINGERPRINT: Final = re.compile(r"[0-9a-f]{64}")
 
 # Addresses remembered per peer: enough for a couple of interfaces and static entries,
 # few enough that a peer moving around DHCP leases does not grow the row without end.
@@ -44,6 +58,12 @@ CREATE TABLE IF NOT EXISTS trust_peers (
     may_build_for_me INTEGER NOT NULL DEFAULT 0,
     added_at         REAL NOT NULL,
     updated_at       REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS trust_quarantine (
+    fingerprint    TEXT,
+    row            TEXT NOT NULL,
+    reason         TEXT NOT NULL,
+    quarantined_at REAL NOT NULL
 )
 """
 
@@ -75,16 +95,71 @@ class TrustedPeer:
 
     @classmethod
     def _from_row(cls, row: sqlite3.Row) -> Self:
+        """Decode strictly; BadTrustRow says what is wrong (the caller quarantines)."""
+        keys = row.keys()
+        missing = {"fingerprint", "public_key", "name", "addresses"} - set(keys)
+        missing |= {r.value for r in Role} - set(keys)
+        missing |= {"added_at", "updated_at"} - set(keys)
+        if missing:
+            raise BadTrustRow(f"columns missing: {', '.join(sorted(missing))}")
+        fingerprint = row["fingerprint"]
+        if not isinstance(fingerprint, str) or not _FINGERPRINT.fullmatch(fingerprint):
+            raise BadTrustRow(f"fingerprint {fingerprint!r:.80} is not 64 lower-case hex digits")
+        public_key = row["public_key"]
+        if public_key is not None and (
+            not isinstance(public_key, bytes)
+            or len(public_key) != 32
+            or key_fingerprint(public_key).hex() != fingerprint
+        ):
+            raise BadTrustRow("public key does not match the fingerprint")
+        name = row["name"]
+        if not isinstance(name, str):
+            raise BadTrustRow(f"name is {name!r:.60}, not text")
+        try:
+            addresses = json.loads(row["addresses"])
+        except (TypeError, ValueError) as exc:
+            raise BadTrustRow(f"addresses are not JSON ({exc})") from None
+        if not isinstance(addresses, list) or not all(isinstance(a, str) for a in addresses):
+            raise BadTrustRow("addresses are not a list of text")
+        flags = {}
+        for role in Role:
+            value = row[role.value]
+            if isinstance(value, bool) or value not in (0, 1) or not isinstance(value, int):
+                raise BadTrustRow(f"{role.value} is {value!r:.60}, not 0 or 1")
+            flags[role.value] = value == 1
+        stamps = {}
+        for key in ("added_at", "updated_at"):
+            value = row[key]
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int | float)
+                or not math.isfinite(value)
+            ):
+                raise BadTrustRow(f"{key} is {value!r:.60}, not a time")
+            stamps[key] = float(value)
         return cls(
-            fingerprint=row["fingerprint"],
-            name=row["name"],
-            addresses=tuple(json.loads(row["addresses"])),
-            may_send_work=bool(row["may_send_work"]),
-            may_build_for_me=bool(row["may_build_for_me"]),
-            added_at=row["added_at"],
-            updated_at=row["updated_at"],
-            public_key=row["public_key"],
+            fingerprint=fingerprint,
+            name=name,
+            addresses=tuple(addresses),
+            may_send_work=flags[Role.SEND_WORK.value],
+            may_build_for_me=flags[Role.BUILD_FOR_ME.value],
+            added_at=stamps["added_at"],
+            updated_at=stamps["updated_at"],
+            public_key=public_key,
         )
+
+
+class BadTrustRow(ValueError):
+    """A trust row this version cannot read safely; the message says why."""
+
+
+def _jsonable(value: object) -> object:
+    """A stored value as JSON can keep it (blobs as hex, the rest as their repr)."""
+    if value is None or isinstance(value, str | int | float):
+        return value
+    if isinstance(value, bytes):
+        return {"hex": value.hex()}
+    return repr(value)
 
 
 def _normalise(fingerprint: str | bytes) -> str:
@@ -116,7 +191,7 @@ class TrustStore:
         with self._lock:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA busy_timeout=5000")
-            self._db.execute(_SCHEMA)
+            self._db.executescript(_SCHEMA)
 
     @classmethod
     def open(cls, data_dir: Path) -> Self:
@@ -137,17 +212,59 @@ class TrustStore:
     # -- queries ----------------------------------------------------------------------
 
     def get(self, fingerprint: str | bytes) -> TrustedPeer | None:
+        """The trusted peer, or None (also when its row had to be quarantined)."""
         fp = _normalise(fingerprint)
         with self._lock:
             row = self._db.execute(
-                "SELECT * FROM trust_peers WHERE fingerprint = ?", (fp,)
+                "SELECT rowid, * FROM trust_peers WHERE fingerprint = ?", (fp,)
             ).fetchone()
-        return None if row is None else TrustedPeer._from_row(row)
+            return None if row is None else self._decode(row)
 
     def list(self) -> list[TrustedPeer]:
+        """Every readable trusted peer; unreadable rows are quarantined and left out."""
         with self._lock:
-            rows = self._db.execute("SELECT * FROM trust_peers ORDER BY added_at, fingerprint")
-            return [TrustedPeer._from_row(row) for row in rows.fetchall()]
+            rows = self._db.execute(
+                "SELECT rowid, * FROM trust_peers ORDER BY added_at, fingerprint"
+            ).fetchall()
+            decoded = [self._decode(row) for row in rows]
+        return [peer for peer in decoded if peer is not None]
+
+    def quarantined(self) -> builtins.list[tuple[str | None, str]]:
+        """(fingerprint, reason) of every quarantined trust row, oldest first."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT fingerprint, reason FROM trust_quarantine ORDER BY quarantined_at, rowid"
+            ).fetchall()
+        return [(fp, str(reason)) for fp, reason in rows]
+
+    def _decode(self, row: sqlite3.Row) -> TrustedPeer | None:
+        """Decode one row, or move it to ``trust_quarantine`` (the lock is held)."""
+        try:
+            return TrustedPeer._from_row(row)
+        except BadTrustRow as exc:
+            reason = str(exc)
+        fingerprint = row["fingerprint"] if isinstance(row["fingerprint"], str) else None
+        raw = {key: _jsonable(row[key]) for key in row.keys() if key != "rowid"}  # noqa: SIM118 - sqlite3.Row
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            self._db.execute(
+                "INSERT INTO trust_quarantine (fingerprint, row, reason, quarantined_at)"
+                " VALUES (?, ?, ?, ?)",
+                (fingerprint, json.dumps(raw, sort_keys=True), reason, time.time()),
+            )
+            self._db.execute("DELETE FROM trust_peers WHERE rowid = ?", (row["rowid"],))
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+        _LOGGER.warning(
+            "trusted peer %s cannot be read (%s); moved it to the trust_quarantine table of "
+            "%s: it is no longer trusted until you trust or pair it again",
+            (fingerprint or "?")[:16],
+            reason,
+            self.path,
+        )
+        return None
 
     def is_trusted(self, public_key: bytes, role: Role | None = None) -> bool:
         """Whether this key is trusted at all (``role=None``) or for ``role``."""
