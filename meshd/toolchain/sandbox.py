@@ -340,12 +340,18 @@ def _within(path: Path, root: Path) -> bool:
     return path == root or path.is_relative_to(root)
 
 
+# Values reach the sandbox as ``--setenv`` arguments, which anyone who may list
+# meshd's processes can read (/proc/PID/cmdline): nothing that looks like a secret
+# (PLATFORMIO_AUTH_TOKEN, say) is passed on.
+_ENV_SECRET: Final = re.compile(r"TOKEN|SECRET|PASSW|KEY|AUTH|CREDENTIAL|COOKIE", re.IGNORECASE)
+
+
 def _sandbox_env(env: Mapping[str, str], area: SandboxArea) -> dict[str, str]:
     """The allow-listed part of ``env`` plus the sandbox's own HOME, TMPDIR and core dir."""
     kept = {
         key: value
         for key, value in env.items()
-        if _ENV_ALLOWED.match(key) and key not in _ENV_DROPPED
+        if _ENV_ALLOWED.match(key) and key not in _ENV_DROPPED and not _ENV_SECRET.search(key)
     }
     kept.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
     kept.update(

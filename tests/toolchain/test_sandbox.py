@@ -456,6 +456,7 @@ def test_environment_is_allow_listed(bwrap_present: None, tmp_path: Path) -> Non
         "MESHD_DATA_DIR": "/var/lib/meshd",
         "AWS_SECRET_ACCESS_KEY": "x",
         "SSH_AUTH_SOCK": "/run/user/1000/ssh",
+        "PLATFORMIO_AUTH_TOKEN": "secret-in-argv-would-show-in-ps",
     }
     argv = sandbox.argv(["/bin/true"], area, env)
     assert "--clearenv" in argv
@@ -463,8 +464,10 @@ def test_environment_is_allow_listed(bwrap_present: None, tmp_path: Path) -> Non
     assert values["PLATFORMIO_SETTING_ENABLE_TELEMETRY"] == "No"
     assert values["PLATFORMIO_CORE_DIR"] == str(area.pio_core)
     assert values["HOME"] == str(area.home)
-    for dropped in ("ESPHOME_DATA_DIR", "MESHD_DATA_DIR", "AWS_SECRET_ACCESS_KEY", "SSH_AUTH_SOCK"):
-        assert dropped not in values
+    dropped = ("ESPHOME_DATA_DIR", "MESHD_DATA_DIR", "AWS_SECRET_ACCESS_KEY", "SSH_AUTH_SOCK")
+    for name in (*dropped, "PLATFORMIO_AUTH_TOKEN"):
+        assert name not in values
+    assert not any("secret" in arg for arg in argv)
 
 
 # -- unavailable, and the explicit opt-out -------------------------------------------
