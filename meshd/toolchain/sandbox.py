@@ -34,15 +34,19 @@ What the sandboxed process sees (``Sandbox.argv``):
 
 The network namespace is shared by default: PlatformIO downloads platforms and
 libraries, esphome clones external components. A sandboxed build can therefore
-connect to anything this host can, loopback included; the control API is protected
-by its token (which the sandbox cannot read), the peer port by the trust store, but
-other loopback-only services on the host are reachable. ``network=False``
-(``--unshare-net``) takes the network away for receivers whose toolchains are
-provisioned.
+connect to anything this host can, loopback included, and to abstract Unix sockets
+(they belong to the network namespace: an X server's ``@/tmp/.X11-unix/X0``, say);
+the control API is protected by its token (which the sandbox cannot read), the peer
+port by the trust store, but other loopback-only services on the host are
+reachable. ``network=False`` (``--unshare-net``) takes the network away for
+receivers whose toolchains are provisioned.
 
 Resource limits are rlimits set by ``prlimit`` inside the sandbox (processes,
 address space per process, file size, open files, core dumps off, CPU seconds) and
-the tmpfs size; wall time is enforced by :func:`run_in_sandbox`. ``RLIMIT_NPROC``
+the tmpfs sizes. Wall time is enforced inside too, by coreutils ``timeout`` (exit
+status :data:`TIMEOUT_EXIT`, whatever runner started the sandbox), and
+:func:`run_in_sandbox` turns that into ``SandboxTimeout`` (with its own deadline
+as a backstop). ``RLIMIT_NPROC``
 does not bind root (the kernel exempts uid 0), so a receiver that runs meshd as root
 has no process cap: run meshd as an unprivileged user, as the systemd unit does.
 """
@@ -127,6 +131,10 @@ _ENV_DROPPED: Final = frozenset(
 PROBE_TIMEOUT: Final = 20.0
 
 GIB: Final = 1024**3
+# coreutils timeout's exit status when the command ran out of time.
+TIMEOUT_EXIT: Final = 124
+# After the wall time, SIGTERM; this long later, SIGKILL.
+TIMEOUT_KILL_AFTER: Final = 10
 
 
 class SandboxUnavailable(Exception):
@@ -238,6 +246,10 @@ class SandboxArea:
         lent = {mount for _, mount in self.lent()}
         for kind in ("packages", "platforms"):
             folder = self.pio_core / kind
+            # A build may have replaced the folder with a symlink (the core dir is
+            # writable to it): the daemon must not follow it anywhere.
+            if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
+                folder.unlink()
             folder.mkdir(exist_ok=True, mode=0o700)
             for entry in folder.iterdir():
                 if entry not in lent and entry.is_dir() and not entry.is_symlink():
@@ -380,6 +392,7 @@ class Sandbox:
     limits: ResourceLimits = field(default_factory=ResourceLimits)
     network: bool = True
     prlimit: str = "/usr/bin/prlimit"
+    timeout: str = "/usr/bin/timeout"
     hostname: str = "meshd-sandbox"
 
     def _lent_trees(self, command: Sequence[str]) -> list[Path]:
@@ -449,7 +462,11 @@ class Sandbox:
         argv += ["--chdir", str(area.workdir.resolve()), "--clearenv"]
         for key, value in sorted(_sandbox_env(env, area).items()):
             argv += ["--setenv", key, value]
-        argv += ["--", *self.limits.prlimit_argv(self.prlimit), *command]
+        argv.append("--")
+        if self.limits.wall_time is not None:
+            wall = f"{self.limits.wall_time:g}"
+            argv += [self.timeout, f"--kill-after={TIMEOUT_KILL_AFTER}", wall]
+        argv += [*self.limits.prlimit_argv(self.prlimit), *command]
         return argv
 
     def _size(self, size: int) -> list[str]:
@@ -479,6 +496,7 @@ def detect(
     """
     info = find_bwrap(program)
     prlimit = shutil.which("prlimit") or "/usr/bin/prlimit"
+    timeout = shutil.which("timeout") or "/usr/bin/timeout"
     sandbox = Sandbox(
         bwrap=info,
         hidden=tuple(Path(h) for h in hidden),
@@ -486,6 +504,7 @@ def detect(
         limits=limits or ResourceLimits(),
         network=network,
         prlimit=prlimit,
+        timeout=timeout,
     )
     with tempfile.TemporaryDirectory(prefix="meshd-sandbox-probe-", dir=scratch) as tmp:
         root = Path(tmp)
@@ -564,10 +583,13 @@ async def run_in_sandbox(
     """
     argv = sandbox.argv(command, area, env)
     limit = sandbox.limits.wall_time
+    backstop = None if limit is None else limit + TIMEOUT_KILL_AFTER + 5
+    message = f"the sandboxed build ran longer than its {limit or 0:.0f} s wall-time limit"
     try:
-        async with asyncio.timeout(limit):
-            return await run_process(argv, on_line=on_line, env=dict(env), kill_grace=kill_grace)
+        async with asyncio.timeout(backstop):
+            result = await run_process(argv, on_line=on_line, env=dict(env), kill_grace=kill_grace)
     except TimeoutError:
-        raise SandboxTimeout(
-            f"the sandboxed build ran longer than its {limit:.0f} s wall-time limit and was killed"
-        ) from None
+        raise SandboxTimeout(message + " and was killed") from None
+    if limit is not None and result.returncode == TIMEOUT_EXIT:
+        raise SandboxTimeout(message + " and was stopped")
+    return result

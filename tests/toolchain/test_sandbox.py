@@ -38,6 +38,7 @@ from meshd.mesh.security.identity import load_or_create
 from meshd.mesh.security.trust import TrustStore
 from meshd.toolchain.runners import make_runners
 from meshd.toolchain.sandbox import (
+    TIMEOUT_EXIT,
     UNSAFE_FLAG,
     UNSAFE_WARNING,
     ResourceLimits,
@@ -404,6 +405,34 @@ async def test_wall_time_kills_everything_inside(
             on_line=lambda _line: None,
         )
     await _wait_until(lambda: not _processes_with(marker), "the sandboxed sleeps are gone")
+
+
+async def test_wall_time_holds_for_any_runner_of_a_wrapped_toolchain(
+    bwrap_present: None, receiver_dir: ReceiverDir
+) -> None:
+    """The limit is in the argv (coreutils timeout), not only in run_in_sandbox."""
+    marker = str(5000 + uuid.uuid4().int % 1000)
+    sandbox = detect([receiver_dir.data], limits=ResourceLimits(wall_time=1.0))
+    slow = Toolchain(esphome=("/bin/sh", "-c", f"sleep {marker}", "sh"))
+    wrapped = sandbox.wrap(slow, receiver_dir.area)
+    result = await wrapped.run(wrapped.esphome_argv("compile", "x.yaml"), on_line=print)
+    assert result.returncode == TIMEOUT_EXIT
+    await _wait_until(lambda: not _processes_with(marker), "the sandboxed sleep is gone")
+
+
+def test_prepare_does_not_follow_a_planted_symlink(tmp_path: Path) -> None:
+    """The private core dir is writable to builds: one may swap ``packages`` for a
+    symlink into the data dir; preparing the next run must not act on its target."""
+    victim = tmp_path / "data" / "mesh" / "cas"
+    (victim / "ab").mkdir(parents=True)
+    area = SandboxArea(tmp_path / "w", tmp_path / "h", tmp_path / "p")
+    area.prepare()
+    (area.pio_core / "packages").rmdir()
+    (area.pio_core / "packages").symlink_to(victim)
+    area.prepare()
+    assert (area.pio_core / "packages").is_dir()
+    assert not (area.pio_core / "packages").is_symlink()
+    assert (victim / "ab").is_dir()  # an empty directory there survives
 
 
 async def test_cancel_kills_everything_inside(sandbox: Sandbox, receiver_dir: ReceiverDir) -> None:
