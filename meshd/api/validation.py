@@ -38,6 +38,9 @@ JOB_KINDS = (*(t.value for t in JobType), INSTALL)
 # ESPHome's own rule (esphome.const.ALLOWED_NAME_CHARS) plus the underscore it warns
 # about; anything else could also turn ``NEW_NAME.yaml`` into a path elsewhere.
 _NEW_NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,63}$")
+# A host name, IPv4/IPv6 address (optionally [bracketed] with a port) or a device path:
+# printable, no spaces, and not starting with '-' (it is passed as an argument).
+_DEVICE_RE = re.compile(r"[A-Za-z0-9_.:/\[\]%@+=,~][\x21-\x7e]{0,254}")
 
 _FIELDS = frozenset({"type", "configuration", "device", "new_name", "local", "cwd"})
 
@@ -375,6 +378,13 @@ def parse_job_request(body: Any, rules: ConfigRules | None = None) -> JobRequest
         raise bad_request(
             "missing_device",
             f"{kind} needs a device (an IP address or hostname for OTA, or a serial port)",
+            field="device",
+        )
+    if device is not None and not _DEVICE_RE.fullmatch(device):
+        # It becomes esphome's ``--device`` argument: no option-looking or spaced value.
+        raise bad_request(
+            "invalid_field",
+            "'device' must be a host name, an IP address or a serial port path",
             field="device",
         )
     args: dict[str, Any] = {}

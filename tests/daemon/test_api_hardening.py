@@ -92,6 +92,13 @@ def test_job_and_pairing_fields_are_strict(daemon: Meshd, tmp_path: Path) -> Non
         daemon, "/jobs", {"type": "compile", "configuration": str(config), "local": "false"}
     )
     assert status == 400 and body["error"]["field"] == "local"
+    for device in ("--help", "-d", "a b", "x\u202e", "a" * 300, 5):
+        status, body = post(
+            daemon,
+            "/jobs",
+            {"type": "upload", "configuration": str(config), "device": device},
+        )
+        assert status == 400 and body["error"]["field"] == "device", (device, body)
     for ttl in (True, "300", None, float("inf")):
         if ttl is None:
             continue
