@@ -74,5 +74,9 @@ def clean(text: object, *, multiline: bool = False, max_length: int | None = Non
 
 
 def clean_markup(text: object, *, multiline: bool = False, max_length: int | None = None) -> str:
-    """:func:`clean`, then rich markup escaped: for strings printed with markup on."""
+    """:func:`clean`, then rich markup escaped: for strings printed with markup on.
+
+    Prefer ``rich.text.Text(clean(...))`` (no markup at all) where a renderable can be
+    used; rich's ``escape`` doubles a trailing backslash, which then prints doubled.
+    """
     return escape(clean(text, multiline=multiline, max_length=max_length))
