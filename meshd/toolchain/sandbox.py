@@ -78,9 +78,10 @@ UNSAFE_FLAG: Final = "--unsafe-no-sandbox"
 BWRAP_PACKAGE: Final = "bubblewrap"
 
 # /etc entries a build reads: the dynamic linker's cache, name resolution, TLS roots
-# (git, curl), the compiler alternatives (cc -> gcc), time zone, user names (git and
-# Python's getpass look the uid up). Everything else in /etc (shadow, ssh host keys,
-# meshd's own config) stays out.
+# (git, curl; the certificates only, never /etc/ssl/private, whose keys a root
+# daemon's sandbox could otherwise read as their owner), the compiler alternatives
+# (cc -> gcc), time zone, user names (git and Python's getpass look the uid up).
+# Everything else in /etc (shadow, ssh host keys, meshd's own config) stays out.
 ETC_ENTRIES: Final = (
     "alternatives",
     "ca-certificates",
@@ -99,8 +100,11 @@ ETC_ENTRIES: Final = (
     "passwd",
     "protocols",
     "resolv.conf",
+    "pki/ca-trust/extracted",
+    "pki/tls/certs",
     "services",
-    "ssl",
+    "ssl/certs",
+    "ssl/openssl.cnf",
 )
 
 # Top-level system directories; on a merged-/usr system these are symlinks into /usr.

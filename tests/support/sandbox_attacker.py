@@ -7,7 +7,8 @@ of each attempt: ``"ok"`` plus what it got, or the error it met. It must run wit
 nothing but the standard library.
 
 Usage: ``python sandbox_attacker.py SPEC_JSON`` where the spec names the paths to read
-(``read``), to write (``write``), and a loopback port to connect to (``connect``).
+(``read``), to write (``write``), to look for (``exists``), and a loopback port to
+connect to (``connect``).
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ def main() -> None:
         "read": {path: attempt_read(path) for path in spec.get("read", [])},
         "write": {path: attempt_write(path) for path in spec.get("write", [])},
         "connect": attempt_connect(spec["connect"]) if spec.get("connect") else None,
+        "exists": {path: os.path.lexists(path) for path in spec.get("exists", [])},
         "root": sorted(os.listdir("/")),
         "tmp": sorted(os.listdir("/tmp")),
         "pids": sorted(int(p) for p in os.listdir("/proc") if p.isdigit()),

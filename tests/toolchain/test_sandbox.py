@@ -210,13 +210,23 @@ async def test_a_hostile_build_reads_and_writes_nothing_outside_its_tree(
                     *map(str, receiver_dir.secrets.values()),
                     str(host_tmp_secret),
                     "/etc/shadow",
+                    "/etc/ssl/private/ssl-cert-snakeoil.key",
+                    "/etc/ssh/ssh_host_ed25519_key",
                     f"/proc/{os.getpid()}/environ",
                     str(REPO / "pyproject.toml"),
                 ],
                 "write": [*map(str, targets.values()), str(receiver_dir.workdir() / "ok.txt")],
                 "connect": loopback_server.port,
+                "exists": ["/etc/ssl/private", "/etc/ssl/certs", "/etc/ssh", "/etc/shadow"],
             },
         )
+        # TLS roots are there for downloads; private keys and the rest of /etc are not.
+        assert report["exists"] == {
+            "/etc/ssl/private": False,
+            "/etc/ssl/certs": Path("/etc/ssl/certs").exists(),
+            "/etc/ssh": False,
+            "/etc/shadow": False,
+        }
         # Every secret read fails, and nothing secret shows in anything it printed.
         reads = report["read"]
         assert isinstance(reads, dict)
