@@ -97,7 +97,7 @@ def mesh_routes(mesh: MeshNode) -> list[web.RouteDef]:
         return web.json_response(
             {
                 "code": str(code),
-                "expires_in": ttl,
+                "expires_in": int(ttl) if ttl.is_integer() else ttl,
                 "fingerprint": mesh.identity.fingerprint_hex,
                 "peer_port": mesh.port,
             },
