@@ -11,7 +11,14 @@ from typing import Any
 from aiohttp import web
 
 from meshd.api.state import API_PREFIX
-from meshd.api.validation import ApiError, bad_request, read_json
+from meshd.api.validation import (
+    ApiError,
+    bad_request,
+    optional_bool,
+    optional_number,
+    optional_string,
+    read_json,
+)
 from meshd.link import LinkError, TrustRefused
 from meshd.mesh.node import MeshNode
 from meshd.mesh.security.identity import parse_fingerprint
@@ -65,13 +72,13 @@ def mesh_routes(mesh: MeshNode) -> list[web.RouteDef]:
         address = body.get("address")
         if address is not None and not isinstance(address, str):
             raise bad_request("invalid_address", "address must be HOST:PORT")
-        name = body.get("name") or ""
+        # Strict: "false" (a string) must not grant a role.
         peer = mesh.trust_peer(
             fingerprint,
-            name=str(name),
+            name=optional_string(body, "name", max_length=256),
             addresses=(address,) if address else (),
-            may_send_work=bool(body.get("may_send_work", True)),
-            may_build_for_me=bool(body.get("may_build_for_me", True)),
+            may_send_work=optional_bool(body, "may_send_work", True),
+            may_build_for_me=optional_bool(body, "may_build_for_me", True),
         )
         return web.json_response({"trusted": trusted_to_dict(peer)}, status=201)
 
@@ -83,14 +90,14 @@ def mesh_routes(mesh: MeshNode) -> list[web.RouteDef]:
 
     async def pair_open(request: web.Request) -> web.Response:
         body = await _body(request)
-        ttl = body.get("ttl", DEFAULT_PAIRING_TTL)
-        if not isinstance(ttl, int | float) or not 0 < ttl <= MAX_PAIRING_TTL:
+        ttl = optional_number(body, "ttl", DEFAULT_PAIRING_TTL)
+        if not 0 < ttl <= MAX_PAIRING_TTL:
             raise bad_request("invalid_ttl", f"ttl must be 1..{MAX_PAIRING_TTL:.0f} seconds")
         code = mesh.open_pairing(float(ttl))
         return web.json_response(
             {
                 "code": str(code),
-                "expires_in": ttl,
+                "expires_in": int(ttl) if ttl.is_integer() else ttl,
                 "fingerprint": mesh.identity.fingerprint_hex,
                 "peer_port": mesh.port,
             },

@@ -18,7 +18,16 @@ from aiohttp import WSMsgType, web
 
 from meshd import __version__
 from meshd.api.state import CLOSING_KEY, ENGINE_KEY, HOOKS_KEY, NODE_KEY, WEBSOCKETS_KEY
-from meshd.api.validation import INSTALL, ApiError, bad_request, parse_job_request, read_json
+from meshd.api.validation import (
+    CONFIG_RULES_KEY,
+    INSTALL,
+    ApiError,
+    bad_request,
+    parse_job_request,
+    query_bool,
+    query_int,
+    read_json,
+)
 from meshd.jobs.engine import Engine, EngineStopped, InvalidJob, UnknownJob
 from meshd.jobs.events import Event, JobEvent
 from meshd.jobs.model import Job, JobStatus, JobType, LaneName
@@ -103,12 +112,7 @@ def _status_filter(raw: str | None) -> set[JobStatus] | None:
 
 async def list_jobs(request: web.Request) -> web.Response:
     wanted = _status_filter(request.query.get("status"))
-    raw_limit = request.query.get("limit", "0")
-    limit = int(raw_limit) if raw_limit.isdigit() else -1
-    if limit < 0:
-        raise bad_request(
-            "invalid_query", f"limit must be a whole number >= 0, not {raw_limit!r}", field="limit"
-        )
+    limit = query_int(request, "limit", 0)
     jobs = [job for job in _engine(request).jobs() if wanted is None or job.status in wanted]
     if limit:
         jobs = jobs[-limit:]
@@ -122,7 +126,7 @@ async def get_job(request: web.Request) -> web.Response:
 async def create_job(request: web.Request) -> web.Response:
     body = await read_json(request)
     # File checks read the disk; keep the loop free for streams and the watchdog.
-    job_request = await asyncio.to_thread(parse_job_request, body)
+    job_request = await asyncio.to_thread(parse_job_request, body, request.app[CONFIG_RULES_KEY])
     engine = _engine(request)
     try:
         if job_request.kind == INSTALL:
@@ -170,7 +174,7 @@ async def job_log(request: web.Request) -> web.StreamResponse:
     """The job's log as text; with ``?follow=1`` kept open until the job is terminal."""
     job = _job(request)
     engine = _engine(request)
-    follow = request.query.get("follow", "") not in ("", "0", "false", "no")
+    follow = query_bool(request, "follow")
     path = engine.logs.path(job.id)
     response = web.StreamResponse(headers={"Content-Type": "text/plain; charset=utf-8"})
     response.enable_chunked_encoding()

@@ -9,6 +9,12 @@ is allowed), so a client with read access to the data dir needs nothing else.
 This package knows nothing about the daemon that composes it: it gets the engine, a
 :class:`NodeInfo` and :class:`ApiHooks` (where the mesh later plugs in its identity and
 peer registry), so the import direction stays ``daemon → api → jobs``.
+
+The listener is hardened against a flood (``meshd.api.connections``: per-source and
+total connection caps, first-request and idle timeouts, rate-limited warnings), and
+every request passes the token check before anything else reads its body. Which
+files a job may name is :class:`meshd.api.validation.ConfigRules` (the data dir never;
+only the configured config dirs when there are any).
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from pathlib import Path
 
 from aiohttp import WSCloseCode, web
 
+from meshd.api.connections import IDLE_TIMEOUT, ConnectionGate, LogThrottle
 from meshd.api.routes import routes
 from meshd.api.state import (
     API_PREFIX,
@@ -38,7 +45,7 @@ from meshd.api.state import (
     ApiHooks,
     NodeInfo,
 )
-from meshd.api.validation import ApiError
+from meshd.api.validation import CONFIG_RULES_KEY, ApiError, ConfigRules
 from meshd.config import HostPort
 from meshd.jobs.engine import Engine
 
@@ -72,14 +79,33 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return error_response(ApiError(exc.status, code, exc.text or exc.reason))
 
 
+_auth_throttle = LogThrottle(_LOGGER)
+
+
+def token_matches(header: str, expected: str) -> bool:
+    """Whether an ``Authorization`` header carries the token (constant time, any bytes).
+
+    Compared as bytes: ``hmac.compare_digest`` refuses non-ASCII *strings* with a
+    TypeError, which would turn a stranger's odd header into a 500.
+    """
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer":
+        return False
+    given = token.strip().encode("utf-8", "replace")
+    return hmac.compare_digest(given, expected.encode("utf-8"))
+
+
 @web.middleware
 async def _auth(request: web.Request, handler: Handler) -> web.StreamResponse:
-    expected = request.app[TOKEN_KEY]
     header = request.headers.get("Authorization", "")
-    scheme, _, token = header.partition(" ")
-    # compare_digest: the token must not leak through response timing.
-    if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip(), expected):
+    if not token_matches(header, request.app[TOKEN_KEY]):
         problem = "missing" if not header else "wrong"
+        if header:
+            _auth_throttle.warning(
+                f"auth:{request.remote}",
+                "control API: request with a wrong token from %s",
+                request.remote,
+            )
         raise ApiError(
             401,
             "unauthorized",
@@ -129,17 +155,27 @@ class ApiServer:
         bind: HostPort,
         token: str | None = None,
         hooks: ApiHooks | None = None,
+        config_dirs: tuple[Path, ...] = (),
+        gate: ConnectionGate | None = None,
     ) -> None:
         self.engine = engine
         self.node = node
         self.bind = bind
         self.token = token or secrets.token_urlsafe(TOKEN_BYTES)
         self.hooks = hooks or ApiHooks()
+        # The data dir holds the identity, the token and the trees built for peers.
+        forbidden = (Path(node.data_dir),) if node.data_dir else ()
+        self.config_rules = ConfigRules(config_dirs=tuple(config_dirs), forbidden=forbidden)
+        self.gate = gate or ConnectionGate()
         self.url: str | None = None
         self._runner: web.AppRunner | None = None
 
     def make_app(self) -> web.Application:
-        app = web.Application(middlewares=[_errors, _auth], client_max_size=MAX_REQUEST_BYTES)
+        app = web.Application(
+            middlewares=[self.gate.middleware(), _errors, _auth],
+            client_max_size=MAX_REQUEST_BYTES,
+        )
+        app[CONFIG_RULES_KEY] = self.config_rules
         app[ENGINE_KEY] = self.engine
         app[NODE_KEY] = self.node
         app[HOOKS_KEY] = self.hooks
@@ -156,9 +192,15 @@ class ApiServer:
         """Bind and serve; returns the URL (with the real port when asked for port 0)."""
         # A short shutdown timeout: streams are ended by on_shutdown, anything left is cut.
         runner = web.AppRunner(
-            self.make_app(), access_log=None, handle_signals=False, shutdown_timeout=5.0
+            self.make_app(),
+            access_log=None,
+            handle_signals=False,
+            shutdown_timeout=5.0,
+            keepalive_timeout=IDLE_TIMEOUT,
         )
         await runner.setup()
+        assert runner.server is not None
+        self.gate.install(runner.server)
         site = web.TCPSite(runner, self.bind.host, self.bind.port, reuse_address=True)
         try:
             await site.start()

@@ -91,7 +91,6 @@ _COLUMNS = (
 )
 
 
-
 class DatabaseUnusable(Exception):
     """The database file cannot be used; the message says why and what to do."""
 
