@@ -38,6 +38,7 @@ from meshd.mesh.security.identity import Identity, load_or_create
 from meshd.mesh.security.pairing import PairingCode, PairingReceiver, pair_join
 from meshd.mesh.security.trust import TrustedPeer, TrustStore
 from meshd.mesh.serving.receiver import Receiver
+from meshd.mesh.tasks import TaskSet
 from meshd.toolchain.tools import Toolchain
 
 _LOGGER = logging.getLogger(__name__)
@@ -153,6 +154,7 @@ class MeshNode:
         self._heard: dict[str, set[str]] = {}
         self._unlisten: list[Callable[[], None]] = []
         self._pruner: asyncio.Task[None] | None = None
+        self._tasks = TaskSet("mesh node")  # introductions in flight
 
     # -- life cycle -----------------------------------------------------------------------
 
@@ -201,6 +203,7 @@ class MeshNode:
         await self.receiver.stop()
         await self.connections.stop()
         await self.server.close()
+        await self._tasks.cancel()
         self.trust.close()
 
     # -- queries for the API ------------------------------------------------------------
@@ -273,7 +276,7 @@ class MeshNode:
 
     def _opened(self, session: LinkSession) -> None:
         self.receiver.attach(session)
-        asyncio.create_task(self._introduce(session))  # noqa: RUF006 - ends with the session
+        self._tasks.spawn(self._introduce(session), name="introduce")
 
     async def _introduce(self, session: LinkSession) -> None:
         with contextlib.suppress(Exception):

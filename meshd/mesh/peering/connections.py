@@ -35,6 +35,7 @@ from meshd.link import (
 from meshd.mesh.peering.registry import PeerSource, Registry
 from meshd.mesh.security.identity import Identity
 from meshd.mesh.security.trust import Role, TrustStore
+from meshd.mesh.tasks import TaskSet
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -105,7 +106,7 @@ class Connections:
         self._first_attempts: set[str] = set()
         self._awaiting_intro: dict[str, str] = {}  # fingerprint -> first-attempt key
         self._on_connecting_change = on_connecting_change
-        self._watchers: set[asyncio.Task[None]] = set()
+        self._closers = TaskSet("connections")  # sessions closed for lost trust
         self._wake = asyncio.Event()
         self._static_kick = asyncio.Event()
         self._supervisor: asyncio.Task[None] | None = None
@@ -171,7 +172,10 @@ class Connections:
         self.registry.sync_trust(trusted)
         for fingerprint, session in list(self._sessions.items()):
             if fingerprint not in trusted:
-                asyncio.create_task(session.close(CloseReason.UNTRUSTED, "trust withdrawn"))  # noqa: RUF006
+                self._closers.spawn(
+                    session.close(CloseReason.UNTRUSTED, "trust withdrawn"),
+                    name=f"untrust-{fingerprint[:12]}",
+                )
         for kick in self._kicks.values():
             kick.set()
         self._static_kick.set()
@@ -193,8 +197,7 @@ class Connections:
             *(s.close(CloseReason.GOING_AWAY, "meshd stopping") for s in sessions),
             return_exceptions=True,
         )
-        if self._watchers:
-            await asyncio.gather(*self._watchers, return_exceptions=True)
+        await self._closers.wait()
 
     async def accept(self, session: LinkSession) -> None:
         """``LinkServer`` on_session: adopt an inbound session until it ends."""

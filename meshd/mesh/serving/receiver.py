@@ -49,6 +49,7 @@ from meshd.mesh.content.artifacts import collect_artifacts
 from meshd.mesh.content.blobs import BlobExchange
 from meshd.mesh.content.bundle import BundleManifest, BundleRejected, materialise
 from meshd.mesh.security.trust import Role, TrustStore
+from meshd.mesh.tasks import TaskSet
 from meshd.toolchain.storage import ArtifactError, FlashMethod
 
 _LOGGER = logging.getLogger(__name__)
@@ -107,6 +108,7 @@ class Receiver:
         self._stopping = False
         self._early_cancels: dict[tuple[str, str], str] = {}
         self._local_ids: dict[tuple[str, str], str] = {}
+        self._cancels = TaskSet("receiver cancels")  # of lost offloaders' jobs
         self._remove_listener = engine.bus.add_listener(self._on_event)
 
     def register(self, router: Router) -> None:
@@ -129,8 +131,14 @@ class Receiver:
                 )
                 await self.engine.cancel(job.id)
 
+    @property
+    def pending_cancels(self) -> int:
+        """Cancels started for lost offloaders that have not finished yet."""
+        return len(self._cancels)
+
     async def stop(self) -> None:
         self._stopping = True
+        await self._cancels.wait()
         self._remove_listener()
         tasks = [t for t in self._pushers.values()]
         tasks += [j.forwarder for j in self._jobs.values() if j.forwarder is not None]
@@ -160,7 +168,9 @@ class Receiver:
                 self.engine.logs.append(
                     remote.local.id, "offloader disconnected; it re-routes this compile"
                 )
-                asyncio.create_task(self.engine.cancel(remote.local.id))  # noqa: RUF006 - the engine owns the job
+                self._cancels.spawn(
+                    self.engine.cancel(remote.local.id), name=f"cancel-{remote.local.id}"
+                )
 
     async def _push_status(self, session: LinkSession, wanted: asyncio.Event) -> None:
         # One pusher per session coalesces bursts: it always sends the latest status.
