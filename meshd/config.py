@@ -35,6 +35,9 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from meshd import address
+from meshd.address import HostPort as HostPort  # re-exported: Settings fields use it
+
 # Re-exported: the settings carry the policy, and the CLI reads its choices from here.
 from meshd.version_policy import VersionPolicy as VersionPolicy
 
@@ -54,43 +57,12 @@ class ConfigError(ValueError):
     """A setting has an invalid value; the message names the setting and its source."""
 
 
-@dataclass(frozen=True)
-class HostPort:
-    host: str
-    port: int
-
-    def __str__(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host}:{self.port}"
-
-
 def parse_host_port(text: str, *, default_port: int | None = None) -> HostPort:
-    """``HOST:PORT``, ``[V6]:PORT`` or (with ``default_port``) a bare host; port 0 is allowed."""
-    text = text.strip()
-    host, port_text = text, ""
-    if text.startswith("["):
-        close = text.find("]")
-        if close < 0:
-            raise ConfigError(f"{text!r}: unbalanced '[' in address")
-        host, rest = text[1:close], text[close + 1 :]
-        if rest and not rest.startswith(":"):
-            raise ConfigError(f"{text!r}: expected ':PORT' after ']'")
-        port_text = rest[1:]
-    elif text.count(":") == 1:
-        host, port_text = text.split(":")
-    if not port_text:
-        if default_port is None:
-            raise ConfigError(f"{text!r}: expected HOST:PORT")
-        return HostPort(host, default_port)
-    if not host:
-        raise ConfigError(f"{text!r}: missing host before ':PORT'")
+    """:func:`meshd.address.parse_host_port`, failing with a ``ConfigError``."""
     try:
-        port = int(port_text)
-    except ValueError:
-        raise ConfigError(f"{text!r}: port {port_text!r} is not a number") from None
-    if not 0 <= port <= 65535:
-        raise ConfigError(f"{text!r}: port {port} out of range 0-65535")
-    return HostPort(host, port)
+        return address.parse_host_port(text, default_port=default_port)
+    except address.AddressError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def default_data_dir(env: Mapping[str, str] | None = None) -> Path:
@@ -110,8 +82,9 @@ class Settings:
     """Everything ``meshd serve`` is configured with."""
 
     data_dir: Path
-    api: HostPort = HostPort("127.0.0.1", DEFAULT_API_PORT)
-    peer_listen: HostPort = HostPort("0.0.0.0", DEFAULT_PEER_PORT)  # noqa: S104 - the LAN is the point
+    # HostPort is a frozen dataclass, so sharing one default instance is safe.
+    api: HostPort = HostPort("127.0.0.1", DEFAULT_API_PORT)  # noqa: RUF009
+    peer_listen: HostPort = HostPort("0.0.0.0", DEFAULT_PEER_PORT)  # noqa: RUF009, S104 - the LAN is the point
     mdns: bool = True
     """Advertise and browse with mDNS; off, only static peers and inbound sessions."""
     mdns_interfaces: tuple[str, ...] = ()

@@ -16,8 +16,9 @@ Where the mesh plugs in
   are started after the engine and before the API, and stopped after the API and
   before the engine, so no request reaches a half-started mesh and no remote compile
   is in flight while the engine persists its jobs.
-* :attr:`Daemon.hooks` (:class:`meshd.api.ApiHooks`): ``fingerprint`` (the identity),
-  ``peers`` (the registry snapshot) and ``routes`` (pairing/trust endpoints) for the API.
+* :attr:`Daemon.hooks` (:class:`meshd.api.ApiHooks`): ``mesh`` (the mesh as a
+  ``MeshControl``: identity, peers, trust, pairing) and ``routes`` (the pairing/trust
+  endpoints built on it) for the API.
 """
 
 from __future__ import annotations
@@ -129,9 +130,7 @@ class Daemon:
             esphome_version=lambda: self.node.esphome_version,
             version_known=self._version_probed.wait,
         )
-        self.hooks.fingerprint = lambda: mesh.node.identity.fingerprint_hex
-        self.hooks.peers = mesh.node.peers
-        self.hooks.node = mesh.node.node_info
+        self.hooks.mesh = mesh.node
         self.hooks.routes.extend(mesh_routes(mesh.node))
         return [mesh]
 

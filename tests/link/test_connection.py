@@ -114,6 +114,7 @@ def test_responder_refusal_reaches_initiator_as_trust_refused() -> None:
     with pytest.raises(TrustRefused) as info:
         i.next_event()
     assert info.value.reason is CloseReason.UNTRUSTED
+    assert info.value.by_peer  # the responder refused: callers tell this from our own refusal
     assert "not trusted" in str(info.value)
 
 

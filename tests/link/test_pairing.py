@@ -92,7 +92,7 @@ async def test_untrusted_key_is_refused(
     server = await harness.server(bob, authorize=store_b.authorizer(), on_session=on_session)
     with pytest.raises(TrustRefused) as info:
         await harness.connect(alice, server.port)
-    assert info.value.reason is CloseReason.UNTRUSTED
+    assert info.value.reason is CloseReason.UNTRUSTED and info.value.by_peer
     assert "not trusted" in str(info.value)
     assert handled == [] and server.sessions == frozenset()
     # Once trusted, the same key gets in.
@@ -108,8 +108,9 @@ async def test_client_refuses_unexpected_server_key_before_revealing_itself(
     never receives HS3 (the client's identity) or anything after it."""
     received_after_hs1: list[bytes] = []
     port = await harness.raw_server(answer_hs1_then_record(mallory, received_after_hs1))
-    with pytest.raises(TrustRefused):
+    with pytest.raises(TrustRefused) as info:
         await harness.connect(alice, port, authorize=expect_fingerprint(bob.fingerprint))
+    assert not info.value.by_peer  # our own authorizer said no
     await asyncio.sleep(0.3)
     assert received_after_hs1 == [b""]
 

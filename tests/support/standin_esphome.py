@@ -27,6 +27,8 @@ environment variables (which win)::
     # standin: compile_fail=1          STANDIN_COMPILE_FAIL  (a compiler error)
     # standin: upload_fail=1           STANDIN_UPLOAD_FAIL   (connection refused)
     # standin: invalid=1               STANDIN_INVALID       (a Failed config block)
+    # standin: ignore_sigterm=1        STANDIN_IGNORE_SIGTERM (a compile slow to stop:
+                                       only the SIGKILL after the grace period ends it)
 
 ``STANDIN_ESPHOME_VERSION`` sets the version (default 2026.6.5). Every upload appends
 ``{"device", "config", "firmware", "sha256"}`` to ``<data_dir>/standin-uploads.jsonl``
@@ -43,6 +45,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import sys
 import tarfile
 import time
@@ -205,6 +208,8 @@ def _storage_json(config: Config) -> dict[str, Any]:
 
 def compile_config(config: Config) -> int:
     seconds = float(config.setting("compile_seconds", "0"))
+    if config.flag("ignore_sigterm"):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
     if os.environ.get("STANDIN_PID_FILE"):
         Path(os.environ["STANDIN_PID_FILE"]).write_text(str(os.getpid()), encoding="utf-8")
     log("INFO", "Generating C++ source...")

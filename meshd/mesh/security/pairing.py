@@ -37,6 +37,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final
 
+from meshd.address import format_host_port
 from meshd.link.errors import (
     CloseReason,
     ErrorCode,
@@ -395,7 +396,7 @@ async def pair_join(
             session.peer.fingerprint,
             public_key=session.peer.public_key,
             name=reply.name,
-            addresses=[f"{host}:{port}"],
+            addresses=[format_host_port(host, port)],
             may_build_for_me=True,
         )
         outcome = CloseReason.PAIRING_COMPLETE
