@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable
+import shutil
+import subprocess
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +20,11 @@ import pytest
 from meshd.fleet.model import DeviceEvent
 from meshd.fleet.monitor import DeviceMonitor
 from meshd.fleet.store import FleetStore
+from tests.conftest import COLD_COMPILE_TIMEOUT, ESPHOME
 from tests.support.esphome_advert import LOOPBACK, EsphomeAdvertiser
+from tests.support.host_device import HostDevice, free_port
 from tests.support.mesh_netns import loopback_multicast_works
+from tests.support.netns import isolated, netns_available
 
 WAIT = 20.0  # a safety net against hangs, never asserted as a duration
 
@@ -94,3 +100,129 @@ async def monitors() -> AsyncIterator[MonitorFactory]:
     yield make
     for monitor in reversed(started):
         await monitor.stop()
+
+
+# -- a real host-platform firmware with api: and the version text sensor ----------------------
+
+FLEET_NAME = "meshd-fleet-host"
+FLEET_PASSWORD = "fleet-ota-password"
+
+FLEET_YAML = """\
+substitutions:
+  devicename: {name}
+esphome:
+  name: ${{devicename}}
+  friendly_name: Fleet Host
+  on_boot:
+    then:
+      - logger.log: "meshd build marker {marker}"
+host:
+logger:
+  level: DEBUG
+api:
+  port: {api_port}
+ota:
+  - platform: esphome
+    port: {ota_port}
+    password: !secret ota_password
+text_sensor:
+  - platform: version
+    name: Version
+"""
+
+
+@dataclass(frozen=True)
+class FleetFirmware:
+    """A host project with ``api:`` and ``text_sensor: version``, compiled once per session.
+
+    The version text sensor is how the running firmware itself reports its config hash
+    (``2026.6.5 (config hash 0x…, built …)``), read over the native API.
+    """
+
+    config: Path
+    name: str
+    api_port: int
+    ota_port: int
+    snapshot: Path
+    """An immutable copy of the first build's program (marker ``A``)."""
+    env: dict[str, str]
+
+    def write(self, marker: str) -> None:
+        self.config.write_text(
+            FLEET_YAML.format(
+                name=self.name, marker=marker, api_port=self.api_port, ota_port=self.ota_port
+            ),
+            encoding="utf-8",
+        )
+
+    @property
+    def program(self) -> Path:
+        return (
+            self.config.parent
+            / ".esphome"
+            / "build"
+            / self.name
+            / ".pioenvs"
+            / self.name
+            / "program"
+        )
+
+
+@pytest.fixture(scope="session")
+def fleet_firmware(
+    tmp_path_factory: pytest.TempPathFactory, esphome_env: dict[str, str]
+) -> FleetFirmware:
+    """One cold compile (~40 s here) of the fleet host project."""
+    if not netns_available():
+        pytest.skip("needs `unshare -n` to keep the build offline")
+    if shutil.which("g++") is None:
+        pytest.skip("the host platform needs g++ (and libssl-dev)")
+    project = tmp_path_factory.mktemp("fleet-host")
+    (project / "secrets.yaml").write_text(f"ota_password: {FLEET_PASSWORD}\n", encoding="utf-8")
+    firmware = FleetFirmware(
+        config=project / "fleet.yaml",
+        name=FLEET_NAME,
+        api_port=free_port(),
+        ota_port=free_port(),
+        snapshot=project / "program-A",
+        env=esphome_env,
+    )
+    firmware.write("A")
+    result = subprocess.run(
+        isolated(ESPHOME, "compile", str(firmware.config)),
+        env=esphome_env,
+        capture_output=True,
+        text=True,
+        timeout=COLD_COMPILE_TIMEOUT,
+        check=False,
+    )
+    if result.returncode != 0:
+        pytest.fail(f"cold fleet compile failed:\n{(result.stdout + result.stderr)[-4000:]}")
+    shutil.copy2(firmware.program, firmware.snapshot)
+    return firmware
+
+
+@pytest.fixture
+def fleet_project(fleet_firmware: FleetFirmware) -> Iterator[FleetFirmware]:
+    """The fleet project for a test that recompiles it; marker A is restored afterwards."""
+    yield fleet_firmware
+    fleet_firmware.write("A")
+
+
+@pytest.fixture
+def fleet_device(
+    fleet_firmware: FleetFirmware, loopback_shim: Path, tmp_path: Path
+) -> Iterator[HostDevice]:
+    """A running copy of the first build (marker A), on 127.0.0.1 only."""
+    device = HostDevice(
+        fleet_firmware.snapshot,
+        tmp_path / "device",
+        port=fleet_firmware.ota_port,
+        shim=loopback_shim,
+    )
+    try:
+        device.start()
+        device.wait_for("meshd build marker A")
+        yield device
+    finally:
+        device.stop()

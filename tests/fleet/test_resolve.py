@@ -8,19 +8,21 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+import pytest_asyncio
 
 from meshd.fleet.configs import read_config
 from meshd.fleet.monitor import DeviceMonitor
 from meshd.fleet.resolve import OTA_DEVICE, ResolveError, resolve_device
 from tests.fleet.conftest import (
-    MonitorFactory,
+    LOOPBACK,
     device_name,
     requires_loopback_multicast,
     until,
 )
 from tests.support.esphome_advert import EsphomeAdvertiser, esp32_txt
 
-pytestmark = requires_loopback_multicast
+# One fleet of adverts for the whole module (each announcement costs ~1 s of probing).
+pytestmark = [requires_loopback_multicast, pytest.mark.asyncio(loop_scope="module")]
 
 OTA = "ota:\n  - platform: esphome\n"
 
@@ -37,11 +39,18 @@ class Fleet:
         return path
 
 
-@pytest.fixture
-async def fleet(
-    monitors: MonitorFactory, advertiser: EsphomeAdvertiser, tmp_path: Path
-) -> AsyncIterator[Fleet]:
-    monitor = await monitors()
+@pytest_asyncio.fixture(loop_scope="module", scope="module")
+async def fleet(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Fleet]:
+    async with EsphomeAdvertiser() as advertiser:
+        monitor = DeviceMonitor(interfaces=[LOOPBACK])
+        await monitor.start()
+        try:
+            yield await _announce(monitor, advertiser, tmp_path_factory.mktemp("resolve"))
+        finally:
+            await monitor.stop()
+
+
+async def _announce(monitor: DeviceMonitor, advertiser: EsphomeAdvertiser, tmp: Path) -> Fleet:
     base = device_name("bulb")
     names = {
         "plain": device_name("plain"),
@@ -68,7 +77,7 @@ async def fleet(
         )
     )
     await until(lambda: all(monitor.get(names[r]) for r in addresses), "the fleet's adverts")
-    yield Fleet(monitor, tmp_path, names)
+    return Fleet(monitor, tmp, names)
 
 
 async def test_an_explicit_device_is_used_verbatim(fleet: Fleet) -> None:

@@ -140,10 +140,8 @@ class EsphomeAdvertiser:
         azc, self._azc = self._azc, None
         if azc is None:
             return
-        for name in list(self._infos):
-            with contextlib.suppress(Exception):
-                await (await azc.async_unregister_service(self._infos.pop(name)))
-        await azc.async_close()
+        self._infos.clear()
+        await azc.async_close()  # one goodbye broadcast for every registered device
 
     def _info(
         self, name: str, port: int, txt: Mapping[str, str], addresses: tuple[str, ...], ttl: int
