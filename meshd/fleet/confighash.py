@@ -18,7 +18,7 @@ parsed too), and the files meshd's cheap reader followed. A changed, added or
 removed input, or another esphome version, means a new run. Stamps are taken before
 the run and checked after it; a file edited during the run is not cached.
 
-Not tracked (documented in docs/OPERATIONS.md): ``!env_var`` values and remote
+Not tracked (documented in docs/FLEET.md): ``!env_var`` values and remote
 packages (``github://``), which can change the hash without any local file changing.
 """
 

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Final
 
 from meshd.fleet.advert import DeviceAdvert
 from meshd.fleet.buildinfo import BuildIdentity
-from meshd.fleet.configs import is_ip_address
+from meshd.fleet.configs import DeviceConfig, is_ip_address
 from meshd.fleet.model import DeviceEventKind, DeviceState
 
 if TYPE_CHECKING:
@@ -99,6 +99,18 @@ class ApiTarget:
     """The configuration's ``api: encryption: key`` (base64), if any."""
     expected_name: str | None = None
     """The device name the API must report (guards against a reused DHCP address)."""
+
+
+def api_target(config: DeviceConfig, address: str, device: str | None) -> ApiTarget | None:
+    """The API to check for ``config`` at ``address``; None without ``api:`` in the YAML."""
+    if not config.has_api:
+        return None
+    return ApiTarget(
+        address=address,
+        port=config.api_port,
+        noise_psk=config.api_encryption_key,
+        expected_name=device or (config.name if not config.name_add_mac_suffix else None),
+    )
 
 
 def mdns_mismatch(advert: DeviceAdvert, expected: BuildIdentity) -> str | None:
@@ -287,6 +299,8 @@ class FlashVerifier:
             return [api.address]
         if self._zeroconf is not None:
             return []  # resolve api.address through the pinned zeroconf
+        if "." in api.address and not api.address.lower().rstrip(".").endswith(".local"):
+            return []  # a DNS name: aioesphomeapi resolves it with getaddrinfo only
         _LOGGER.warning(
             "verify: no IP for %s and no zeroconf to resolve it; API skipped", api.address
         )

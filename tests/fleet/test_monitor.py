@@ -149,10 +149,14 @@ async def test_a_restart_knows_the_fleet_from_the_store(
     store = stores()
     first = await monitors(store=store)
     awake, asleep = device_name("awake"), device_name("asleep")
-    for name in (awake, asleep):
-        await advertiser.announce(
-            name, port=6053, txt=esp32_txt(name, version="2025.12.1", config_hash=HASH_A)
+    await asyncio.gather(
+        *(
+            advertiser.announce(
+                name, port=6053, txt=esp32_txt(name, version="2025.12.1", config_hash=HASH_A)
+            )
+            for name in (awake, asleep)
         )
+    )
     await until(lambda: all(first.get(n) for n in (awake, asleep)), "both devices")
     await advertiser.goodbye(asleep)
     await until(lambda: not first.get(asleep).online, "the goodbye")  # type: ignore[union-attr]
@@ -256,16 +260,20 @@ async def test_a_failing_listener_does_not_stop_the_others(
 
 
 async def test_the_device_cap_bounds_the_fleet(
-    monitors: MonitorFactory, advertiser: EsphomeAdvertiser
+    monitors: MonitorFactory, advertiser: EsphomeAdvertiser, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.WARNING, logger="meshd.fleet.monitor")
     monitor = await monitors(max_devices=2)
     names = [device_name("cap") for _ in range(3)]
-    for name in names:
-        await advertiser.announce(
-            name, port=6053, txt=esp32_txt(name, version="2026.6.5", config_hash=HASH_A)
+    await asyncio.gather(
+        *(
+            advertiser.announce(
+                name, port=6053, txt=esp32_txt(name, version="2026.6.5", config_hash=HASH_A)
+            )
+            for name in names
         )
-    await until(lambda: len(monitor.devices()) == 2, "two devices")
-    await asyncio.sleep(0.5)  # a third would have arrived by now; it must not
+    )
+    await until(lambda: "fleet full (2 devices); ignored" in caplog.text, "the refusal")
     assert len(monitor.devices()) == 2
 
 
@@ -275,12 +283,16 @@ async def test_mac_suffix_and_host_lookups(
     monitor = await monitors()
     base = device_name("bulb")
     right, wrong_mac, other = f"{base}-d3e4f5", f"{base}-aaaaaa", f"{base}x-d3e4f5"
-    for name in (right, wrong_mac, other):
-        await advertiser.announce(
-            name,
-            port=6053,
-            txt=esp32_txt(name, version="2026.6.5", config_hash=HASH_A, mac="a0b1c2d3e4f5"),
+    await asyncio.gather(
+        *(
+            advertiser.announce(
+                name,
+                port=6053,
+                txt=esp32_txt(name, version="2026.6.5", config_hash=HASH_A, mac="a0b1c2d3e4f5"),
+            )
+            for name in (right, wrong_mac, other)
         )
+    )
     await until(lambda: all(monitor.get(n) for n in (right, wrong_mac, other)), "three bulbs")
     assert [d.name for d in monitor.mac_suffix_matches(base)] == [right]
     assert monitor.by_host(f"{right}.local").name == right  # type: ignore[union-attr]
@@ -289,5 +301,5 @@ async def test_mac_suffix_and_host_lookups(
     assert monitor.forget(right) and monitor.get(right) is None
 
 
-def test_events_announced_property() -> None:
+def test_event_kinds() -> None:
     assert {k.value for k in DeviceEventKind} == {"online", "updated", "offline"}
