@@ -105,6 +105,29 @@ def _local_inputs(config: Path) -> tuple[Path, set[Path]]:
     return directory, found
 
 
+def _listed_files(directory: Path, lines: Sequence[str]) -> set[Path]:
+    """Files named by ``esphome bundle --list-only``: its two-space indented lines, and
+    the files outside the config directory it warns it skipped.
+
+    Only names of existing files count: esphome's multi-line notices (the ESP32
+    framework notice's ``  ✨ Smaller firmware binaries``) share the indentation, and
+    taking one for a file would make every stamp check fail, so nothing would cache.
+    """
+    found: set[Path] = set()
+    for line in lines:
+        outside = _BUNDLE_OUTSIDE_RE.search(line)
+        candidate = (
+            Path(outside.group(1).strip())
+            if outside
+            else directory / line.strip()
+            if line.startswith("  ") and line.strip()
+            else None
+        )
+        if candidate is not None and candidate.is_file():
+            found.add(candidate)
+    return found
+
+
 def _key(config: Path) -> str:
     return str(config.absolute())
 
@@ -194,13 +217,7 @@ class ConfigHasher:
         except ConfigHashError as err:
             _LOGGER.warning("cannot list the inputs of %s, not caching its hash: %s", config, err)
             return None
-        for line in lines:
-            outside = _BUNDLE_OUTSIDE_RE.search(line)
-            if outside:
-                found.add(Path(outside.group(1).strip()))
-            elif line.startswith("  ") and line.strip():
-                found.add(directory / line.strip())
-        return found
+        return found | await asyncio.to_thread(_listed_files, directory, lines)
 
     async def _compute(self, config: Path, key: str) -> ConfigHash:
         inputs = await self._inputs(config)

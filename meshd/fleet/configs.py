@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import stat
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -140,7 +141,11 @@ class _Context:
         if len(self.files) >= MAX_INCLUDED_FILES:
             raise ConfigReadError(f"more than {MAX_INCLUDED_FILES} included files")
         try:
-            size = path.stat().st_size
+            st = path.stat()
+            if not stat.S_ISREG(st.st_mode):
+                # A FIFO or device would block or never end; esphome reads files only.
+                raise ConfigReadError(f"{path} is not a regular file")
+            size = st.st_size
             if size > MAX_CONFIG_BYTES:
                 raise ConfigReadError(f"{path.name} is {size} bytes (limit {MAX_CONFIG_BYTES})")
             with path.open("rb") as handle:
@@ -208,26 +213,55 @@ class _Context:
         return found
 
 
+_MERGE_TAG: Final = "tag:yaml.org,2002:merge"
+
+
 class _Loader(yaml.SafeLoader):
-    """SafeLoader plus ESPHome's tags; ``context`` and ``path`` are set per file."""
+    """SafeLoader plus ESPHome's tags; ``context`` and ``path`` are set per file.
+
+    ``<<: !include x.yaml`` is a merge SafeLoader cannot flatten (the value is a tagged
+    scalar, not a map node). ``flatten_mapping`` takes such merges out and keeps their
+    constructed values per map node, also through ``<<: *alias`` of a map that has
+    them; ``construct_mapping`` merges them under the explicit keys.
+    """
 
     context: _Context
     path: Path
 
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        # ``<<: !include x.yaml`` is a merge SafeLoader cannot flatten (its value is a
-        # tagged scalar); take those out, merge them after (explicit keys win).
-        tagged_merges = []
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._merges: dict[yaml.Node, list[Any]] = {}
+
+    def flatten_mapping(self, node: yaml.MappingNode) -> None:
+        stash = self._merges.setdefault(node, [])
         kept = []
         for key_node, value_node in node.value:
-            if key_node.tag == "tag:yaml.org,2002:merge" and value_node.tag.startswith("!"):
-                tagged_merges.append(value_node)
-            else:
-                kept.append((key_node, value_node))
+            if key_node.tag == _MERGE_TAG:
+                if value_node.tag.startswith("!"):
+                    stash.append(self.construct_object(value_node, deep=True))
+                    continue
+                if isinstance(value_node, yaml.SequenceNode):
+                    plain = []
+                    for sub in value_node.value:
+                        if sub.tag.startswith("!"):
+                            stash.append(self.construct_object(sub, deep=True))
+                        else:
+                            plain.append(sub)
+                    value_node.value = plain
+                    subs = plain
+                else:
+                    subs = [value_node]
+                for sub in subs:
+                    if isinstance(sub, yaml.MappingNode):
+                        self.flatten_mapping(sub)
+                        stash.extend(self._merges.get(sub, []))
+            kept.append((key_node, value_node))
         node.value = kept
+        super().flatten_mapping(node)
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         mapping: dict[Any, Any] = super().construct_mapping(node, deep=deep)
-        for value_node in tagged_merges:
-            value = self.construct_object(value_node, deep=True)
+        for value in self._merges.get(node, []):
             for part in value if isinstance(value, list) else [value]:
                 if isinstance(part, dict):
                     for key, item in part.items():

@@ -151,3 +151,28 @@ async def test_concurrent_requests_for_one_config_run_esphome_once(
     results = await asyncio.gather(*(hasher.current(config) for _ in range(4)))
     assert len({r.value for r in results}) == 1
     assert hasher.runs == 1
+
+
+async def test_an_esp32_config_with_esphomes_framework_notice_is_cached(
+    tmp_path: Path, offline_toolchain: Toolchain
+) -> None:
+    """esphome prints a multi-line notice (indented like the file list) for an ESP32
+    without a framework; it must not be taken for an input, or nothing would cache."""
+    write(tmp_path / "secrets.yaml", "pw: a-long-password\n")
+    config = write(
+        tmp_path / "e32.yaml",
+        """\
+        esphome:
+          name: e32
+        esp32:
+          board: esp32dev
+        wifi:
+          ssid: x
+          password: !secret pw
+        api:
+        """,
+    )
+    hasher = ConfigHasher(offline_toolchain, esphome_version="2026.6.5")
+    first = await hasher.current(config)
+    assert {Path(f.path).name for f in first.files} == {"e32.yaml", "secrets.yaml"}
+    assert (await hasher.current(config)).cached and hasher.runs == 1

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 import textwrap
 from pathlib import Path
 
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from meshd.fleet.configs import (
     MAX_CONFIG_BYTES,
@@ -161,6 +165,57 @@ def test_missing_and_oversized_files(tmp_path: Path) -> None:
     binary = tmp_path / "bin.yaml"
     binary.write_bytes(b"esphome:\n  name: \xff\xfe\n")
     assert "not UTF-8" in (read_config(binary).error or "")
+
+
+def test_special_files_are_not_read(tmp_path: Path) -> None:
+    fifo = tmp_path / "pipe.yaml"
+    os.mkfifo(fifo)
+    cfg = read_config(
+        write(tmp_path / "dev.yaml", "esphome:\n  name: dev\nx: !include pipe.yaml\n")
+    )
+    assert cfg.name == "dev"
+    assert any("is not a regular file" in p for p in cfg.problems)
+    assert "is not a regular file" in (read_config(fifo).error or "")
+    assert "is not a regular file" in (read_config(Path("/dev/zero")).error or "")
+
+
+def test_an_anchored_map_with_an_include_merge_keeps_it_through_aliases(tmp_path: Path) -> None:
+    write(tmp_path / "inc.yaml", "ota:\n  - platform: esphome\n")
+    cfg = read_config(
+        write(
+            tmp_path / "dev.yaml",
+            """\
+        base: &base
+          <<: !include inc.yaml
+          extra: 1
+        copy: *base
+        esphome:
+          name: dev
+        <<: *base
+        """,
+        )
+    )
+    assert cfg.has_ota
+    write(tmp_path / "api.yaml", "api:\n  port: 6111\n")
+    listed_yaml = """\
+        base: &base
+          logger:
+        esphome:
+          name: listed
+        <<: [*base, !include api.yaml, !include inc.yaml]
+        """
+    listed = read_config(write(tmp_path / "list.yaml", listed_yaml))
+    assert listed.has_api and listed.api_port == 6111 and listed.has_ota
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=st.text(max_size=400))
+def test_arbitrary_text_never_raises(text: str) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "fuzz.yaml"
+        path.write_text(text, encoding="utf-8")
+        cfg = read_config(path)
+    assert cfg.name is None or cfg.error is None
 
 
 def test_include_chains_are_bounded(tmp_path: Path) -> None:
