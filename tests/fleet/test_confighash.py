@@ -76,6 +76,7 @@ async def esphome_hash(toolchain: Toolchain, config: Path) -> str:
     return parse_config_hash(lines)
 
 
+@pytest.mark.slow  # eight esphome runs: ~7 s idle, 18 s on a loaded machine
 async def test_the_cache_follows_the_yaml_and_everything_it_uses(
     tmp_path: Path, offline_toolchain: Toolchain
 ) -> None:

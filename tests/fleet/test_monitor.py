@@ -33,43 +33,45 @@ HASH_B = "deadbeef"
 
 
 async def test_an_announcement_reaches_listeners_with_the_firmware_txt(
-    monitors: MonitorFactory, advertiser: EsphomeAdvertiser, capsys: pytest.CaptureFixture[str]
+    monitors: MonitorFactory, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monitor = await monitors()
-    heard: dict[str, float] = {}
+    # As firmware starts: probe for conflicts, then announce.
+    async with EsphomeAdvertiser(probe=True) as advertiser:
+        heard: dict[str, float] = {}
 
-    def on_event(event: Any) -> None:
-        heard.setdefault(event.device.name, time.monotonic())
+        def on_event(event: Any) -> None:
+            heard.setdefault(event.device.name, time.monotonic())
 
-    monitor.add_listener(on_event)
-    name = device_name("kitchen")
-    txt = firmware_txt(
-        version="2026.6.5",
-        config_hash=HASH_A,
-        mac="a0b1c2d3e4f5",
-        board="esp32-s3-devkitc-1",
-        friendly_name="Kitchen Sensor",
-        platform="ESP32",
-        network="wifi",
-        api_encryption=True,
-        project=("acme.sensor", "1.2.0"),
-    )
-    sent = await advertiser.announce(name, port=6053, txt=txt)
-    await until(lambda: name in heard, "the announcement")
-    device = monitor.get(name)
-    assert device is not None and device.online
-    advert = device.advert
-    assert advert.addresses == (LOOPBACK,) and advert.port == 6053
-    assert advert.host == f"{name}.local"
-    assert advert.version == "2026.6.5" and advert.config_hash == HASH_A
-    assert advert.mac == "a0b1c2d3e4f5" and advert.platform == "ESP32"
-    assert advert.board == "esp32-s3-devkitc-1" and advert.network == "wifi"
-    assert advert.friendly_name == "Kitchen Sensor"
-    assert (advert.project_name, advert.project_version) == ("acme.sensor", "1.2.0")
-    assert advert.api_encryption is True
-    assert dict(advert.txt) == txt
-    with capsys.disabled():  # measured, not asserted: armed uploads need < 1 s
-        print(f"\n[fleet] announcement to listener: {(heard[name] - sent) * 1000:.1f} ms")
+        monitor.add_listener(on_event)
+        name = device_name("kitchen")
+        txt = firmware_txt(
+            version="2026.6.5",
+            config_hash=HASH_A,
+            mac="a0b1c2d3e4f5",
+            board="esp32-s3-devkitc-1",
+            friendly_name="Kitchen Sensor",
+            platform="ESP32",
+            network="wifi",
+            api_encryption=True,
+            project=("acme.sensor", "1.2.0"),
+        )
+        sent = await advertiser.announce(name, port=6053, txt=txt)
+        await until(lambda: name in heard, "the announcement")
+        device = monitor.get(name)
+        assert device is not None and device.online
+        advert = device.advert
+        assert advert.addresses == (LOOPBACK,) and advert.port == 6053
+        assert advert.host == f"{name}.local"
+        assert advert.version == "2026.6.5" and advert.config_hash == HASH_A
+        assert advert.mac == "a0b1c2d3e4f5" and advert.platform == "ESP32"
+        assert advert.board == "esp32-s3-devkitc-1" and advert.network == "wifi"
+        assert advert.friendly_name == "Kitchen Sensor"
+        assert (advert.project_name, advert.project_version) == ("acme.sensor", "1.2.0")
+        assert advert.api_encryption is True
+        assert dict(advert.txt) == txt
+        with capsys.disabled():  # measured, not asserted: armed uploads need < 1 s
+            print(f"\n[fleet] announcement to listener: {(heard[name] - sent) * 1000:.1f} ms")
 
 
 async def test_goodbye_then_return_is_offline_then_online(

@@ -100,7 +100,7 @@ async def test_a_device_that_never_reboots_still_runs_the_old_build(
 ) -> None:
     """No goodbye, no return: at the deadline the last answer stands (it kept the old build)."""
     name, monitor = await start(monitors, advertiser)
-    task = verifying(monitor, name, wait=4)
+    task = verifying(monitor, name, wait=2)
     # An answer from the old firmware right after the upload (not yet rebooted).
     await advertiser.announce(
         name, port=6053, txt={**esp32_txt(name, version="2026.6.5", config_hash=OLD), "seq": "1"}
@@ -115,21 +115,21 @@ async def test_going_away_and_not_returning_is_not_verified(
 ) -> None:
     """What it said before going away is discarded; nothing came back."""
     name, monitor = await start(monitors, advertiser)
-    task = verifying(monitor, name, wait=4)
+    task = verifying(monitor, name, wait=2)
     await advertiser.announce(
         name, port=6053, txt={**esp32_txt(name, version="2026.6.5", config_hash=OLD), "seq": "1"}
     )
     await advertiser.goodbye(name)
     result = await task
     assert result.outcome is Outcome.NOT_VERIFIED
-    assert result.summary == "not verified (device did not return in 4 s)"
+    assert result.summary == "not verified (device did not return in 2 s)"
 
 
 async def test_an_identical_build_without_a_reboot_is_verified_with_a_caveat(
     monitors: MonitorFactory, advertiser: EsphomeAdvertiser
 ) -> None:
     name, monitor = await start(monitors, advertiser, config_hash=NEW)
-    task = verifying(monitor, name, wait=4)
+    task = verifying(monitor, name, wait=2)
     await advertiser.announce(
         name, port=6053, txt={**esp32_txt(name, version="2026.6.5", config_hash=NEW), "seq": "1"}
     )

@@ -120,9 +120,19 @@ def txt_for_build(config: Path, *, mac: str = HOST_DEFAULT_MAC) -> dict[str, str
 class EsphomeAdvertiser:
     """One zeroconf responder on 127.0.0.1 announcing any number of fake firmware adverts."""
 
-    def __init__(self, *, interfaces: tuple[str, ...] = (LOOPBACK,), ttl: int = ESP_IDF_TTL):
+    def __init__(
+        self,
+        *,
+        interfaces: tuple[str, ...] = (LOOPBACK,),
+        ttl: int = ESP_IDF_TTL,
+        probe: bool = False,
+    ):
+        """``probe``: probe for name conflicts first (~1 s), as firmware does. Probes are
+        queries, which the monitor ignores, so tests skip them unless they measure
+        from a firmware-like start; the announcement is the same either way."""
         self._interfaces = list(interfaces)
         self._ttl = ttl
+        self._probe = probe
         self._azc: AsyncZeroconf | None = None
         self._infos: dict[str, AsyncServiceInfo] = {}
         self._vanished: set[str] = set()
@@ -173,9 +183,10 @@ class EsphomeAdvertiser:
             announcing = await self._azc.async_update_service(info)
         else:
             # After vanish() our own cache still holds the old records, which probing
-            # would take for a conflict; a rebooted device simply announces again.
+            # would take for a conflict: announce without probing then.
+            skip_probe = not self._probe or name in self._vanished
             announcing = await self._azc.async_register_service(
-                info, strict=False, cooperating_responders=name in self._vanished
+                info, strict=False, cooperating_responders=skip_probe
             )
             self._vanished.discard(name)
         # Probing is over when the first await returns; the announcement goes out now.
