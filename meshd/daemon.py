@@ -217,7 +217,10 @@ class Daemon:
         lines: list[str] = []
         try:
             result = await asyncio.wait_for(
-                self.toolchain.run(self.toolchain.esphome_argv("version"), on_line=lines.append),
+                # Not a job: nothing to record for the orphan kill (it ends in seconds).
+                self.toolchain.run(
+                    self.toolchain.esphome_argv("version"), on_line=lines.append, on_start=None
+                ),
                 ESPHOME_VERSION_TIMEOUT,
             )
         except ToolMissing as exc:

@@ -178,7 +178,9 @@ class RemoteCompileRunner:
         self.work_dir.mkdir(parents=True, exist_ok=True)
         archive = self.work_dir / f"{ctx.job.id}.esphomebundle.tar.gz"
         try:
-            await create_bundle(self.toolchain, config, log=ctx.log, output=archive)
+            await create_bundle(
+                self.toolchain, config, log=ctx.log, on_start=ctx.on_process, output=archive
+            )
             manifest = await asyncio.to_thread(read_bundle, archive, self.blobs.store)
         except EsphomeFailed as exc:
             raise JobFailed(str(exc)) from None
