@@ -44,7 +44,7 @@ DEFAULT_API_PORT = 6055
 DEFAULT_PEER_PORT = 6056
 DEFAULT_UPLOAD_SLOTS = 4
 # Long enough that a busy Pi on Wi-Fi does not flap, short enough that a receiver that
-# vanished is noticed within half a minute.
+# vanished is noticed within half a minute (the mesh declares a peer dead after three).
 DEFAULT_HEARTBEAT = 10.0
 
 
@@ -100,6 +100,12 @@ def parse_host_port(text: str, *, default_port: int | None = None) -> HostPort:
     return HostPort(host, port)
 
 
+DEFAULT_API = HostPort("127.0.0.1", DEFAULT_API_PORT)
+"""Loopback: the API can flash every device this node reaches (it is authenticated too)."""
+DEFAULT_PEER_LISTEN = HostPort("0.0.0.0", DEFAULT_PEER_PORT)  # noqa: S104 - the LAN is the point
+DEFAULT_VERSION_POLICY = VersionPolicy.RELEASE
+
+
 def default_data_dir(env: Mapping[str, str] | None = None) -> Path:
     """``$MESHD_DATA_DIR``, else systemd's ``$STATE_DIRECTORY``, else ``~/.local/share/meshd``."""
     environ = os.environ if env is None else env
@@ -117,8 +123,8 @@ class Settings:
     """Everything ``meshd serve`` is configured with."""
 
     data_dir: Path
-    api: HostPort = HostPort("127.0.0.1", DEFAULT_API_PORT)
-    peer_listen: HostPort = HostPort("0.0.0.0", DEFAULT_PEER_PORT)  # noqa: S104 - the LAN is the point
+    api: HostPort = DEFAULT_API
+    peer_listen: HostPort = DEFAULT_PEER_LISTEN
     mdns: bool = True
     """Advertise and browse with mDNS; off, only static peers and inbound sessions."""
     mdns_interfaces: tuple[str, ...] = ()
@@ -129,7 +135,7 @@ class Settings:
     receiver: bool = True
     offload: bool = True
     peers: tuple[HostPort, ...] = ()
-    version_policy: VersionPolicy = VersionPolicy.RELEASE
+    version_policy: VersionPolicy = DEFAULT_VERSION_POLICY
     include_local: bool = True
     heartbeat: float = DEFAULT_HEARTBEAT
     config_file: Path | None = None

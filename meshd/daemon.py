@@ -34,7 +34,7 @@ from typing import Protocol
 from meshd import __version__
 from meshd.api.mesh_routes import mesh_routes
 from meshd.api.server import ApiServer, load_token, write_api_file
-from meshd.api.state import ApiHooks, NodeInfo
+from meshd.api.state import ApiHooks, NodeFacts
 from meshd.config import Settings
 from meshd.jobs.engine import Engine
 from meshd.jobs.model import JobType
@@ -88,7 +88,7 @@ class Daemon:
             runners if runners is not None else make_runners(self.toolchain),
             upload_slots=settings.upload_slots,
         )
-        self.node = NodeInfo(
+        self.node = NodeFacts(
             name=settings.name, version=__version__, data_dir=str(settings.data_dir)
         )
         self.hooks = ApiHooks()

@@ -10,8 +10,8 @@ from typing import Any
 
 from aiohttp import web
 
-from meshd.api.state import API_PREFIX
 from meshd.api.validation import ApiError, bad_request, read_json
+from meshd.api.wire import API_PREFIX
 from meshd.link import LinkError, TrustRefused
 from meshd.mesh.node import MeshNode
 from meshd.mesh.security.identity import parse_fingerprint

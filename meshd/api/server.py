@@ -7,7 +7,7 @@ flash any device. The token is a random secret the daemon keeps in
 is allowed), so a client with read access to the data dir needs nothing else.
 
 This package knows nothing about the daemon that composes it: it gets the engine, a
-:class:`NodeInfo` and :class:`ApiHooks` (where the mesh later plugs in its identity and
+:class:`NodeFacts` and :class:`ApiHooks` (where the mesh later plugs in its identity and
 peer registry), so the import direction stays ``daemon → api → jobs``.
 """
 
@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
-import json
 import logging
 import os
 import secrets
@@ -28,7 +27,6 @@ from aiohttp import WSCloseCode, web
 
 from meshd.api.routes import routes
 from meshd.api.state import (
-    API_PREFIX,
     CLOSING_KEY,
     ENGINE_KEY,
     HOOKS_KEY,
@@ -36,17 +34,26 @@ from meshd.api.state import (
     TOKEN_KEY,
     WEBSOCKETS_KEY,
     ApiHooks,
-    NodeInfo,
+    NodeFacts,
 )
 from meshd.api.validation import ApiError
+from meshd.api.wire import (
+    API_FILENAME,
+    API_PREFIX,
+    AUTH_HEADER,
+    AUTH_SCHEME,
+    ApiFile,
+    read_api_file,
+)
 from meshd.config import HostPort
 from meshd.jobs.engine import Engine
 
 _LOGGER = logging.getLogger(__name__)
 
-API_FILENAME = "api.json"
 # 256 bits: the token guards flashing firmware onto every device this node reaches.
 TOKEN_BYTES = 32
+# token_urlsafe(32) gives 43 characters; anything under 32 was never ours.
+MIN_TOKEN_CHARS = 32
 # Job requests are small JSON objects; anything bigger is a mistake or an attack.
 MAX_REQUEST_BYTES = 64 * 1024
 
@@ -75,15 +82,15 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
 @web.middleware
 async def _auth(request: web.Request, handler: Handler) -> web.StreamResponse:
     expected = request.app[TOKEN_KEY]
-    header = request.headers.get("Authorization", "")
+    header = request.headers.get(AUTH_HEADER, "")
     scheme, _, token = header.partition(" ")
     # compare_digest: the token must not leak through response timing.
-    if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip(), expected):
+    if scheme.lower() != AUTH_SCHEME.lower() or not hmac.compare_digest(token.strip(), expected):
         problem = "missing" if not header else "wrong"
         raise ApiError(
             401,
             "unauthorized",
-            f"{problem} API token: send 'Authorization: Bearer TOKEN' "
+            f"{problem} API token: send '{AUTH_HEADER}: {AUTH_SCHEME} TOKEN' "
             f"(the token is in <data-dir>/{API_FILENAME})",
         )
     return await handler(request)
@@ -92,11 +99,11 @@ async def _auth(request: web.Request, handler: Handler) -> web.StreamResponse:
 def load_token(data_dir: Path) -> str | None:
     """The token of a previous run, so scripts given ``--token`` survive restarts."""
     try:
-        data = json.loads((data_dir / API_FILENAME).read_text(encoding="utf-8"))
+        token = read_api_file(data_dir / API_FILENAME).token
     except (OSError, ValueError):
         return None
-    token = data.get("token") if isinstance(data, dict) else None
-    return token if isinstance(token, str) and len(token) >= 32 else None
+    # Shorter than a token this server would make: not one of ours, make a new one.
+    return token if len(token) >= MIN_TOKEN_CHARS else None
 
 
 def write_api_file(data_dir: Path, url: str, token: str) -> Path:
@@ -106,8 +113,7 @@ def write_api_file(data_dir: Path, url: str, token: str) -> Path:
     try:
         os.fchmod(fd, 0o600)
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump({"url": url, "token": token}, handle)
-            handle.write("\n")
+            handle.write(ApiFile(url=url, token=token).dumps())
             handle.flush()
             os.fsync(handle.fileno())
         Path(tmp).replace(target)
@@ -124,7 +130,7 @@ class ApiServer:
     def __init__(
         self,
         engine: Engine,
-        node: NodeInfo,
+        node: NodeFacts,
         *,
         bind: HostPort,
         token: str | None = None,

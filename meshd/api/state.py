@@ -14,12 +14,10 @@ from aiohttp import web
 
 from meshd.jobs.engine import Engine
 
-API_PREFIX = "/api/v1"
-
 
 @dataclass
-class NodeInfo:
-    """What ``/api/v1/status`` says about this node."""
+class NodeFacts:
+    """What ``/api/v1/status`` says about this node (not the link's ``NodeInfo`` message)."""
 
     name: str
     version: str
@@ -44,7 +42,7 @@ class ApiHooks:
     * ``peers``: a JSON-ready snapshot of the peer registry, served by ``/api/v1/peers``
       and in ``/api/v1/status``;
     * ``routes``: extra routes (e.g. pairing, trust), with full paths under
-      ``API_PREFIX``, served with the same authentication and JSON errors; add them
+      ``meshd.api.wire.API_PREFIX``, served with the same authentication and JSON errors; add them
       before the server starts.
     """
 
@@ -56,7 +54,7 @@ class ApiHooks:
 
 
 ENGINE_KEY = web.AppKey("engine", Engine)
-NODE_KEY = web.AppKey("node", NodeInfo)
+NODE_KEY = web.AppKey("node", NodeFacts)
 HOOKS_KEY = web.AppKey("hooks", ApiHooks)
 TOKEN_KEY = web.AppKey("token", str)
 WEBSOCKETS_KEY: web.AppKey[set[web.WebSocketResponse]] = web.AppKey("websockets")
