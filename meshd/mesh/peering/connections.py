@@ -104,6 +104,7 @@ class Connections:
         # last trust change has not finished: the scheduler waits for them briefly.
         self._first_attempts: set[str] = set()
         self._awaiting_intro: dict[str, str] = {}  # fingerprint -> first-attempt key
+        self._intro_timers: dict[str, asyncio.TimerHandle] = {}  # cancelled on stop
         self._on_connecting_change = on_connecting_change
         self._watchers: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
@@ -129,6 +130,9 @@ class Connections:
     def introduced(self, fingerprint: str) -> None:
         """The peer's node_info and lane_status arrived: the scheduler can judge it now."""
         key = self._awaiting_intro.pop(fingerprint, None)
+        timer = self._intro_timers.pop(fingerprint, None)
+        if timer is not None:
+            timer.cancel()
         if key is not None:
             self._attempt_finished(key)
 
@@ -136,7 +140,12 @@ class Connections:
         if key not in self._first_attempts:
             return
         self._awaiting_intro[fingerprint] = key
-        asyncio.get_running_loop().call_later(INTRODUCTION_TIMEOUT, self.introduced, fingerprint)
+        previous = self._intro_timers.pop(fingerprint, None)
+        if previous is not None:
+            previous.cancel()
+        self._intro_timers[fingerprint] = asyncio.get_running_loop().call_later(
+            INTRODUCTION_TIMEOUT, self.introduced, fingerprint
+        )
 
     def _attempt_finished(self, key: str) -> None:
         if key in self._first_attempts:
@@ -180,6 +189,9 @@ class Connections:
     async def stop(self) -> None:
         self._closing = True
         self._unlisten()
+        for timer in self._intro_timers.values():
+            timer.cancel()
+        self._intro_timers.clear()
         tasks = [
             t
             for t in (self._supervisor, *self._dialers.values(), *self._static_dialers.values())
