@@ -32,26 +32,19 @@ from meshd.mesh.security.pairing import (
 )
 from meshd.mesh.security.trust import Role as TrustRole
 from meshd.mesh.security.trust import TrustStore
+from tests.support.clock import FakeClock
 
 from .conftest import LOOPBACK, Harness
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 async def receiver_server(
     harness: Harness,
     bob: Identity,
     store_b: TrustStore,
-    clock: Clock | None = None,
+    clock: FakeClock | None = None,
     router: Router | None = None,
 ) -> tuple[LinkServer, PairingReceiver]:
-    receiver = PairingReceiver(bob, store_b, name="desktop", clock=clock or Clock())
+    receiver = PairingReceiver(bob, store_b, name="desktop", clock=clock or FakeClock())
     server = await harness.server(
         bob,
         authorize=store_b.authorizer(),
@@ -146,7 +139,7 @@ async def test_wrong_secret_is_refused_rate_limited_and_logged(
     store_b: TrustStore,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    clock = Clock()
+    clock = FakeClock()
     server, receiver = await receiver_server(harness, bob, store_b, clock)
     code = receiver.open()
     wrong = PairingCode(code.prefix, "a" * 12 if code.secret != "a" * 12 else "b" * 12)
@@ -166,7 +159,7 @@ async def test_wrong_secret_is_refused_rate_limited_and_logged(
 async def test_too_many_wrong_codes_close_the_window(
     harness: Harness, alice: Identity, bob: Identity, store_a: TrustStore, store_b: TrustStore
 ) -> None:
-    clock = Clock()
+    clock = FakeClock()
     server, receiver = await receiver_server(harness, bob, store_b, clock)
     code = receiver.open()
     for i in range(MAX_FAILURES):
@@ -184,7 +177,7 @@ async def test_too_many_wrong_codes_close_the_window(
 async def test_expired_code_is_refused(
     harness: Harness, alice: Identity, bob: Identity, store_a: TrustStore, store_b: TrustStore
 ) -> None:
-    clock = Clock()
+    clock = FakeClock()
     server, receiver = await receiver_server(harness, bob, store_b, clock)
     code = receiver.open(ttl=300)
     clock.now += 301

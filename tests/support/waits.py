@@ -55,3 +55,28 @@ async def until_async(
                 await asyncio.sleep(interval)
     except TimeoutError:
         raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what or check}") from None
+
+
+async def until_notified(
+    add_listener: Callable[[Callable[[object], None]], Callable[[], None]],
+    check: Callable[[], object],
+    *,
+    timeout: float = DEFAULT_TIMEOUT,
+    what: str = "",
+) -> None:
+    """Wait for ``check`` to hold, re-checking each time the listener fires (no polling).
+
+    ``add_listener`` registers a callback and returns its remover, as
+    ``Registry.add_listener`` and ``EventBus.add_listener`` do.
+    """
+    changed = asyncio.Event()
+    remove = add_listener(lambda _change: changed.set())
+    try:
+        async with asyncio.timeout(timeout):
+            while not check():
+                changed.clear()
+                await changed.wait()
+    except TimeoutError:
+        raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what or check}") from None
+    finally:
+        remove()
