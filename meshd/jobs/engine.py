@@ -31,6 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from meshd.config import DEFAULT_UPLOAD_SLOTS
+from meshd.db import database_path
 from meshd.jobs import events
 from meshd.jobs.events import EventBus
 from meshd.jobs.lanes import Lane, LaneStatus
@@ -39,11 +41,10 @@ from meshd.jobs.model import LOCAL_RUNNER, Job, JobStatus, JobType, LaneName, no
 from meshd.jobs.orphans import kill_orphan_group, process_identity
 from meshd.jobs.placement import LocalPlacer, Placement, Placer, Reroute, Where
 from meshd.jobs.runner import JobContext, JobFailed, Runner
-from meshd.jobs.store import DB_FILENAME, JobStore
+from meshd.jobs.store import JobStore
 
 _LOGGER = logging.getLogger(__name__)
 
-DEFAULT_UPLOAD_SLOTS = 4
 
 # The job types a newer job (or a clean) of the same configuration replaces.
 SUPERSEDABLE = frozenset({JobType.COMPILE, JobType.UPLOAD, JobType.RENAME})
@@ -104,7 +105,7 @@ class Engine:
         self.data_dir = data_dir
         data_dir.mkdir(parents=True, exist_ok=True)
         self.bus = bus or EventBus()
-        self.store = JobStore(data_dir / DB_FILENAME)
+        self.store = JobStore(database_path(data_dir))
         self.logs = JobLogs(data_dir / "logs")
         self._runners = dict(runners)
         self._active: dict[str, Job] = {}

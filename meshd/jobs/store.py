@@ -6,19 +6,18 @@ rate of a few per minute makes the fsync cost irrelevant, and losing a completed
 status on power loss would re-flash a device).
 
 The trust store and settings live in other tables of the same file, each owned by
-its own module and connection; this module touches only ``jobs``.
+its own module and connection (all opened by :func:`meshd.db.connect`); this module
+touches only ``jobs`` and ``job_processes``.
 """
 
 from __future__ import annotations
 
 import json
-import sqlite3
 from pathlib import Path
 from typing import Any
 
+from meshd.db import connect
 from meshd.jobs.model import Job
-
-DB_FILENAME = "meshd.db"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -63,15 +62,6 @@ _COLUMNS = (
     "reason",
     "progress",
 )
-
-
-def connect(path: Path) -> sqlite3.Connection:
-    """Open the shared database file with the settings every meshd table relies on."""
-    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=FULL")
-    conn.execute("PRAGMA busy_timeout=5000")
-    return conn
 
 
 class JobStore:

@@ -40,7 +40,7 @@ from meshd.link.handshake import Mode
 from meshd.link.limits import HANDSHAKE_TIMEOUT
 from meshd.link.session import READ_SIZE, LinkSession, PeerInfo, Router, SessionConfig
 
-log = logging.getLogger(__name__)
+_LOGGER = logging.getLogger(__name__)
 
 AGENT: Final = f"meshd/{__version__}"
 
@@ -353,7 +353,7 @@ class LinkServer:
         try:
             established = await run_handshake(conn, reader, writer, decide, self._timeout)
         except LinkError as exc:
-            log.info("link from %s refused: %s", address, exc)
+            _LOGGER.info("link from %s refused: %s", address, exc)
             await _abandon(writer)
             return
         except BaseException:
@@ -375,7 +375,7 @@ class LinkServer:
                     pass  # the session ended while the handler ran; nothing to report
                 except Exception:
                     # a handler bug closes one session, not the server
-                    log.exception("session handler failed for %s", address)
+                    _LOGGER.exception("session handler failed for %s", address)
                     await session.close(CloseReason.INTERNAL_ERROR)
             await session.wait_closed()
         finally:

@@ -71,7 +71,7 @@ from meshd.link.messages import (
 )
 from meshd.link.streams import IncomingStream, OutgoingStream, iter_chunks
 
-log = logging.getLogger(__name__)
+_LOGGER = logging.getLogger(__name__)
 
 M = TypeVar("M", bound=Message)
 R = TypeVar("R", bound=Message)
@@ -476,7 +476,7 @@ class LinkSession:
             CloseReason.GOING_AWAY,
             CloseReason.PAIRING_COMPLETE,
         ):
-            log.info("link to %s closed: %s", self.peer.fingerprint_hex[:16], error)
+            _LOGGER.info("link to %s closed: %s", self.peer.fingerprint_hex[:16], error)
         if notify is not None and self._conn.state is State.ESTABLISHED:
             with contextlib.suppress(LinkError, OSError, RuntimeError):
                 self._writer.write(self._conn.close(notify, message))
@@ -545,7 +545,7 @@ class LinkSession:
     async def _dispatch(self, event: MessageReceived) -> None:
         message, rid = event.message, event.rid
         if isinstance(message, UnknownMessage):
-            log.debug("ignoring unknown message type %r", message.type)
+            _LOGGER.debug("ignoring unknown message type %r", message.type)
             return
         if not self.peer.trusted and not message.PRE_TRUST:
             if message.KIND is Kind.REQUEST:
@@ -600,10 +600,10 @@ class LinkSession:
                 return
             except Exception:
                 # a handler bug answers "internal", never kills the link
-                log.exception("handler for %s failed", message.TYPE)
+                _LOGGER.exception("handler for %s failed", message.TYPE)
                 reply = Error(ErrorCode.INTERNAL, "internal error")
             if reply is None or reply.KIND is not Kind.RESPONSE:
-                log.error("handler for %s returned %r, not a response", message.TYPE, reply)
+                _LOGGER.error("handler for %s returned %r, not a response", message.TYPE, reply)
                 reply = Error(ErrorCode.INTERNAL, "handler returned no response")
             with contextlib.suppress(LinkError):
                 await self._send(reply, rid)
@@ -615,17 +615,17 @@ class LinkSession:
             message = await self._oneway.get()
             handler = self.router.handler(type(message))
             if handler is None:
-                log.debug("no handler for %s; dropped", message.TYPE)
+                _LOGGER.debug("no handler for %s; dropped", message.TYPE)
                 continue
             try:
                 await handler(self, message)
             except LinkError:
                 if self.closed:
                     return
-                log.warning("handler for %s raised", message.TYPE, exc_info=True)
+                _LOGGER.warning("handler for %s raised", message.TYPE, exc_info=True)
             except Exception:
                 # one bad handler call must not end the session
-                log.exception("handler for %s failed", message.TYPE)
+                _LOGGER.exception("handler for %s failed", message.TYPE)
 
     async def _heartbeat_loop(self) -> None:
         cfg = self.config
@@ -704,7 +704,7 @@ class LinkSession:
             reason = str(exc)
         except Exception:
             # a stream handler bug aborts that stream only
-            log.exception("stream handler for %s failed", incoming.kind)
+            _LOGGER.exception("stream handler for %s failed", incoming.kind)
             reason = "receiver failed"
         if not incoming.finished:
             # The handler stopped early: tell the sender, forget the stream.

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from meshd.config import DEFAULT_HEARTBEAT, DEFAULT_PEER_LISTEN
 from meshd.jobs import events
 from meshd.jobs.engine import Engine
 from meshd.jobs.events import Event
@@ -50,8 +51,8 @@ PRUNE_INTERVAL = 3600.0
 @dataclass(frozen=True)
 class MeshSettings:
     name: str
-    listen_host: str = "0.0.0.0"  # noqa: S104 - a receiver serves its LAN; tests pass 127.0.0.1
-    listen_port: int = 6056
+    listen_host: str = DEFAULT_PEER_LISTEN.host  # a receiver serves its LAN; tests: 127.0.0.1
+    listen_port: int = DEFAULT_PEER_LISTEN.port
     receiver: bool = True
     offload: bool = True
     mdns: bool = True
@@ -59,7 +60,7 @@ class MeshSettings:
     static_peers: tuple[str, ...] = ()
     version_policy: VersionPolicy = VersionPolicy.RELEASE
     include_local: bool = True
-    heartbeat: float = 5.0
+    heartbeat: float = DEFAULT_HEARTBEAT
     build_ttl: float = DEFAULT_BUILD_TTL
 
 

@@ -43,7 +43,7 @@ from meshd.link.session import LinkSession, Router
 from meshd.mesh.security.identity import Identity, short_fingerprint
 from meshd.mesh.security.trust import TrustedPeer, TrustStore
 
-log = logging.getLogger(__name__)
+_LOGGER = logging.getLogger(__name__)
 
 DEFAULT_WINDOW: Final = 300.0  # seconds a pairing window stays open
 
@@ -158,7 +158,7 @@ class PairingReceiver:
         """Open a new window (replacing any open one) and return its code."""
         code = PairingCode.new(self._identity.fingerprint)
         self._window = _Window(code, self._clock() + ttl)
-        log.info("pairing window open for %.0f s", ttl)
+        _LOGGER.info("pairing window open for %.0f s", ttl)
         return code
 
     def close(self) -> None:
@@ -179,10 +179,10 @@ class PairingReceiver:
         """Pairing-mode handshake gate: only while a window is open and not backing off."""
         window = self._window
         if not self.is_open or window is None:
-            log.info("pairing attempt from %s refused: no open window", candidate.address)
+            _LOGGER.info("pairing attempt from %s refused: no open window", candidate.address)
             return False
         if self._clock() < window.retry_at:
-            log.warning("pairing attempt from %s refused: rate limited", candidate.address)
+            _LOGGER.warning("pairing attempt from %s refused: rate limited", candidate.address)
             return False
         return True
 
@@ -203,7 +203,7 @@ class PairingReceiver:
         if not hmac.compare_digest(expected, message.proof):
             window.failures += 1
             window.retry_at = now + self._backoff * 2 ** (window.failures - 1)
-            log.warning(
+            _LOGGER.warning(
                 "wrong pairing code from %s (%s), attempt %d of %d",
                 peer.address,
                 short_fingerprint(peer.fingerprint),
@@ -211,7 +211,7 @@ class PairingReceiver:
                 self._max_failures,
             )
             if window.failures >= self._max_failures:
-                log.warning("pairing window closed after %d wrong codes", window.failures)
+                _LOGGER.warning("pairing window closed after %d wrong codes", window.failures)
                 self._window = None
             raise RejectRequest(ErrorCode.PAIRING_FAILED, "wrong pairing code")
         window.used = True
@@ -221,7 +221,7 @@ class PairingReceiver:
             name=message.name,
             may_send_work=True,
         )
-        log.info(
+        _LOGGER.info(
             "paired with %s (%s)", message.name or "unnamed", short_fingerprint(peer.fingerprint)
         )
         return PairAccept(self._name)
@@ -249,7 +249,7 @@ async def pair_join(
         nonlocal mismatch
         mismatch = not parsed.matches(candidate.fingerprint)
         if mismatch:
-            log.warning(
+            _LOGGER.warning(
                 "receiver at %s:%d has key %s, which does not match the pairing code",
                 host,
                 port,
@@ -289,5 +289,5 @@ async def pair_join(
         outcome = CloseReason.PAIRING_COMPLETE
     finally:
         await session.close(outcome)
-    log.info("paired with receiver %s at %s:%d", peer.fingerprint[:16], host, port)
+    _LOGGER.info("paired with receiver %s at %s:%d", peer.fingerprint[:16], host, port)
     return peer

@@ -6,8 +6,9 @@ configurations holding Wi-Fi and API secrets, so it needs ``may_build_for_me`` f
 receiver. A peer is identified by its fingerprint (SHA-256 of its Ed25519 key); the
 key itself is remembered once a handshake has shown it.
 
-The job store shares the database file through its own connection, so this module
-creates only ``trust_``-prefixed tables, with ``CREATE TABLE IF NOT EXISTS``.
+The job store shares the database file through its own connection (both opened by
+:func:`meshd.db.connect`), so this module creates only ``trust_``-prefixed tables,
+with ``CREATE TABLE IF NOT EXISTS``.
 Calls are short indexed statements; the daemon may run them on the loop or in a thread
 (the connection is guarded by a lock and not tied to one thread).
 """
@@ -24,11 +25,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Self
 
+from meshd.db import connect, database_path
 from meshd.link.crypto import fingerprint as key_fingerprint
 from meshd.link.server import PeerCandidate
 from meshd.mesh.security.identity import parse_fingerprint
-
-DB_FILE: Final = "meshd.db"
 
 # Addresses remembered per peer: enough for a couple of interfaces and static entries,
 # few enough that a peer moving around DHCP leases does not grow the row without end.
@@ -111,18 +111,16 @@ class TrustStore:
         self.path = path
         self._clock = clock
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db = connect(path)
         self._db.row_factory = sqlite3.Row
         with self._lock:
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA busy_timeout=5000")
             self._db.execute(_SCHEMA)
 
     @classmethod
     def open(cls, data_dir: Path) -> Self:
         """The store in ``data_dir/meshd.db`` (directory created if missing)."""
         data_dir.mkdir(parents=True, exist_ok=True)
-        return cls(data_dir / DB_FILE)
+        return cls(database_path(data_dir))
 
     def close(self) -> None:
         with self._lock:
