@@ -22,6 +22,11 @@ also set ``data_dir``; it then applies unless a flag or ``MESHD_DATA_DIR`` says 
 
 The mesh options (peer link, mDNS, peers, policies, heartbeat) are only stored here;
 the mesh components read them from this object when they are wired into the daemon.
+
+This module owns the default of every setting (the ``DEFAULT_*`` names): the engine,
+the mesh and ``meshd serve --help`` import them rather than repeat a value. It imports
+nothing of meshd, so every layer, the CLI included, may import it
+(tests/unit/test_layering.py).
 """
 
 from __future__ import annotations

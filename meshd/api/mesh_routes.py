@@ -11,16 +11,12 @@ from typing import Any
 from aiohttp import web
 
 from meshd.api.validation import ApiError, bad_request, read_json
-from meshd.api.wire import API_PREFIX
+from meshd.api.wire import API_PREFIX, DEFAULT_PAIRING_TTL, MAX_PAIRING_TTL
 from meshd.link import LinkError, TrustRefused
 from meshd.mesh.node import MeshNode
 from meshd.mesh.security.identity import parse_fingerprint
 from meshd.mesh.security.pairing import PairingError
 from meshd.mesh.security.trust import TrustedPeer
-
-# A pairing window longer than an hour is a standing invitation, not a window.
-MAX_PAIRING_TTL = 3600.0
-DEFAULT_PAIRING_TTL = 300.0
 
 
 def trusted_to_dict(peer: TrustedPeer) -> dict[str, Any]:

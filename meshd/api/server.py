@@ -54,6 +54,8 @@ _LOGGER = logging.getLogger(__name__)
 TOKEN_BYTES = 32
 # token_urlsafe(32) gives 43 characters; anything under 32 was never ours.
 MIN_TOKEN_CHARS = 32
+# Streams are ended by on_shutdown; a request still running this long after is cut.
+SHUTDOWN_GRACE = 5.0
 # Job requests are small JSON objects; anything bigger is a mistake or an attack.
 MAX_REQUEST_BYTES = 64 * 1024
 
@@ -160,9 +162,11 @@ class ApiServer:
 
     async def start(self) -> str:
         """Bind and serve; returns the URL (with the real port when asked for port 0)."""
-        # A short shutdown timeout: streams are ended by on_shutdown, anything left is cut.
         runner = web.AppRunner(
-            self.make_app(), access_log=None, handle_signals=False, shutdown_timeout=5.0
+            self.make_app(),
+            access_log=None,
+            handle_signals=False,
+            shutdown_timeout=SHUTDOWN_GRACE,
         )
         await runner.setup()
         site = web.TCPSite(runner, self.bind.host, self.bind.port, reuse_address=True)

@@ -26,6 +26,13 @@ EVENTS_HEARTBEAT = 30.0
 quiet stream is noticed within a minute, and an idle follower costs nothing."""
 
 
+DEFAULT_PAIRING_TTL = 300.0
+"""Seconds ``POST /pair/open`` keeps a window open when the request names no ``ttl``:
+long enough to walk to the other machine and type the code."""
+MAX_PAIRING_TTL = 3600.0
+"""A longer window is a standing invitation, not a window (the server refuses it)."""
+
+
 def bearer(token: str) -> str:
     """The ``Authorization`` header value for ``token``."""
     return f"{AUTH_SCHEME} {token}"

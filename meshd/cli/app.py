@@ -14,8 +14,8 @@ Client commands find the daemon through ``--api URL --token T``, else
 ``--data-dir``/``$MESHD_DATA_DIR``/... → ``api.json``. ``--json`` output is the API's own
 JSON (job objects as in docs/API.md), so it is stable and documented in one place.
 
-This module imports only the API client, click and rich: the command modules
-(``jobs``, ``mesh``, ``daemon``) import it, never the other way round.
+This module imports only the API client, ``meshd.config``, click and rich: the
+command modules (``jobs``, ``mesh``, ``daemon``) import it, never the other way round.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from rich.text import Text
 
 from meshd import __version__
 from meshd.api.client import ApiRequestError, Client, DaemonUnreachable, Endpoint, find_endpoint
+from meshd.config import DEFAULT_API
 
 EXIT_OK = 0
 EXIT_JOB_FAILED = 1
@@ -77,7 +78,7 @@ def client_options(func: Callable[..., Any]) -> Callable[..., Any]:
             "api_url",
             envvar="MESHD_API_URL",
             metavar="URL",
-            help="Daemon URL, e.g. http://127.0.0.1:6055 (default: from api.json).",
+            help=f"Daemon URL, e.g. http://{DEFAULT_API} (default: from api.json).",
         ),
         click.option(
             "--data-dir",

@@ -23,6 +23,9 @@ from meshd.cli.app import (
 )
 from meshd.cli.render import TERMINAL, Follower, describe, job_table, jobs_table, status_tables
 
+# `meshd jobs` without --all: the newest this many (the API's limit; 0 means all).
+DEFAULT_JOB_LIST = 50
+
 
 def _exit_for(jobs: list[dict[str, Any]]) -> int:
     return EXIT_OK if all(job["status"] == "completed" for job in jobs) else EXIT_JOB_FAILED
@@ -181,7 +184,9 @@ def rename(configuration: Path, new_name: str, detach: bool, as_json: bool, **op
 
 
 @cli.command()
-@click.option("--all", "show_all", is_flag=True, help="Every job, not only the last 50.")
+@click.option(
+    "--all", "show_all", is_flag=True, help=f"Every job, not only the last {DEFAULT_JOB_LIST}."
+)
 @click.option("--active", is_flag=True, help="Only queued and running jobs.")
 @json_option
 @client_options
@@ -189,7 +194,8 @@ def jobs(show_all: bool, active: bool, as_json: bool, **opts: Any) -> None:
     """List jobs, oldest first."""
 
     async def run(client: Client) -> int:
-        found = await client.jobs(status="active" if active else None, limit=0 if show_all else 50)
+        limit = 0 if show_all else DEFAULT_JOB_LIST
+        found = await client.jobs(status="active" if active else None, limit=limit)
         if as_json:
             print_json({"jobs": found})
         elif not found:

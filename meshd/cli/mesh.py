@@ -12,6 +12,7 @@ import click
 from rich.table import Table
 
 from meshd.api.client import Client
+from meshd.api.wire import DEFAULT_PAIRING_TTL
 from meshd.cli.app import EXIT_OK, cli, client_options, console, json_option, print_json, run_client
 from meshd.cli.render import peers_table
 
@@ -153,7 +154,9 @@ def pair() -> None:
 
 
 @pair.command(name="open")
-@click.option("--ttl", type=float, default=300.0, show_default=True, help="Window in seconds.")
+@click.option(
+    "--ttl", type=float, default=DEFAULT_PAIRING_TTL, show_default=True, help="Window in seconds."
+)
 @json_option
 @client_options
 def pair_open(ttl: float, as_json: bool, **opts: Any) -> None:

@@ -39,7 +39,11 @@ from meshd.link.messages import (
     JobState,
     LogLine,
 )
-from meshd.mesh.content.artifacts import ArtifactManifest, materialise_artifacts
+from meshd.mesh.content.artifacts import (
+    MAX_ARTIFACT_MANIFEST_BYTES,
+    ArtifactManifest,
+    materialise_artifacts,
+)
 from meshd.mesh.content.blobs import BlobExchange
 from meshd.mesh.content.bundle import BundleRejected, read_bundle
 from meshd.toolchain.commands import EsphomeFailed, create_bundle
@@ -240,7 +244,7 @@ class RemoteCompileRunner:
                 ArtifactReply,
             )
             manifest_digest = reply.manifest_digest.hex()
-            if reply.manifest_size > 1024 * 1024:
+            if reply.manifest_size > MAX_ARTIFACT_MANIFEST_BYTES:
                 raise JobFailed("receiver sent an oversize artifact manifest")
             await self._fetch(session, self.blobs.store.missing([manifest_digest]))
             manifest = ArtifactManifest.from_wire(

@@ -57,6 +57,11 @@ _LOGGER = logging.getLogger(__name__)
 MAX_MANIFEST_BYTES = 1024 * 1024
 # Log lines queued for one slow offloader before lines (never states) are dropped.
 MAX_QUEUED_LINES = 5000
+# A forwarded log line is cut to this many characters: with MAX_QUEUED_LINES it bounds
+# what one slow offloader can make us hold at about 20 MB.
+MAX_FORWARDED_LINE = 4000
+# Work directory names come from the offloader's config name; keep them short.
+MAX_DIRNAME = 64
 # Cancels that arrived before their compile request finished unpacking (requests run
 # concurrently with one-way messages); bounded so a peer cannot grow it forever.
 MAX_EARLY_CANCELS = 256
@@ -68,7 +73,7 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 
 
 def _dirname(text: str) -> str:
-    return _UNSAFE.sub("_", text)[:64] or "config"
+    return _UNSAFE.sub("_", text)[:MAX_DIRNAME] or "config"
 
 
 @dataclass
@@ -197,7 +202,9 @@ class Receiver:
             if remote.outbox.qsize() >= MAX_QUEUED_LINES:
                 remote.dropped += 1
                 return
-            remote.outbox.put_nowait(LogLine(remote.remote_id, str(event.data["line"])[:4000]))
+            remote.outbox.put_nowait(
+                LogLine(remote.remote_id, str(event.data["line"])[:MAX_FORWARDED_LINE])
+            )
         elif event.type in (events.JOB_STARTED, events.JOB_PROGRESS):
             remote.outbox.put_nowait(
                 JobState(remote.remote_id, "running", progress=job.get("progress"))
