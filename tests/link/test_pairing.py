@@ -30,8 +30,7 @@ from meshd.mesh.security.pairing import (
     fingerprint_prefix,
     pair_join,
 )
-from meshd.mesh.security.trust import Role as TrustRole
-from meshd.mesh.security.trust import TrustStore
+from meshd.mesh.security.trust import Permission, TrustStore
 from tests.support.clock import FakeClock
 
 from .conftest import LOOPBACK, Harness
@@ -126,7 +125,7 @@ async def test_pairing_makes_both_sides_trust_each_other(
     assert not receiver.is_open  # one use
     # Now a normal session works, each side checking the role it needs.
     session = await harness.connect(
-        alice, server.port, authorize=store_a.authorizer(TrustRole.BUILD_FOR_ME)
+        alice, server.port, authorize=store_a.authorizer(Permission.BUILD_FOR_ME)
     )
     assert session.peer.trusted
 

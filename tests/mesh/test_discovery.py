@@ -42,7 +42,7 @@ from meshd.mesh.peering.discovery import (
     instance_label,
     parse_advert,
 )
-from meshd.mesh.peering.registry import ChangeKind, MdnsAdvert, PeerChange, PeerInfo, Registry
+from meshd.mesh.peering.registry import ChangeKind, MdnsAdvert, PeerChange, PeerRecord, Registry
 from tests.support.fingerprints import random_fingerprint
 from tests.support.mesh_netns import loopback_multicast_works, mesh_net, netns_permitted
 from tests.support.waits import until_notified
@@ -238,7 +238,7 @@ async def until(registry: Registry, predicate: Callable[[], bool], what: str) ->
         pytest.fail(f"{exc}; registry: {registry.snapshot()}")
 
 
-def peer(registry: Registry, fingerprint: str) -> PeerInfo:
+def peer(registry: Registry, fingerprint: str) -> PeerRecord:
     info = registry.get(fingerprint)
     assert info is not None, f"{fingerprint[:8]} not in {registry.snapshot()}"
     return info

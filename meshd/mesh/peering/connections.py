@@ -34,7 +34,7 @@ from meshd.link import (
 )
 from meshd.mesh.peering.registry import PeerSource, Registry
 from meshd.mesh.security.identity import Identity
-from meshd.mesh.security.trust import Role, TrustStore
+from meshd.mesh.security.trust import Permission, TrustStore
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -246,7 +246,7 @@ class Connections:
     def _targets(self) -> list[str]:
         targets = []
         for peer in self.trust.list():
-            if not peer.allows(Role.BUILD_FOR_ME) or peer.fingerprint in self._refused:
+            if not peer.allows(Permission.BUILD_FOR_ME) or peer.fingerprint in self._refused:
                 continue
             if self._addresses(peer.fingerprint):
                 targets.append(peer.fingerprint)
@@ -297,7 +297,7 @@ class Connections:
 
         def authorize(candidate: PeerCandidate) -> bool:
             verdict["ours"] = candidate.fingerprint == expected and self.trust.is_trusted(
-                candidate.public_key, Role.BUILD_FOR_ME
+                candidate.public_key, Permission.BUILD_FOR_ME
             )
             return verdict["ours"]
 
@@ -308,7 +308,7 @@ class Connections:
                 backoff = BACKOFF_START
                 continue
             peer = self.trust.get(fingerprint)
-            if peer is None or not peer.allows(Role.BUILD_FOR_ME):
+            if peer is None or not peer.allows(Permission.BUILD_FOR_ME):
                 return
             for address in self._addresses(fingerprint):
                 verdict.clear()
@@ -344,7 +344,7 @@ class Connections:
 
         def authorize(candidate: PeerCandidate) -> bool:
             seen["fingerprint"] = candidate.fingerprint
-            seen["ours"] = self.trust.is_trusted(candidate.public_key, Role.BUILD_FOR_ME)
+            seen["ours"] = self.trust.is_trusted(candidate.public_key, Permission.BUILD_FOR_ME)
             return bool(seen["ours"])
 
         while not self._closing:

@@ -48,8 +48,8 @@ CREATE TABLE IF NOT EXISTS trust_peers (
 """
 
 
-class Role(enum.Enum):
-    """A permission a trusted peer can hold."""
+class Permission(enum.Enum):
+    """A permission a trusted peer can hold (not the link's ``Role``: initiator/responder)."""
 
     SEND_WORK = "may_send_work"
     """It may send me compiles (I am its receiver)."""
@@ -70,8 +70,8 @@ class TrustedPeer:
     updated_at: float
     public_key: bytes | None = None
 
-    def allows(self, role: Role) -> bool:
-        return self.may_send_work if role is Role.SEND_WORK else self.may_build_for_me
+    def allows(self, permission: Permission) -> bool:
+        return self.may_send_work if permission is Permission.SEND_WORK else self.may_build_for_me
 
     @classmethod
     def _from_row(cls, row: sqlite3.Row) -> Self:
@@ -147,7 +147,7 @@ class TrustStore:
             rows = self._db.execute("SELECT * FROM trust_peers ORDER BY added_at, fingerprint")
             return [TrustedPeer._from_row(row) for row in rows.fetchall()]
 
-    def is_trusted(self, public_key: bytes, role: Role | None = None) -> bool:
+    def is_trusted(self, public_key: bytes, role: Permission | None = None) -> bool:
         """Whether this key is trusted at all (``role=None``) or for ``role``."""
         peer = self.get(key_fingerprint(public_key))
         if peer is None:
@@ -262,7 +262,7 @@ class TrustStore:
 
     # -- link integration -------------------------------------------------------------
 
-    def authorizer(self, role: Role | None = None) -> Callable[[PeerCandidate], bool]:
+    def authorizer(self, role: Permission | None = None) -> Callable[[PeerCandidate], bool]:
         """A link ``Authorizer``: accept peers in the store (holding ``role`` if given).
 
         A session is shared by both directions, so the daemon normally accepts any

@@ -48,7 +48,7 @@ from meshd.link.messages import (
 from meshd.mesh.content.artifacts import collect_artifacts
 from meshd.mesh.content.blobs import BlobExchange
 from meshd.mesh.content.bundle import BundleManifest, BundleRejected, materialise
-from meshd.mesh.security.trust import Role, TrustStore
+from meshd.mesh.security.trust import Permission, TrustStore
 from meshd.toolchain.storage import ArtifactError, FlashMethod
 
 _LOGGER = logging.getLogger(__name__)
@@ -123,7 +123,7 @@ class Receiver:
 
     def may_send_work(self, session: LinkSession) -> bool:
         peer = self.trust.get(session.peer.fingerprint_hex)
-        return peer is not None and peer.allows(Role.SEND_WORK)
+        return peer is not None and peer.allows(Permission.SEND_WORK)
 
     async def cancel_orphans(self) -> None:
         """Cancel compiles a previous run of this daemon accepted: their sessions are gone."""
