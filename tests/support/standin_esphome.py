@@ -28,7 +28,8 @@ environment variables (which win)::
     # standin: upload_fail=1           STANDIN_UPLOAD_FAIL   (connection refused)
     # standin: invalid=1               STANDIN_INVALID       (a Failed config block)
 
-``STANDIN_ESPHOME_VERSION`` sets the version (default 2026.6.5). Every upload appends
+``STANDIN_ESPHOME_VERSION`` sets the version (default 2026.6.5); with
+``STANDIN_VERSION_GATE`` set, ``version`` answers only once that file exists. Every upload appends
 ``{"device", "config", "firmware", "sha256"}`` to ``<data_dir>/standin-uploads.jsonl``
 so a test can see what was "flashed". ``STANDIN_PID_FILE`` (if set) receives the pid
 of a running compile, so a test can check it was killed. ``STANDIN_CHILD_PID_FILE`` (if
@@ -171,6 +172,9 @@ def load(path_text: str) -> Config:
 
 
 def cmd_version(_args: argparse.Namespace) -> int:
+    gate = os.environ.get("STANDIN_VERSION_GATE")
+    while gate and not Path(gate).exists():  # a slow esphome: answers once the file exists
+        time.sleep(0.05)
     out(f"Version: {VERSION}")
     return 0
 
