@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.daemon import MeshdFactory, host_config
-from tests.support.pids import gone_sync, pid_alive
+from tests.support.pids import gone_sync, group_members, pid_alive
 from tests.support.waits import poll_until
 
 
@@ -58,6 +58,7 @@ def test_restart_after_sigkill_kills_the_old_compile_group_before_rerunning(
     assert gone_sync(compile_pid, child_pid, timeout=1.0), (
         "the dead daemon's compile group was still running after the restart"
     )
+    assert group_members(compile_pid) == []
     log = daemon.cli("logs", job_id).stdout.splitlines()
     killed = next(i for i, line in enumerate(log) if "left by the previous run" in line)
     reruns = [i for i, line in enumerate(log) if line.startswith("$ ") and " compile " in line]

@@ -55,7 +55,9 @@ async def test_the_advert_gets_the_esphome_version_once_the_probe_answers(
     running = asyncio.create_task(daemon.run())
     await browser.start()
     try:
-        await until_async(lambda: (daemon.settings.data_dir / "api.json").exists(), what="the daemon")
+        await until_async(
+            lambda: (daemon.settings.data_dir / "api.json").exists(), what="the daemon"
+        )
         fingerprint = daemon.hooks.fingerprint()
         assert fingerprint is not None
 

@@ -200,7 +200,8 @@ def test_api_client_loads_no_server() -> None:
     assert _hits(loaded_by("meshd.api.client"), DAEMON_ONLY) == []
 
 
-def test_config_loads_nothing_of_meshd() -> None:
-    """Settings are read by the CLI, the engine and the mesh alike: config is a leaf."""
-    loaded = loaded_by("meshd.config")
-    assert [m for m in _hits(loaded, ("meshd",)) if m not in ("meshd", "meshd.config")] == []
+@pytest.mark.parametrize("leaf", ["meshd.config", "meshd.db"])
+def test_leaves_load_nothing_of_meshd(leaf: str) -> None:
+    """Settings and the database are used by the CLI, the engine and the mesh alike."""
+    loaded = loaded_by(leaf)
+    assert [m for m in _hits(loaded, ("meshd",)) if m not in ("meshd", leaf)] == []
