@@ -10,14 +10,24 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from meshd.db import database_path
 from tests.support.daemon import MeshdFactory, host_config
 from tests.support.pids import gone_sync, group_members, pid_alive
 from tests.support.waits import poll_until
+
+
+def recorded_groups(data_dir: Path) -> set[int]:
+    """Process groups the daemon has recorded for the orphan kill (read-only peek)."""
+    with contextlib.closing(
+        sqlite3.connect(f"file:{database_path(data_dir)}?mode=ro", uri=True)
+    ) as db:
+        return {row[0] for row in db.execute("SELECT pgid FROM job_processes")}
 
 
 @pytest.fixture
@@ -43,6 +53,9 @@ def test_restart_after_sigkill_kills_the_old_compile_group_before_rerunning(
     compile_pid = int(poll_until(lambda: pid_file.exists() and pid_file.read_text(), what="pid"))
     child_pid = int(child_file.read_text())
     orphans.append(compile_pid)  # esphome's group: the compile is its leader
+    # The daemon records the group right after spawning it; kill only once it has, or
+    # the test would race that write (the bug was: it never happened at all).
+    poll_until(lambda: compile_pid in recorded_groups(daemon.data_dir), what="the group recorded")
 
     assert daemon.proc is not None
     os.kill(daemon.proc.pid, signal.SIGKILL)  # the daemon only, as the OOM killer would
