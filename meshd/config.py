@@ -22,6 +22,11 @@ also set ``data_dir``; it then applies unless a flag or ``MESHD_DATA_DIR`` says 
 
 The mesh options (peer link, mDNS, peers, policies, heartbeat) are only stored here;
 the mesh components read them from this object when they are wired into the daemon.
+
+This module owns the default of every setting (the ``DEFAULT_*`` names): the engine,
+the mesh and ``meshd serve --help`` import them rather than repeat a value. It imports
+nothing of meshd, so every layer, the CLI included, may import it
+(tests/unit/test_layering.py).
 """
 
 from __future__ import annotations
@@ -49,7 +54,7 @@ DEFAULT_API_PORT = 6055
 DEFAULT_PEER_PORT = 6056
 DEFAULT_UPLOAD_SLOTS = 4
 # Long enough that a busy Pi on Wi-Fi does not flap, short enough that a receiver that
-# vanished is noticed within half a minute.
+# vanished is noticed within half a minute (the mesh declares a peer dead after three).
 DEFAULT_HEARTBEAT = 10.0
 
 
@@ -63,6 +68,12 @@ def parse_host_port(text: str, *, default_port: int | None = None) -> HostPort:
         return address.parse_host_port(text, default_port=default_port)
     except address.AddressError as exc:
         raise ConfigError(str(exc)) from None
+
+
+DEFAULT_API = HostPort("127.0.0.1", DEFAULT_API_PORT)
+"""Loopback: the API can flash every device this node reaches (it is authenticated too)."""
+DEFAULT_PEER_LISTEN = HostPort("0.0.0.0", DEFAULT_PEER_PORT)  # noqa: S104 - the LAN is the point
+DEFAULT_VERSION_POLICY = VersionPolicy.RELEASE
 
 
 def default_data_dir(env: Mapping[str, str] | None = None) -> Path:
@@ -82,9 +93,8 @@ class Settings:
     """Everything ``meshd serve`` is configured with."""
 
     data_dir: Path
-    # HostPort is a frozen dataclass, so sharing one default instance is safe.
-    api: HostPort = HostPort("127.0.0.1", DEFAULT_API_PORT)  # noqa: RUF009
-    peer_listen: HostPort = HostPort("0.0.0.0", DEFAULT_PEER_PORT)  # noqa: RUF009, S104 - the LAN is the point
+    api: HostPort = DEFAULT_API
+    peer_listen: HostPort = DEFAULT_PEER_LISTEN
     mdns: bool = True
     """Advertise and browse with mDNS; off, only static peers and inbound sessions."""
     mdns_interfaces: tuple[str, ...] = ()
@@ -95,7 +105,7 @@ class Settings:
     receiver: bool = True
     offload: bool = True
     peers: tuple[HostPort, ...] = ()
-    version_policy: VersionPolicy = VersionPolicy.RELEASE
+    version_policy: VersionPolicy = DEFAULT_VERSION_POLICY
     include_local: bool = True
     heartbeat: float = DEFAULT_HEARTBEAT
     config_file: Path | None = None

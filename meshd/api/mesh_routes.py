@@ -13,7 +13,6 @@ from aiohttp import web
 
 from meshd.address import AddressError, parse_host_port
 from meshd.api.mesh_control import MeshControl, TrustEntry
-from meshd.api.state import API_PREFIX
 from meshd.api.validation import (
     ApiError,
     bad_request,
@@ -22,12 +21,9 @@ from meshd.api.validation import (
     optional_string,
     read_json,
 )
+from meshd.api.wire import API_PREFIX, DEFAULT_PAIRING_TTL, MAX_PAIRING_TTL
 from meshd.link import LinkError, TrustRefused
 from meshd.mesh.security.identity import parse_fingerprint
-
-# A pairing window longer than an hour is a standing invitation, not a window.
-MAX_PAIRING_TTL = 3600.0
-DEFAULT_PAIRING_TTL = 300.0
 
 
 def trusted_to_dict(peer: TrustEntry) -> dict[str, Any]:

@@ -28,6 +28,7 @@ from meshd.api.validation import (
     query_int,
     read_json,
 )
+from meshd.api.wire import EVENTS_HEARTBEAT
 from meshd.jobs.engine import Engine, EngineStopped, InvalidJob, UnknownJob
 from meshd.jobs.events import Event, JobEvent
 from meshd.jobs.model import Job, JobStatus, JobType, LaneName
@@ -39,9 +40,8 @@ _LOGGER = logging.getLogger(__name__)
 FOLLOW_POLL_SECONDS = 1.0
 # Read the log in blocks; a compile log can run to megabytes.
 LOG_CHUNK = 64 * 1024
-# Websocket pings keep NAT/proxies from dropping an idle events stream and detect a
-# vanished client.
-WS_HEARTBEAT_SECONDS = 30.0
+# Websocket pings (every EVENTS_HEARTBEAT) keep NAT/proxies from dropping an idle
+# events stream and detect a vanished client.
 # Close code for a subscriber that fell behind: "try again later" (RFC 6455 1013).
 WS_OVERFLOW_CLOSE = 1013
 
@@ -241,7 +241,7 @@ async def events_ws(request: web.Request) -> web.WebSocketResponse:
     # Subscribe before the handshake completes: a client that connects and then
     # submits a job must see that job's first event.
     subscription = engine.bus.subscribe()
-    ws = web.WebSocketResponse(heartbeat=WS_HEARTBEAT_SECONDS)
+    ws = web.WebSocketResponse(heartbeat=EVENTS_HEARTBEAT)
     sockets = request.app[WEBSOCKETS_KEY]
     try:
         await ws.prepare(request)

@@ -7,7 +7,7 @@ flash any device. The token is a random secret the daemon keeps in
 is allowed), so a client with read access to the data dir needs nothing else.
 
 This package knows nothing about the daemon that composes it: it gets the engine, a
-:class:`NodeInfo` and :class:`ApiHooks` (where the mesh later plugs in its identity and
+:class:`NodeFacts` and :class:`ApiHooks` (where the mesh later plugs in its identity and
 peer registry), so the import direction stays ``daemon → api → jobs``.
 
 The listener is hardened against a flood (``meshd.api.connections``: per-source and
@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
-import json
 import logging
 import os
 import secrets
@@ -35,7 +34,6 @@ from aiohttp import WSCloseCode, web
 from meshd.api.connections import IDLE_TIMEOUT, ConnectionGate, LogThrottle
 from meshd.api.routes import routes
 from meshd.api.state import (
-    API_PREFIX,
     CLOSING_KEY,
     ENGINE_KEY,
     HOOKS_KEY,
@@ -43,17 +41,28 @@ from meshd.api.state import (
     TOKEN_KEY,
     WEBSOCKETS_KEY,
     ApiHooks,
-    NodeInfo,
+    NodeFacts,
 )
 from meshd.api.validation import CONFIG_RULES_KEY, ApiError, ConfigRules
+from meshd.api.wire import (
+    API_FILENAME,
+    API_PREFIX,
+    AUTH_HEADER,
+    AUTH_SCHEME,
+    ApiFile,
+    read_api_file,
+)
 from meshd.config import HostPort
 from meshd.jobs.engine import Engine
 
 _LOGGER = logging.getLogger(__name__)
 
-API_FILENAME = "api.json"
 # 256 bits: the token guards flashing firmware onto every device this node reaches.
 TOKEN_BYTES = 32
+# token_urlsafe(32) gives 43 characters; anything under 32 was never ours.
+MIN_TOKEN_CHARS = 32
+# Streams are ended by on_shutdown; a request still running this long after is cut.
+SHUTDOWN_GRACE = 5.0
 # Job requests are small JSON objects; anything bigger is a mistake or an attack.
 MAX_REQUEST_BYTES = 64 * 1024
 
@@ -97,7 +106,7 @@ def token_matches(header: str, expected: str) -> bool:
 
 @web.middleware
 async def _auth(request: web.Request, handler: Handler) -> web.StreamResponse:
-    header = request.headers.get("Authorization", "")
+    header = request.headers.get(AUTH_HEADER, "")
     if not token_matches(header, request.app[TOKEN_KEY]):
         problem = "missing" if not header else "wrong"
         if header:
@@ -109,7 +118,7 @@ async def _auth(request: web.Request, handler: Handler) -> web.StreamResponse:
         raise ApiError(
             401,
             "unauthorized",
-            f"{problem} API token: send 'Authorization: Bearer TOKEN' "
+            f"{problem} API token: send '{AUTH_HEADER}: {AUTH_SCHEME} TOKEN' "
             f"(the token is in <data-dir>/{API_FILENAME})",
         )
     return await handler(request)
@@ -118,11 +127,11 @@ async def _auth(request: web.Request, handler: Handler) -> web.StreamResponse:
 def load_token(data_dir: Path) -> str | None:
     """The token of a previous run, so scripts given ``--token`` survive restarts."""
     try:
-        data = json.loads((data_dir / API_FILENAME).read_text(encoding="utf-8"))
+        token = read_api_file(data_dir / API_FILENAME).token
     except (OSError, ValueError):
         return None
-    token = data.get("token") if isinstance(data, dict) else None
-    return token if isinstance(token, str) and len(token) >= 32 else None
+    # Shorter than a token this server would make: not one of ours, make a new one.
+    return token if len(token) >= MIN_TOKEN_CHARS else None
 
 
 def write_api_file(data_dir: Path, url: str, token: str) -> Path:
@@ -132,8 +141,7 @@ def write_api_file(data_dir: Path, url: str, token: str) -> Path:
     try:
         os.fchmod(fd, 0o600)
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump({"url": url, "token": token}, handle)
-            handle.write("\n")
+            handle.write(ApiFile(url=url, token=token).dumps())
             handle.flush()
             os.fsync(handle.fileno())
         Path(tmp).replace(target)
@@ -150,7 +158,7 @@ class ApiServer:
     def __init__(
         self,
         engine: Engine,
-        node: NodeInfo,
+        node: NodeFacts,
         *,
         bind: HostPort,
         token: str | None = None,
@@ -190,12 +198,11 @@ class ApiServer:
 
     async def start(self) -> str:
         """Bind and serve; returns the URL (with the real port when asked for port 0)."""
-        # A short shutdown timeout: streams are ended by on_shutdown, anything left is cut.
         runner = web.AppRunner(
             self.make_app(),
             access_log=None,
             handle_signals=False,
-            shutdown_timeout=5.0,
+            shutdown_timeout=SHUTDOWN_GRACE,
             keepalive_timeout=IDLE_TIMEOUT,
         )
         await runner.setup()

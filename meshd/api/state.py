@@ -14,12 +14,10 @@ from aiohttp import web
 from meshd.api.mesh_control import MeshControl
 from meshd.jobs.engine import Engine
 
-API_PREFIX = "/api/v1"
-
 
 @dataclass
-class NodeInfo:
-    """What ``/api/v1/status`` says about this node."""
+class NodeFacts:
+    """What ``/api/v1/status`` says about this node (not the link's ``NodeInfo`` message)."""
 
     name: str
     version: str
@@ -36,7 +34,7 @@ class ApiHooks:
       without one: then there is no fingerprint, no peers and nothing extra in
       ``status.node``;
     * ``routes``: extra routes (e.g. pairing, trust), with full paths under
-      ``API_PREFIX``, served with the same authentication and JSON errors; add them
+      ``meshd.api.wire.API_PREFIX``, served with the same authentication and JSON errors; add them
       before the server starts.
     """
 
@@ -57,7 +55,7 @@ class ApiHooks:
 
 
 ENGINE_KEY = web.AppKey("engine", Engine)
-NODE_KEY = web.AppKey("node", NodeInfo)
+NODE_KEY = web.AppKey("node", NodeFacts)
 HOOKS_KEY = web.AppKey("hooks", ApiHooks)
 TOKEN_KEY = web.AppKey("token", str)
 WEBSOCKETS_KEY: web.AppKey[set[web.WebSocketResponse]] = web.AppKey("websockets")

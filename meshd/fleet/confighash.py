@@ -203,7 +203,9 @@ class ConfigHasher:
 
     async def _run(self, args: list[str]) -> list[str]:
         try:
-            return await invoke_esphome(self._toolchain, args, log=self._log)
+            # Not a job: nothing records the process group; a crash leaves at most a
+            # short-lived `esphome config-hash` behind.
+            return await invoke_esphome(self._toolchain, args, log=self._log, on_start=None)
         except EsphomeFailed as err:
             raise ConfigHashError(str(err)) from err
         except ToolMissing as err:

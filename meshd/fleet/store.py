@@ -19,9 +19,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from meshd.db import connect
 from meshd.fleet.advert import AdvertError, advert_from_dict
 from meshd.fleet.model import DeviceState
-from meshd.jobs.store import connect
 
 _LOGGER = logging.getLogger(__name__)
 

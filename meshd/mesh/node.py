@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from meshd.address import parse_host_port
+from meshd.config import DEFAULT_HEARTBEAT, DEFAULT_PEER_LISTEN
 from meshd.jobs.engine import Engine
 from meshd.jobs.model import LaneName
 from meshd.link import LinkServer, LinkSession, Router, SessionConfig
@@ -47,8 +48,8 @@ from meshd.version_policy import VersionPolicy
 @dataclass(frozen=True)
 class MeshSettings:
     name: str
-    listen_host: str = "0.0.0.0"  # noqa: S104 - a receiver serves its LAN; tests pass 127.0.0.1
-    listen_port: int = 6056
+    listen_host: str = DEFAULT_PEER_LISTEN.host  # a receiver serves its LAN; tests: 127.0.0.1
+    listen_port: int = DEFAULT_PEER_LISTEN.port
     receiver: bool = True
     offload: bool = True
     mdns: bool = True
@@ -56,7 +57,7 @@ class MeshSettings:
     static_peers: tuple[str, ...] = ()
     version_policy: VersionPolicy = VersionPolicy.RELEASE
     include_local: bool = True
-    heartbeat: float = 5.0
+    heartbeat: float = DEFAULT_HEARTBEAT
     build_ttl: float = DEFAULT_BUILD_TTL
 
 

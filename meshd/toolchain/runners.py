@@ -70,7 +70,12 @@ async def run_esphome(
     """Run ``esphome ARGS`` for a job; a missing command or non-zero exit is ``JobFailed``."""
     try:
         return await invoke_esphome(
-            toolchain, args, log=ctx.log, progress=ctx.progress, parser=progress
+            toolchain,
+            args,
+            log=ctx.log,
+            on_start=ctx.on_process,
+            progress=ctx.progress,
+            parser=progress,
         )
     except ToolMissing as exc:
         message = f"esphome command not found: {exc} (set --esphome to the esphome CLI)"
@@ -122,7 +127,9 @@ class UploadRunner:
         expected = expected_chip(record)
         if wanted and expected is not None:
             try:
-                await verify_chip(self.toolchain, device, expected, ctx.log)
+                await verify_chip(
+                    self.toolchain, device, expected, ctx.log, on_start=ctx.on_process
+                )
             except ToolMissing as exc:
                 raise JobFailed(f"esptool not found for verify-chip: {exc}") from exc
             except ChipError as exc:

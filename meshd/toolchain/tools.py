@@ -71,9 +71,16 @@ class Toolchain:
         argv: Sequence[str],
         *,
         on_line: Callable[[str], None],
+        on_start: Callable[[int], None] | None,
         cwd: str | os.PathLike[str] | None = None,
     ) -> ProcessResult:
-        """Run ``argv`` in its own process group; a missing program raises ``ToolMissing``."""
+        """Run ``argv`` in its own process group; a missing program raises ``ToolMissing``.
+
+        ``on_start`` receives the group id as soon as the process exists. A job passes
+        its ``JobContext.on_process`` so the engine records the group and a restart
+        after a crash of the daemon can kill it; ``None`` is for runs outside a job
+        (the version probe), and must be said explicitly.
+        """
         try:
             return await run_process(
                 argv,
@@ -81,6 +88,7 @@ class Toolchain:
                 cwd=cwd,
                 env=self.environ(),
                 kill_grace=self.kill_grace,
+                on_start=on_start,
             )
         except (FileNotFoundError, PermissionError, NotADirectoryError) as exc:
             raise ToolMissing(f"cannot run {argv[0]!r}: {exc.strerror or exc}") from exc

@@ -340,7 +340,9 @@ async def test_name_and_address_agree_with_esphome_config(
     for filename, text in REAL_CONFIGS.items():
         config = write(tmp_path / filename, text)
         cfg = read_config(config)
-        text = await validate_config(offline_toolchain, config, log=lambda _line: None)
+        text = await validate_config(
+            offline_toolchain, config, log=lambda _line: None, on_start=None
+        )
         validated = yaml.load(text, Loader=_AnyTagLoader)
         assert cfg.name == validated["esphome"]["name"], filename
         network = validated.get("wifi") or {}

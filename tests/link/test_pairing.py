@@ -30,28 +30,20 @@ from meshd.mesh.security.pairing import (
     fingerprint_prefix,
     pair_join,
 )
-from meshd.mesh.security.trust import Role as TrustRole
-from meshd.mesh.security.trust import TrustStore
+from meshd.mesh.security.trust import Permission, TrustStore
+from tests.support.clock import FakeClock
 
 from .conftest import LOOPBACK, Harness
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 async def receiver_server(
     harness: Harness,
     bob: Identity,
     store_b: TrustStore,
-    clock: Clock | None = None,
+    clock: FakeClock | None = None,
     router: Router | None = None,
 ) -> tuple[LinkServer, PairingReceiver]:
-    receiver = PairingReceiver(bob, store_b, name="desktop", clock=clock or Clock())
+    receiver = PairingReceiver(bob, store_b, name="desktop", clock=clock or FakeClock())
     server = await harness.server(
         bob,
         authorize=store_b.authorizer(),
@@ -134,7 +126,7 @@ async def test_pairing_makes_both_sides_trust_each_other(
     assert not receiver.is_open  # one use
     # Now a normal session works, each side checking the role it needs.
     session = await harness.connect(
-        alice, server.port, authorize=store_a.authorizer(TrustRole.BUILD_FOR_ME)
+        alice, server.port, authorize=store_a.authorizer(Permission.BUILD_FOR_ME)
     )
     assert session.peer.trusted
 
@@ -147,7 +139,7 @@ async def test_wrong_secret_is_refused_rate_limited_and_logged(
     store_b: TrustStore,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    clock = Clock()
+    clock = FakeClock()
     server, receiver = await receiver_server(harness, bob, store_b, clock)
     code = receiver.open()
     wrong = PairingCode(code.prefix, "a" * 12 if code.secret != "a" * 12 else "b" * 12)
@@ -169,7 +161,7 @@ async def test_too_many_wrong_codes_shut_that_address_out(
 ) -> None:
     """The window stays open for others (tests/link/test_pairing_abuse.py); this
     address, having guessed MAX_FAILURES times, may not try again in this window."""
-    clock = Clock()
+    clock = FakeClock()
     server, receiver = await receiver_server(harness, bob, store_b, clock)
     code = receiver.open()
     for i in range(MAX_FAILURES):
@@ -187,7 +179,7 @@ async def test_too_many_wrong_codes_shut_that_address_out(
 async def test_expired_code_is_refused(
     harness: Harness, alice: Identity, bob: Identity, store_a: TrustStore, store_b: TrustStore
 ) -> None:
-    clock = Clock()
+    clock = FakeClock()
     server, receiver = await receiver_server(harness, bob, store_b, clock)
     code = receiver.open(ttl=300)
     clock.now += 301

@@ -28,9 +28,9 @@ from meshd.mesh.security.pairing import (
     source_of,
 )
 from meshd.mesh.security.trust import TrustStore
+from tests.support.clock import FakeClock as Clock
 
 from .conftest import LOOPBACK, Harness
-from .test_pairing import Clock
 
 
 @contextlib.contextmanager

@@ -18,7 +18,7 @@ import pytest
 from meshd.address import AddressError, HostPort
 from meshd.link import CloseReason, LinkServer, LinkSession, Router, SessionConfig
 from meshd.mesh.peering.connections import Connections, DialTarget, SessionHooks
-from meshd.mesh.peering.registry import MdnsAdvert, PeerInfo, Registry
+from meshd.mesh.peering.registry import MdnsAdvert, PeerRecord, Registry
 from meshd.mesh.security.identity import Identity
 from meshd.mesh.security.trust import TrustStore
 from tests.mesh.nodes import assert_no_mesh_tasks_left
@@ -83,7 +83,7 @@ class Side:
         )
         await self.server.start(LOOPBACK, 0)
 
-    def peer(self, fingerprint: str) -> PeerInfo | None:
+    def peer(self, fingerprint: str) -> PeerRecord | None:
         return self.registry.get(fingerprint)
 
     async def until(self, what: str, check: Callable[[], object]) -> None:

@@ -30,10 +30,13 @@ environment variables (which win)::
     # standin: ignore_sigterm=1        STANDIN_IGNORE_SIGTERM (a compile slow to stop:
                                        only the SIGKILL after the grace period ends it)
 
-``STANDIN_ESPHOME_VERSION`` sets the version (default 2026.6.5). Every upload appends
+``STANDIN_ESPHOME_VERSION`` sets the version (default 2026.6.5); with
+``STANDIN_VERSION_GATE`` set, ``version`` answers only once that file exists. Every upload appends
 ``{"device", "config", "firmware", "sha256"}`` to ``<data_dir>/standin-uploads.jsonl``
 so a test can see what was "flashed". ``STANDIN_PID_FILE`` (if set) receives the pid
-of a running compile, so a test can check it was killed.
+of a running compile, so a test can check it was killed. ``STANDIN_CHILD_PID_FILE`` (if
+set) makes a compile start a long-sleeping child in its process group first, as
+esphome starts PlatformIO, and receives that child's pid.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ import os
 import re
 import shutil
 import signal
+import subprocess
 import sys
 import tarfile
 import time
@@ -171,6 +175,9 @@ def load(path_text: str) -> Config:
 
 
 def cmd_version(_args: argparse.Namespace) -> int:
+    gate = os.environ.get("STANDIN_VERSION_GATE")
+    while gate and not Path(gate).exists():  # a slow esphome: answers once the file exists
+        time.sleep(0.05)
     out(f"Version: {VERSION}")
     return 0
 
@@ -210,6 +217,17 @@ def compile_config(config: Config) -> int:
     seconds = float(config.setting("compile_seconds", "0"))
     if config.flag("ignore_sigterm"):
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    child_pid_file = os.environ.get("STANDIN_CHILD_PID_FILE")
+    if child_pid_file:
+        # Like PlatformIO under esphome: same process group. Its stdio is not the pipe,
+        # so a successful compile still ends when the stand-in exits.
+        child = subprocess.Popen(
+            [sys.executable, "-c", "import time; time.sleep(3600)"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        Path(child_pid_file).write_text(str(child.pid), encoding="utf-8")
     if os.environ.get("STANDIN_PID_FILE"):
         Path(os.environ["STANDIN_PID_FILE"]).write_text(str(os.getpid()), encoding="utf-8")
     log("INFO", "Generating C++ source...")

@@ -429,7 +429,9 @@ async def test_wall_time_holds_for_any_runner_of_a_wrapped_toolchain(
     sandbox = detect([receiver_dir.data], limits=ResourceLimits(wall_time=1.0))
     slow = Toolchain(esphome=("/bin/sh", "-c", f"sleep {marker}", "sh"))
     wrapped = sandbox.wrap(slow, receiver_dir.area)
-    result = await wrapped.run(wrapped.esphome_argv("compile", "x.yaml"), on_line=print)
+    result = await wrapped.run(
+        wrapped.esphome_argv("compile", "x.yaml"), on_line=print, on_start=None
+    )
     assert result.returncode == TIMEOUT_EXIT
     await _wait_until(lambda: not _processes_with(marker), "the sandboxed sleep is gone")
 
@@ -618,7 +620,7 @@ async def test_real_esphome_config_runs_a_thief_component_that_gets_nothing(
     toolchain = sandbox.wrap(Toolchain(esphome=(ESPHOME,), env=esphome_env), receiver_dir.area)
     lines: list[str] = []
     result = await toolchain.run(
-        toolchain.esphome_argv("config", str(config)), on_line=lines.append
+        toolchain.esphome_argv("config", str(config)), on_line=lines.append, on_start=None
     )
     output = "\n".join(lines)
     assert result.returncode == 0, output

@@ -40,7 +40,11 @@ from meshd.link.messages import (
     JobState,
     LogLine,
 )
-from meshd.mesh.content.artifacts import ArtifactManifest, materialise_artifacts
+from meshd.mesh.content.artifacts import (
+    MAX_ARTIFACT_MANIFEST_BYTES,
+    ArtifactManifest,
+    materialise_artifacts,
+)
 from meshd.mesh.content.blobs import BlobExchange
 from meshd.mesh.content.bundle import BundleRejected, read_bundle
 from meshd.mesh.dispatch.reroute import ReceiverLost, after_loss
@@ -188,7 +192,9 @@ class RemoteCompileRunner:
         self.work_dir.mkdir(parents=True, exist_ok=True)
         archive = self.work_dir / f"{ctx.job.id}.esphomebundle.tar.gz"
         try:
-            await create_bundle(self.toolchain, config, log=ctx.log, output=archive)
+            await create_bundle(
+                self.toolchain, config, log=ctx.log, on_start=ctx.on_process, output=archive
+            )
             manifest = await asyncio.to_thread(read_bundle, archive, self.blobs.store)
         except EsphomeFailed as exc:
             raise JobFailed(str(exc)) from None
@@ -248,7 +254,7 @@ class RemoteCompileRunner:
                 ArtifactReply,
             )
             manifest_digest = reply.manifest_digest.hex()
-            if reply.manifest_size > 1024 * 1024:
+            if reply.manifest_size > MAX_ARTIFACT_MANIFEST_BYTES:
                 raise JobFailed("receiver sent an oversize artifact manifest")
             await self._fetch(session, self.blobs.store.missing([manifest_digest]))
             manifest = ArtifactManifest.from_wire(

@@ -42,7 +42,7 @@ from meshd.link import (
 )
 from meshd.mesh.peering.registry import PeerSource, Registry
 from meshd.mesh.security.identity import Identity
-from meshd.mesh.security.trust import Role, TrustStore
+from meshd.mesh.security.trust import Permission, TrustStore
 from meshd.mesh.tasks import TaskSet
 
 _LOGGER = logging.getLogger(__name__)
@@ -126,7 +126,7 @@ class _Handshake:
         self.seen = candidate.fingerprint_hex
         if self._target.fingerprint is not None and self.seen != self._target.fingerprint:
             return False  # another key answers at this address now
-        return self._trust.is_trusted(candidate.public_key, Role.BUILD_FOR_ME)
+        return self._trust.is_trusted(candidate.public_key, Permission.BUILD_FOR_ME)
 
 
 class Connections:
@@ -188,6 +188,9 @@ class Connections:
         if timer is not None:
             timer.cancel()
         key = self._awaiting_intro.pop(fingerprint, None)
+        timer = self._intro_timers.pop(fingerprint, None)
+        if timer is not None:
+            timer.cancel()
         if key is not None:
             self._attempt_finished(key)
 
@@ -294,7 +297,7 @@ class Connections:
         targets = list(self.static_targets)
         if self.dial_enabled:
             for peer in self.trust.list():
-                if peer.allows(Role.BUILD_FOR_ME) and self._addresses(peer.fingerprint):
+                if peer.allows(Permission.BUILD_FOR_ME) and self._addresses(peer.fingerprint):
                     targets.append(DialTarget.peer(peer.fingerprint))
         return [t for t in targets if t not in self._refused]
 
@@ -313,7 +316,7 @@ class Connections:
 
     def _builds_for_me(self, fingerprint: str) -> bool:
         peer = self.trust.get(fingerprint)
-        return peer is not None and peer.allows(Role.BUILD_FOR_ME)
+        return peer is not None and peer.allows(Permission.BUILD_FOR_ME)
 
     async def _supervise(self) -> None:
         while True:

@@ -53,7 +53,7 @@ from meshd.link.session import LinkSession, Router
 from meshd.mesh.security.identity import Identity, short_fingerprint
 from meshd.mesh.security.trust import TrustedPeer, TrustStore
 
-log = logging.getLogger(__name__)
+_LOGGER = logging.getLogger(__name__)
 
 DEFAULT_WINDOW: Final = 300.0  # seconds a pairing window stays open
 
@@ -221,7 +221,7 @@ class PairingReceiver:
         code = PairingCode.new(self._identity.fingerprint)
         now = self._clock()
         self._window = _Window(code, now + ttl, tokens=float(self._guess_burst), refilled_at=now)
-        log.info("pairing window open for %.0f s", ttl)
+        _LOGGER.info("pairing window open for %.0f s", ttl)
         return code
 
     def close(self) -> None:
@@ -250,7 +250,7 @@ class PairingReceiver:
         if entry.warned_at is not None and now - entry.warned_at < WARNING_INTERVAL:
             return
         entry.warned_at = now
-        log.warning(message, *args)
+        _LOGGER.warning(message, *args)
 
     def _blocked(self, window: _Window, source: str) -> str | None:
         """Why ``source`` may not try now (shut out, or backing off), or None."""
@@ -280,7 +280,7 @@ class PairingReceiver:
         """Pairing-mode handshake gate: only while a window is open and this source may try."""
         window = self._window
         if not self.is_open or window is None:
-            log.info("pairing attempt from %s refused: no open window", candidate.address)
+            _LOGGER.info("pairing attempt from %s refused: no open window", candidate.address)
             return False
         source = source_of(candidate.address)
         why = self._blocked(window, source)
@@ -313,7 +313,7 @@ class PairingReceiver:
             entry = window.source(source)
             entry.failures += 1
             entry.retry_at = self._clock() + self._backoff * 2 ** (entry.failures - 1)
-            log.warning(
+            _LOGGER.warning(
                 "wrong pairing code from %s (%s), attempt %d of %d from that address",
                 peer.address,
                 short_fingerprint(peer.fingerprint),
@@ -321,7 +321,7 @@ class PairingReceiver:
                 self._max_failures,
             )
             if entry.failures >= self._max_failures:
-                log.warning(
+                _LOGGER.warning(
                     "pairing: %s shut out for this window after %d wrong codes",
                     source,
                     entry.failures,
@@ -334,7 +334,7 @@ class PairingReceiver:
             name=message.name,
             may_send_work=True,
         )
-        log.info(
+        _LOGGER.info(
             "paired with %s (%s)", message.name or "unnamed", short_fingerprint(peer.fingerprint)
         )
         return PairAccept(self._name)
@@ -362,7 +362,7 @@ async def pair_join(
         nonlocal mismatch
         mismatch = not parsed.matches(candidate.fingerprint)
         if mismatch:
-            log.warning(
+            _LOGGER.warning(
                 "receiver at %s:%d has key %s, which does not match the pairing code",
                 host,
                 port,
@@ -402,5 +402,5 @@ async def pair_join(
         outcome = CloseReason.PAIRING_COMPLETE
     finally:
         await session.close(outcome)
-    log.info("paired with receiver %s at %s:%d", peer.fingerprint[:16], host, port)
+    _LOGGER.info("paired with receiver %s at %s:%d", peer.fingerprint[:16], host, port)
     return peer

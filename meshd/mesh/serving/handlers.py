@@ -39,7 +39,7 @@ from meshd.link.messages import (
 from meshd.mesh.content.artifacts import collect_artifacts
 from meshd.mesh.content.blobs import BlobExchange
 from meshd.mesh.content.bundle import BundleManifest, BundleRejected, materialise
-from meshd.mesh.security.trust import Role, TrustStore
+from meshd.mesh.security.trust import Permission, TrustStore
 from meshd.mesh.serving.remote_jobs import RemoteJobs
 from meshd.toolchain.storage import ArtifactError, FlashMethod
 
@@ -86,7 +86,7 @@ class RequestHandlers:
 
     def may_send_work(self, session: LinkSession) -> bool:
         peer = self.trust.get(session.peer.fingerprint_hex)
-        return peer is not None and peer.allows(Role.SEND_WORK)
+        return peer is not None and peer.allows(Permission.SEND_WORK)
 
     def _require_offloader(self, session: LinkSession) -> None:
         if not self.may_send_work(session):
