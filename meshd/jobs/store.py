@@ -12,6 +12,7 @@ its own module and connection; this module touches only ``jobs``.
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,10 @@ CREATE TABLE IF NOT EXISTS jobs (
     runner        TEXT,
     reason        TEXT,
     progress      REAL,
-    reason_code   TEXT
+    reason_code   TEXT,
+    waiting       TEXT,
+    waiting_since REAL,
+    waiting_until REAL
 );
 CREATE INDEX IF NOT EXISTS jobs_status ON jobs(status);
 CREATE TABLE IF NOT EXISTS job_processes (
@@ -64,11 +68,32 @@ _COLUMNS = (
     "reason",
     "progress",
     "reason_code",
+    "waiting",
+    "waiting_since",
+    "waiting_until",
 )
 
 # Columns added after the first release, with their type: a database an older meshd
 # created gets them on open (``ALTER TABLE ... ADD COLUMN`` keeps every row).
-_ADDED_COLUMNS = {"reason_code": "TEXT"}
+_ADDED_COLUMNS = {
+    "reason_code": "TEXT",
+    "waiting": "TEXT",
+    "waiting_since": "REAL",
+    "waiting_until": "REAL",
+}
+
+# Created after the added columns exist. ``seq`` orders every page and every prune;
+# ``(status, seq)`` serves a page filtered by status; ``depends_on`` the prune's check
+# that no active job still needs a row.
+_INDEXES = """
+CREATE INDEX IF NOT EXISTS jobs_seq ON jobs(seq);
+CREATE INDEX IF NOT EXISTS jobs_status_seq ON jobs(status, seq);
+CREATE INDEX IF NOT EXISTS jobs_depends_on ON jobs(depends_on);
+"""
+
+_ACTIVE = ("queued", "running")
+_TERMINAL = ("completed", "failed", "cancelled")
+_SELECT = f"SELECT {','.join(_COLUMNS)} FROM jobs"  # noqa: S608 - column names are constants
 
 
 def connect(path: Path) -> sqlite3.Connection:
@@ -81,7 +106,11 @@ def connect(path: Path) -> sqlite3.Connection:
 
 
 class JobStore:
-    """Upserts and loads whole job rows; no query logic lives here on purpose."""
+    """Upserts and loads whole job rows; the rules live in the engine, not in queries.
+
+    Every read is keyed (an id, the active rows, one page by ``seq``), so nothing the
+    daemon does while running loads the whole history.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -91,6 +120,7 @@ class JobStore:
         for name, kind in _ADDED_COLUMNS.items():
             if name not in present:
                 self._conn.execute(f"ALTER TABLE jobs ADD COLUMN {name} {kind}")
+        self._conn.executescript(_INDEXES)
 
     def close(self) -> None:
         self._conn.close()
@@ -113,6 +143,9 @@ class JobStore:
             job.reason,
             job.progress,
             job.reason_code,
+            job.waiting,
+            job.waiting_since,
+            job.waiting_until,
         )
         placeholders = ",".join("?" * len(_COLUMNS))
         self._conn.execute(
@@ -132,15 +165,80 @@ class JobStore:
         self._conn.execute("COMMIT")
 
     def get(self, job_id: str) -> Job | None:
-        row = self._conn.execute(
-            f"SELECT {','.join(_COLUMNS)} FROM jobs WHERE id = ?",  # noqa: S608 - constants
-            (job_id,),
-        ).fetchone()
+        row = self._conn.execute(f"{_SELECT} WHERE id = ?", (job_id,)).fetchone()
         return _row_to_job(row) if row is not None else None
 
     def load_all(self) -> list[Job]:
-        cur = self._conn.execute(f"SELECT {','.join(_COLUMNS)} FROM jobs")  # noqa: S608
+        """Every row (tests and tools; the daemon reads pages and active rows only)."""
+        cur = self._conn.execute(_SELECT)
         return [_row_to_job(row) for row in cur.fetchall()]
+
+    def load_active(self) -> list[Job]:
+        """Queued and running rows, plus every row one of them depends on (for restore)."""
+        marks = _marks(_ACTIVE)
+        rows = self._conn.execute(
+            f"{_SELECT} WHERE status IN ({marks}) OR id IN "  # noqa: S608 - constants
+            f"(SELECT depends_on FROM jobs WHERE status IN ({marks}) AND depends_on IS NOT NULL)",
+            (*_ACTIVE, *_ACTIVE),
+        ).fetchall()
+        return [_row_to_job(row) for row in rows]
+
+    def max_seq(self) -> int:
+        row = self._conn.execute("SELECT MAX(seq) FROM jobs").fetchone()
+        return int(row[0] or 0)
+
+    def page(
+        self, *, limit: int, before: int | None = None, statuses: Collection[str] | None = None
+    ) -> list[Job]:
+        """The newest ``limit`` rows with ``seq < before`` (and one of ``statuses``),
+        newest first: one index range scan, whatever the table holds."""
+        where = ["seq < ?"]
+        params: list[Any] = [before if before is not None else _NO_UPPER_BOUND]
+        if statuses is not None:
+            where.append(f"status IN ({_marks(statuses)})")
+            params.extend(statuses)
+        params.append(limit)
+        rows = self._conn.execute(
+            f"{_SELECT} WHERE {' AND '.join(where)} ORDER BY seq DESC LIMIT ?",
+            params,
+        ).fetchall()
+        return [_row_to_job(row) for row in rows]
+
+    def prunable(self, *, keep: int, finished_before: float, limit: int) -> list[str]:
+        """Ids of terminal jobs past the cap, oldest first, at most ``limit`` of them.
+
+        Past the cap means: not among the newest ``keep`` terminal jobs (by ``seq``), or
+        finished before ``finished_before``. A row an active job depends on is never
+        listed: restore would otherwise cancel that job for a missing prerequisite.
+        """
+        terminal = _marks(_TERMINAL)
+        threshold = self._conn.execute(
+            f"SELECT seq FROM jobs WHERE status IN ({terminal}) "  # noqa: S608 - constants
+            "ORDER BY seq DESC LIMIT 1 OFFSET ?",
+            (*_TERMINAL, keep),
+        ).fetchone()
+        # Rows with seq <= threshold are beyond the newest ``keep``; none if there are fewer.
+        beyond = int(threshold[0]) if threshold is not None else -1
+        rows = self._conn.execute(
+            f"SELECT id FROM jobs WHERE status IN ({terminal}) "  # noqa: S608 - constants
+            "AND (seq <= ? OR COALESCE(finished_at, created_at) < ?) "
+            f"AND id NOT IN (SELECT depends_on FROM jobs WHERE status IN ({_marks(_ACTIVE)}) "
+            "AND depends_on IS NOT NULL) ORDER BY seq LIMIT ?",
+            (*_TERMINAL, beyond, finished_before, *_ACTIVE, limit),
+        ).fetchall()
+        return [str(row[0]) for row in rows]
+
+    def delete(self, job_ids: Collection[str]) -> None:
+        """Remove rows (one transaction); ids that do not exist are ignored."""
+        if not job_ids:
+            return
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            self._conn.executemany("DELETE FROM jobs WHERE id = ?", [(i,) for i in job_ids])
+        except BaseException:
+            self._conn.execute("ROLLBACK")
+            raise
+        self._conn.execute("COMMIT")
 
     # Process groups of running jobs (see meshd.jobs.orphans).
 
@@ -158,6 +256,14 @@ class JobStore:
         rows = self._conn.execute("SELECT job_id, pgid, identity FROM job_processes").fetchall()
         self._conn.execute("DELETE FROM job_processes")
         return [(str(j), int(p), str(i)) for j, p, i in rows]
+
+
+# Larger than any seq: "no ``before``" is then the same single range scan.
+_NO_UPPER_BOUND = 2**63 - 1
+
+
+def _marks(values: Collection[str]) -> str:
+    return ",".join("?" * len(values))
 
 
 def _row_to_job(row: tuple[Any, ...]) -> Job:
