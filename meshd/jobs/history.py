@@ -59,10 +59,12 @@ async def prune_history(
         batch = [job_id for job_id in batch if job_id not in active]
         if not batch:
             break
-        store.delete(batch)
+        # Files first: a crash in between leaves rows whose logs are gone (pruned again
+        # next time), never log files no row names (which nothing would ever delete).
         for job_id in batch:
             logs.close(job_id)
         await asyncio.to_thread(logs.delete_files, batch)
+        store.delete(batch)
         removed.extend(batch)
         if len(batch) < PRUNE_BATCH:
             break
