@@ -36,6 +36,10 @@ def _no_peers() -> list[dict[str, Any]]:
     return []
 
 
+def _no_builds(_configuration: str) -> list[dict[str, Any]]:
+    return []
+
+
 @dataclass
 class ApiHooks:
     """Extension points the mesh fills in when it is wired into the daemon.
@@ -45,7 +49,9 @@ class ApiHooks:
       and in ``/api/v1/status``;
     * ``routes``: extra routes (e.g. pairing, trust), with full paths under
       ``API_PREFIX``, served with the same authentication and JSON errors; add them
-      before the server starts.
+      before the server starts;
+    * ``builds``: the kept builds of a configuration (absolute path), newest first, as
+      JSON objects (``meshd.toolchain.archive.KeptBuild.to_dict``), set by the daemon.
     """
 
     fingerprint: Callable[[], str | None] = _no_fingerprint
@@ -53,6 +59,7 @@ class ApiHooks:
     node: Callable[[], dict[str, Any]] = dict
     """Extra facts about this node for ``status.node`` (the mesh's identity and roles)."""
     routes: list[web.AbstractRouteDef] = field(default_factory=list)
+    builds: Callable[[str], list[dict[str, Any]]] = _no_builds
 
 
 ENGINE_KEY = web.AppKey("engine", Engine)

@@ -82,9 +82,13 @@ async def test_armed_upload_waits_then_starts_when_its_device_announces_itself(
 
     released = eng.device_seen("kitchen", "10.0.0.7")
     assert [job.id for job in released] == [upload_job.id]
-    # Released synchronously: on the lane (or already started) when device_seen returns.
+    # Released synchronously: on the lane when device_seen returns, and running after
+    # a few turns of the event loop (no poll interval, no timer between them).
     assert eng.get(upload_job.id).waiting is None
     assert eng.lane_status(LaneName.UPLOAD).waiting == 0
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert eng.get(upload_job.id).status is JobStatus.RUNNING
     await harness.started(upload_job)
     assert eng.get(upload_job.id).device == "10.0.0.7"
     [event] = _armed_events(harness, upload_job, events.JobReleased)
