@@ -540,8 +540,11 @@ class Engine:
         self.upload_lane.enqueue(job)
 
     def _assign_device(self, job: Job, name: str, address: str | None) -> None:
-        if job.device is None:
+        """A fixed device (the request's) stays; otherwise the announced address."""
+        if job.device is None or job.options.device_announced:
             job.device = address or f"{name}.local"
+            if not job.options.device_announced:
+                job.options = replace(job.options, device_announced=True)
 
     def _expire(self, job: Job) -> None:
         waited = (job.waiting_until or now()) - (job.waiting_since or now())

@@ -107,6 +107,9 @@ class JobOptions:
     device_name: str | None = None
     """upload with ``when_online``: the device's ``esphome: name`` it waits for (the
     engine reads it from the build record when not given)."""
+    device_announced: bool = False
+    """upload with ``when_online``: ``device`` is the address the device announced (not
+    the request's), so a later release (after a restart) replaces it."""
     build: str | None = None
     """upload: flash this kept build (``meshd.toolchain.archive``) instead of the last one."""
     extra: Mapping[str, Any] = field(default_factory=dict, hash=False)

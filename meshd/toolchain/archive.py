@@ -362,7 +362,7 @@ class BuildArchive:
                 await work
             await asyncio.to_thread(self.forget, config, job.id)
             raise
-        count = len(self.builds(config))
+        count = len(await asyncio.to_thread(self.builds, config))
         ctx.log(
             f"[meshd] kept build {build.build_id} ({len(build.files)} files, "
             f"{build.size} bytes; {count} kept for this configuration)"

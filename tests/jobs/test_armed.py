@@ -221,6 +221,29 @@ async def test_armed_upload_survives_a_restart_with_its_deadline(
         assert h.engine.get(compile_job.id).status is C
 
 
+async def test_an_upload_interrupted_after_release_is_armed_again_on_restart(
+    tmp_path: Path, gate: GatedRunner
+) -> None:
+    """The device was awake when meshd stopped; after the restart it may be asleep again."""
+    data = tmp_path / "data"
+    async with running(data, gate) as h:
+        _compile, upload_job = await _armed_chain(h)
+        since = h.engine.get(upload_job.id).waiting_since
+        h.engine.device_seen("kitchen", "10.0.0.7")
+        await h.started(upload_job)
+    async with running(data, gate) as h:
+        job = h.engine.get(upload_job.id)
+        assert (job.status, job.waiting) == (Q, WAITING_DEVICE)
+        assert job.waiting_since == since and job.device == "10.0.0.7"
+        h.gate.started_marker(upload_job.id).unlink()
+        h.engine.device_seen("kitchen", "10.0.0.8")
+        await h.started(upload_job)
+        # Where the device is now, not where it was: the address was not the request's.
+        assert h.engine.get(upload_job.id).device == "10.0.0.8"
+        h.gate.release(upload_job.id)
+        await h.status(upload_job, C)
+
+
 async def test_expiry_survives_a_restart(tmp_path: Path, gate: GatedRunner) -> None:
     """The deadline is stored: a restart with the default week still expires it."""
     data = tmp_path / "data"
