@@ -467,8 +467,9 @@ class Engine:
     def device_seen(self, name: str, address: str | None = None) -> list[Job]:
         """Device ``name`` announced itself (at ``address``): release its armed uploads.
 
-        Synchronous, call from the event loop: each released upload is on the upload
-        lane when this returns and starts as soon as a slot is free. An upload with a
+        Synchronous, call from the event loop (from a zeroconf thread, through
+        ``loop.call_soon_threadsafe``): each released upload is on the upload lane when
+        this returns and starts as soon as a slot is free. An upload with a
         fixed device keeps it; one without uses ``address`` (else ``NAME.local``).
         Returns the released jobs (none if nothing waited for ``name``).
         """
