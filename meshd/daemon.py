@@ -96,6 +96,7 @@ class Daemon:
         settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.toolchain = Toolchain.from_command(settings.esphome)
         self.archive = BuildArchive(settings.data_dir / "artifacts", keep=settings.kept_builds)
+        self.archive.clean_leftovers()
         self.engine = Engine(
             settings.data_dir,
             runners if runners is not None else make_runners(self.toolchain, archive=self.archive),

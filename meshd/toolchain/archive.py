@@ -209,6 +209,15 @@ class BuildArchive:
         # never deletes a build while it is being staged.
         self._lock = threading.Lock()
 
+    def clean_leftovers(self) -> None:
+        """Remove what a crashed daemon left half-done: staged uploads, partial copies.
+
+        Call once at start, before any job runs (nothing else writes there then).
+        """
+        shutil.rmtree(self.root / STAGING, ignore_errors=True)
+        for partial in self.root.glob("*/.partial-*"):
+            shutil.rmtree(partial, ignore_errors=True)
+
     # -- reading ------------------------------------------------------------------
 
     def builds(self, configuration: str | Path) -> list[KeptBuild]:

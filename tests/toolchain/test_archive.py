@@ -199,6 +199,22 @@ def test_a_build_outside_the_data_dir_is_not_kept(tmp_path: Path) -> None:
     assert not (archive.root / config_key(config)).exists()  # nothing half-kept
 
 
+async def test_leftovers_of_a_crash_are_cleaned_and_kept_builds_stay(
+    tmp_path: Path, standin: Toolchain
+) -> None:
+    config = _config(tmp_path / "cfg")
+    await _compile(standin, config)
+    archive = BuildArchive(tmp_path / "artifacts")
+    build = archive.keep_build(config, "00000000000e")
+    staged = archive.stage(config, build.build_id, "0000000000f1")
+    partial = build.directory.parent / ".partial-00000000000f-abcd"
+    partial.mkdir()
+    archive.clean_leftovers()
+    assert not staged.exists() and not partial.exists()
+    assert archive.builds(config) == [build]
+    archive.verify(build)
+
+
 def test_no_build_record_is_a_clear_error(tmp_path: Path) -> None:
     config = _config(tmp_path / "cfg")
     with pytest.raises(ArchiveError, match="compile it first"):
