@@ -19,6 +19,15 @@ Where the mesh plugs in
 * :attr:`Daemon.hooks` (:class:`meshd.api.ApiHooks`): ``mesh`` (the mesh as a
   ``MeshControl``: identity, peers, trust, pairing) and ``routes`` (the pairing/trust
   endpoints built on it) for the API.
+
+Where the fleet plugs in
+------------------------
+The device monitor (a service like the mesh) drives armed uploads through two engine
+hooks, both called on the event loop: it sets ``engine.devices_online`` (name →
+address if the device is online now) and calls ``engine.device_seen(name, address)``
+each time a device announces itself. The daemon itself wires ``engine.device_name_of``
+(the name in esphome's build record), ``engine.after_compile`` (keep the firmware in
+:attr:`Daemon.archive`) and ``hooks.builds`` (the kept builds, for the API).
 """
 
 from __future__ import annotations
@@ -30,6 +39,7 @@ import os
 import re
 import signal
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Protocol
 
 from meshd import __version__
@@ -39,13 +49,16 @@ from meshd.api.state import ApiHooks, NodeFacts
 from meshd.config import Settings
 from meshd.db import database_path
 from meshd.jobs.engine import Engine
+from meshd.jobs.history import HistoryLimits
 from meshd.jobs.model import JobType
 from meshd.jobs.runner import Runner
 from meshd.jobs.store import DatabaseUnusable, check_database
 from meshd.mesh.node import MeshSettings
 from meshd.mesh.service import MeshService
 from meshd.sdnotify import Notifier
+from meshd.toolchain.archive import BuildArchive
 from meshd.toolchain.runners import make_runners
+from meshd.toolchain.storage import ArtifactError, load_storage
 from meshd.toolchain.tools import Toolchain, ToolMissing
 
 _LOGGER = logging.getLogger(__name__)
@@ -88,15 +101,23 @@ class Daemon:
         self.notifier = notifier or Notifier()
         settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.toolchain = Toolchain.from_command(settings.esphome)
+        self.archive = BuildArchive(settings.data_dir / "artifacts", keep=settings.kept_builds)
+        self.archive.clean_leftovers()
         self.engine = Engine(
             settings.data_dir,
-            runners if runners is not None else make_runners(self.toolchain),
+            runners if runners is not None else make_runners(self.toolchain, archive=self.archive),
             upload_slots=settings.upload_slots,
+            armed_upload_ttl=settings.armed_upload_ttl,
+            history=HistoryLimits(keep=settings.history_keep, max_age=settings.history_max_age),
         )
+        if settings.kept_builds:
+            self.engine.after_compile = self.archive.after_compile
+        self.engine.device_name_of = self._device_name_of
         self.node = NodeFacts(
             name=settings.name, version=__version__, data_dir=str(settings.data_dir)
         )
         self.hooks = ApiHooks()
+        self.hooks.builds = lambda config: [b.to_dict() for b in self.archive.builds(config)]
         self._version_probed = asyncio.Event()
         self.services: list[Service] = self.build_services()
         self.api = ApiServer(
@@ -107,6 +128,13 @@ class Daemon:
             hooks=self.hooks,
         )
         self._stop_requested: asyncio.Event | None = None
+
+    def _device_name_of(self, configuration: str) -> str | None:
+        """The ``esphome: name`` of a configuration's last build (esphome's own record)."""
+        try:
+            return load_storage(Path(configuration), self.toolchain.environ()).name
+        except ArtifactError:
+            return None
 
     def build_services(self) -> list[Service]:
         """The mesh, as one service; it also fills the API hooks (identity, peers, routes)."""

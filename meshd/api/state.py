@@ -6,6 +6,7 @@ Kept apart from the server and the routes so both can import it without a cycle.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +27,10 @@ class NodeFacts:
     """Filled in once ``esphome version`` has answered (it runs once, at start)."""
 
 
+def _no_builds(_configuration: str) -> list[dict[str, Any]]:
+    return []
+
+
 @dataclass
 class ApiHooks:
     """Where the mesh plugs into the API when it is wired into the daemon.
@@ -35,11 +40,14 @@ class ApiHooks:
       ``status.node``;
     * ``routes``: extra routes (e.g. pairing, trust), with full paths under
       ``meshd.api.wire.API_PREFIX``, served with the same authentication and JSON errors; add them
-      before the server starts.
+      before the server starts;
+    * ``builds``: the kept builds of a configuration (absolute path), newest first, as
+      JSON objects (``meshd.toolchain.archive.KeptBuild.to_dict``), set by the daemon.
     """
 
     mesh: MeshControl | None = None
     routes: list[web.AbstractRouteDef] = field(default_factory=list)
+    builds: Callable[[str], list[dict[str, Any]]] = _no_builds
 
     def fingerprint(self) -> str | None:
         """This node's identity fingerprint (None without a mesh)."""

@@ -33,10 +33,11 @@ environment variables (which win)::
 ``STANDIN_ESPHOME_VERSION`` sets the version (default 2026.6.5); with
 ``STANDIN_VERSION_GATE`` set, ``version`` answers only once that file exists. Every upload appends
 ``{"device", "config", "firmware", "sha256"}`` to ``<data_dir>/standin-uploads.jsonl``
-so a test can see what was "flashed". ``STANDIN_PID_FILE`` (if set) receives the pid
-of a running compile, so a test can check it was killed. ``STANDIN_CHILD_PID_FILE`` (if
-set) makes a compile start a long-sleeping child in its process group first, as
-esphome starts PlatformIO, and receives that child's pid.
+so a test can see what was "flashed" (``STANDIN_UPLOAD_LOG`` names another file for
+that record: an upload from a scratch data directory). ``STANDIN_PID_FILE`` (if set)
+receives the pid of a running compile, so a test can check it was killed.
+``STANDIN_CHILD_PID_FILE`` (if set) makes a compile start a long-sleeping child in its
+process group first, as esphome starts PlatformIO, and receives that child's pid.
 """
 
 from __future__ import annotations
@@ -296,8 +297,11 @@ def upload_config(config: Config, device: str) -> int:
         "firmware": str(firmware),
         "sha256": hashlib.sha256(payload).hexdigest(),
     }
-    config.data_dir.mkdir(parents=True, exist_ok=True)
-    with (config.data_dir / "standin-uploads.jsonl").open("a", encoding="utf-8") as handle:
+    uploads = Path(
+        os.environ.get("STANDIN_UPLOAD_LOG") or config.data_dir / "standin-uploads.jsonl"
+    )
+    uploads.parent.mkdir(parents=True, exist_ok=True)
+    with uploads.open("a", encoding="utf-8") as handle:
         handle.write(json.dumps(record) + "\n")
     log("INFO", "Successfully uploaded program.")
     return 0
