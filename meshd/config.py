@@ -124,7 +124,8 @@ class Settings:
     mdns_interfaces: tuple[str, ...] = ()
     """Empty: all interfaces."""
     name: str = field(default_factory=socket.gethostname)
-    esphome: tuple[str, ...] = ("esphome",)
+    esphome: tuple[str, ...] = ()
+    """Empty: find it (beside meshd's interpreter, then PATH; ``meshd.toolchain.locate_tool``)."""
     upload_slots: int = DEFAULT_UPLOAD_SLOTS
     receiver: bool = True
     offload: bool = True
@@ -132,6 +133,8 @@ class Settings:
     version_policy: VersionPolicy = VersionPolicy.RELEASE
     include_local: bool = True
     heartbeat: float = DEFAULT_HEARTBEAT
+    metrics_listen: HostPort | None = None
+    """A second, unauthenticated listener serving only ``/metrics`` (for Prometheus)."""
     config_file: Path | None = None
     """The TOML file that was read, if any (for the start-up log)."""
 
@@ -226,6 +229,7 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "version_policy": _policy,
     "include_local": _bool,
     "heartbeat": _positive_float,
+    "metrics_listen": lambda v: parse_host_port(str(v)),
 }
 
 SETTING_NAMES = tuple(_PARSERS)

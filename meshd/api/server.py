@@ -38,6 +38,7 @@ from meshd.api.state import (
     ApiHooks,
     NodeInfo,
 )
+from meshd.api.ui import browser_auth
 from meshd.api.validation import ApiError
 from meshd.config import HostPort
 from meshd.jobs.engine import Engine
@@ -76,6 +77,9 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
 async def _auth(request: web.Request, handler: Handler) -> web.StreamResponse:
     expected = request.app[TOKEN_KEY]
     header = request.headers.get("Authorization", "")
+    # No token: the status page's files, its login, or its session cookie (ui.py).
+    if not header and browser_auth(request):
+        return await handler(request)
     scheme, _, token = header.partition(" ")
     # compare_digest: the token must not leak through response timing.
     if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip(), expected):

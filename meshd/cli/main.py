@@ -208,6 +208,9 @@ def cli() -> None:
     help="Use the local compile lane while receivers are busy.",
 )
 @click.option("--heartbeat", type=float, metavar="SECONDS", help="Peer heartbeat interval.")
+@click.option(
+    "--metrics-listen", metavar="HOST:PORT", help="Serve /metrics here without a token [off]."
+)
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 def serve(config_file: Path | None, verbose: bool, **flags: Any) -> None:
     """Run the meshd daemon in the foreground (systemd: Type=notify)."""
@@ -482,6 +485,8 @@ def status(as_json: bool, **opts: Any) -> None:
         if as_json:
             _print_json(body)
         else:
+            for warning in body["node"].pop("warnings", None) or []:
+                err_console.print(Text("warning: ", style="bold yellow") + Text(str(warning)))
             for table in status_tables(body):
                 console.print(table)
                 console.print()
@@ -517,3 +522,4 @@ def main() -> None:
 # The mesh commands register themselves on ``cli``; imported last because they use
 # the plumbing above.
 from meshd.cli import mesh as _mesh_commands  # noqa: E402, F401 - importing registers the commands
+from meshd.cli import ui as _ui_command  # noqa: E402, F401 - importing registers `meshd ui`
