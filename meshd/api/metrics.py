@@ -30,7 +30,7 @@ from typing import Any
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.exposition import choose_encoder, generate_latest
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from meshd.api.state import NodeInfo
@@ -200,7 +200,7 @@ class Metrics:
         self._unlisten()
 
     def render(self) -> bytes:
-        """The exposition text (Prometheus text format 0.0.4)."""
+        """The exposition text (Prometheus text format)."""
         return generate_latest(self.registry)
 
     # -- events ---------------------------------------------------------------------
@@ -354,9 +354,10 @@ def tcp_byte_counts(sock: Any) -> tuple[int, int] | None:
 
 
 def metrics_handler(metrics: Metrics) -> Callable[[web.Request], Any]:
-    async def handle(_request: web.Request) -> web.Response:
-        body = metrics.render()
-        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+    async def handle(request: web.Request) -> web.Response:
+        # Prometheus says what it reads (text 0.0.4/1.0.0, OpenMetrics); the library picks.
+        encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
+        return web.Response(body=encoder(metrics.registry), headers={"Content-Type": content_type})
 
     return handle
 
