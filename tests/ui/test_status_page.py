@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cluster.conftest import identity, link, node, wait_peer
+from tests.cluster.conftest import identity, link, node, until, wait_peer
 from tests.daemon.conftest import Meshd, MeshdFactory, host_config
 from tests.support.host_device import free_port
 from tests.ui.conftest import login_url
@@ -197,7 +197,8 @@ def test_a_remote_compile_shows_its_receiver_and_why(
         small.set_default_timeout(WAIT_MS)
         small.goto(login_url(pi)["url"])
         wait_live(small)
-        small.wait_for_selector(f"#lane-compile li[data-job='{ids['compile']}']")
+        # Running or already done (a loaded machine): the job is on the page either way.
+        small.wait_for_selector(f"li[data-job='{ids['compile']}']")
         width = small.evaluate("document.documentElement.scrollWidth")
         assert width <= 390, f"the page scrolls sideways on a phone ({width}px)"
         small.screenshot(path=str(artifacts / "phone.png"), full_page=True)
@@ -206,3 +207,18 @@ def test_a_remote_compile_shows_its_receiver_and_why(
     job_item(page, "#history-list", ids["upload"], "completed")
     assert identity(desk)["fingerprint"] == desk_fp
     page.screenshot(path=str(artifacts / "remote-completed.png"), full_page=True)
+
+
+def test_a_missing_esphome_is_a_warning_on_the_page(
+    meshd: MeshdFactory, page: sync_api.Page, artifacts: Path
+) -> None:
+    daemon = meshd(esphome="/nonexistent/esphome").start()
+    # The version probe runs in the background; the warning is there once it answered.
+    until("probe", lambda: daemon.cli_json("status")["node"]["warnings"])
+    open_page(page, daemon)
+    warning = page.wait_for_selector("#warnings .warning")
+    assert warning is not None
+    text = warning.text_content() or ""
+    assert "esphome cannot be run" in text and "--esphome" in text
+    assert page.text_content("[data-fact='esphome']") == "not available"
+    page.screenshot(path=str(artifacts / "esphome-missing.png"), full_page=True)
