@@ -82,6 +82,13 @@ while [ ! -f "$MESHD_DATA_DIR/api.json" ]; do
     sleep 0.1
 done
 .venv/bin/meshd status --json > "$OUT/status.json"
+.venv/bin/python - <<'PY'
+import json, os, urllib.request
+url = json.load(open(os.path.join(os.environ["MESHD_DATA_DIR"], "api.json")))["url"]
+for name, path in (("index.html", "/"), ("app.js", "/static/app.js")):
+    with urllib.request.urlopen(url + path, timeout=60) as response:
+        open(os.path.join(os.environ["OUT"], name), "wb").write(response.read())
+PY
 .venv/bin/meshd compile "$CONFIG" --json > "$OUT/compile.json" 2> "$OUT/compile.err"
 echo $? > "$OUT/compile.rc"
 kill -TERM "-$serve"
@@ -170,6 +177,10 @@ def test_readme_first_command_in_a_fresh_venv(
     node = json.loads((out / "status.json").read_text())["node"]
     assert node["esphome"] == str(venv_esphome), node
     assert node["warnings"] == [], node
+
+    # The status page shipped in the wheel (package data) and is served.
+    assert '<script src="/static/app.js"' in (out / "index.html").read_text(), report
+    assert "new WebSocket" in (out / "app.js").read_text(), report
 
     compile_err = (out / "compile.err").read_text()
     assert (out / "compile.rc").read_text().strip() == "0", f"{compile_err}\n{report}"
