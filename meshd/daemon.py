@@ -16,6 +16,10 @@ Where the mesh plugs in
   are started after the engine and before the API, and stopped after the API and
   before the engine, so no request reaches a half-started mesh and no remote compile
   is in flight while the engine persists its jobs.
+* The operator's view: :class:`meshd.api.metrics.Metrics` listens to the engine's bus
+  from the start; the status page and ``/metrics`` are API routes; ``--metrics-listen``
+  adds a :class:`~meshd.api.metrics.MetricsServer` service; :mod:`meshd.observe` bridges
+  peer changes onto the bus and reads link bytes for the metrics.
 * :attr:`Daemon.hooks` (:class:`meshd.api.ApiHooks`): ``fingerprint`` (the identity),
   ``peers`` (the registry snapshot) and ``routes`` (pairing/trust endpoints) for the API.
 """
@@ -175,8 +179,6 @@ class Daemon:
             for service in self.services:
                 await service.start()
                 started.append(service)
-                if isinstance(service, MetricsServer):
-                    _LOGGER.info("metrics listening on %s", service.url)
             url = await self.api.start()
             write_api_file(self.settings.data_dir, url, self.api.token)
             self.notifier.ready(f"serving the control API on {url}")

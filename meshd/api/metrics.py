@@ -21,6 +21,7 @@ Defined now and 0 until their features land (docs/API.md lists them):
 from __future__ import annotations
 
 import contextlib
+import logging
 import socket
 import struct
 import time
@@ -37,6 +38,8 @@ from meshd.api.state import NodeInfo
 from meshd.jobs.engine import Engine
 from meshd.jobs.events import Event
 from meshd.jobs.model import LOCAL_RUNNER, LaneName
+
+_LOGGER = logging.getLogger(__name__)
 
 METRICS_PATH = "/metrics"
 
@@ -403,6 +406,7 @@ class MetricsServer:
                 break
         host = f"[{self.host}]" if ":" in self.host else self.host
         self.url = f"http://{host}:{port}{METRICS_PATH}"
+        _LOGGER.info("metrics listening on %s", self.url)
 
     async def stop(self) -> None:
         if self._runner is not None:
