@@ -90,6 +90,8 @@ def test_a_job_from_the_cli_shows_live_and_cancel_works(
     open_page(page, daemon)
     assert page.text_content("[data-fact='esphome']") == "2026.6.5"
     page.wait_for_selector("#queue-list .empty")
+    # No /api/v1/devices yet (404): the fleet section stays hidden until the fleet lands.
+    assert page.is_hidden("#fleet")
 
     # An install queued on the command line appears, moves, and ends, with no reload.
     config = host_config(tmp_path / "cfg", "kitchen", compile_seconds=6)
