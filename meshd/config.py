@@ -106,7 +106,8 @@ class Settings:
     mdns_interfaces: tuple[str, ...] = ()
     """Empty: all interfaces."""
     name: str = field(default_factory=socket.gethostname)
-    esphome: tuple[str, ...] = ("esphome",)
+    esphome: tuple[str, ...] = ()
+    """Empty: find it (beside meshd's interpreter, then PATH; ``meshd.toolchain.locate_tool``)."""
     upload_slots: int = DEFAULT_UPLOAD_SLOTS
     receiver: bool = True
     offload: bool = True
@@ -122,6 +123,8 @@ class Settings:
     """Finished jobs kept (with their logs); older ones are pruned."""
     history_max_age: float = DEFAULT_HISTORY_MAX_AGE
     """Seconds after which a finished job is pruned, whatever the count."""
+    metrics_listen: HostPort | None = None
+    """A second, unauthenticated listener serving only ``/metrics`` (for Prometheus)."""
     config_file: Path | None = None
     """The TOML file that was read, if any (for the start-up log)."""
 
@@ -249,6 +252,7 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "kept_builds": _count,
     "history_keep": _count,
     "history_max_age": _duration,
+    "metrics_listen": lambda v: parse_host_port(str(v)),
 }
 
 SETTING_NAMES = tuple(_PARSERS)

@@ -87,6 +87,8 @@ async def status(request: web.Request) -> web.Response:
             "name": node.name,
             "fingerprint": hooks.fingerprint(),
             "esphome_version": node.esphome_version,
+            "esphome": node.esphome,
+            "warnings": list(node.warnings),
             "version": __version__,
             "data_dir": node.data_dir,
         },

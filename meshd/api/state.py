@@ -25,6 +25,10 @@ class NodeFacts:
     data_dir: str
     esphome_version: str | None = None
     """Filled in once ``esphome version`` has answered (it runs once, at start)."""
+    esphome: str | None = None
+    """The esphome command the daemon runs (found beside its interpreter, on PATH, or set)."""
+    warnings: list[str] = field(default_factory=list)
+    """Problems an operator must fix, e.g. "esphome not found" (``meshd status``, the page)."""
 
 
 def _no_builds(_configuration: str) -> list[dict[str, Any]]:

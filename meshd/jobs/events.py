@@ -150,6 +150,35 @@ class LaneStatusChanged:
         return {"type": self.type, **self.snapshot.to_dict()}
 
 
+PEER_CHANGED = "peer_changed"
+
+
+@dataclass(frozen=True)
+class PeerChanged:
+    """A peer of this node's registry was added, updated or removed (``peer`` is None).
+
+    The bus carries it so the events websocket shows peers live; it is plain data (the
+    record as ``/api/v1/peers`` lists it), so the jobs layer knows nothing of the mesh.
+    """
+
+    change: str
+    fingerprint: str
+    peer: dict[str, Any] | None
+    TYPE: ClassVar[str] = PEER_CHANGED
+
+    @property
+    def type(self) -> str:
+        return self.TYPE
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "type": self.type,
+            "change": self.change,
+            "fingerprint": self.fingerprint,
+            "peer": self.peer,
+        }
+
+
 Event: TypeAlias = (
     JobQueued
     | JobStarted
@@ -159,6 +188,7 @@ Event: TypeAlias = (
     | JobReleased
     | JobFinished
     | LaneStatusChanged
+    | PeerChanged
 )
 """Everything the bus carries; match on the class, not on ``type``."""
 

@@ -21,7 +21,7 @@ from meshd.sdnotify import Notifier
 def test_defaults(tmp_path: Path) -> None:
     settings = load_settings({"data_dir": str(tmp_path)}, env={})
     assert settings.api == HostPort("127.0.0.1", 6055)
-    assert settings.esphome == ("esphome",)
+    assert settings.esphome == ()  # found at start: beside the interpreter, then PATH
     assert settings.upload_slots == 4 and settings.receiver and settings.offload
     assert settings.version_policy is VersionPolicy.RELEASE
     assert settings.name  # the hostname
