@@ -98,11 +98,13 @@ def _fit(columns: Sequence[Col], natural: Sequence[int], width: int) -> dict[int
         kept.remove(min(droppable, key=lambda i: (columns[i].drop, -i)))
     widths = {i: natural[i] for i in kept if not columns[i].free}
     free = sorted((i for i in kept if columns[i].free), key=lambda i: natural[i])
-    left = width - sum(widths.values()) - _GAP * (len(kept) - 1)
+    # Every free column gets its floor, then what is left is shared out, the narrowest
+    # first, so a short column takes only what it needs and the rest goes to the long.
+    spare = width - sum(widths.values()) - _GAP * (len(kept) - 1) - sum(map(floor, free))
     for count, i in enumerate(free):
-        share = left // (len(free) - count)
-        widths[i] = max(floor(i), min(natural[i], share))
-        left -= widths[i]
+        extra = min(natural[i] - floor(i), max(0, spare) // (len(free) - count))
+        widths[i] = floor(i) + extra
+        spare -= extra
     return widths
 
 
@@ -228,18 +230,23 @@ JOB_COLUMNS = (
     Col("TYPE", drop=6),
     Col("STATUS"),
     Col("CONFIGURATION", free=True, min_width=12, drop=7),
-    Col("DEVICE", free=True, min_width=8, drop=3),
+    Col("DEVICE", free=True, min_width=8, drop=4),
     Col("RUNNER", drop=2),
-    Col("CREATED", drop=4),
-    Col("NOTE", free=True, min_width=12, drop=5),
+    Col("CREATED", drop=3),
+    # Wide enough for the start of an error ("Failed config", "Timeout uploading").
+    Col("NOTE", free=True, min_width=16, drop=5),
 )
+
+
+# A type as the command that submits it is called: narrower, and what the user typed.
+_TYPE_LABEL = {"reset_build_env": "reset"}
 
 
 def jobs_table(jobs: Sequence[dict[str, Any]], width: int) -> Table:
     rows = [
         (
             job["id"],
-            job["type"],
+            _TYPE_LABEL.get(job["type"], job["type"]),
             status_text(job["status"]),
             _short_config(job["configuration"]),
             job.get("device") or "",
@@ -323,7 +330,9 @@ def node_table(node: dict[str, Any]) -> Table:
     for key, label, show in NODE_FIELDS:
         shown.add(key)
         if key in node:
-            rows.append((label, "—" if node[key] is None else show(node)))
+            # esphome_version is None when esphome is missing: its shower says so.
+            missing = node[key] is None and key != "esphome_version"
+            rows.append((label, "—" if missing else show(node)))
     for key, value in node.items():
         if key not in shown:
             rows.append((key.replace("_", " ").capitalize(), "—" if value is None else str(value)))
