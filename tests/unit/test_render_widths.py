@@ -14,6 +14,8 @@ import time
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from rich.cells import cell_len
 from rich.console import Console, RenderableType
 
@@ -329,3 +331,32 @@ def test_peer_text_is_cleaned_in_every_table() -> None:
         assert "]52;" not in raw and "[2J" not in raw and "\u202e" not in raw
         # rich markup in the name is shown as text, never interpreted
         assert "[link=http://x/]" in console.export_text(styles=False)
+
+
+_word = st.text(st.characters(min_codepoint=33, max_codepoint=0x2FF), min_size=1, max_size=30)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    width=st.integers(min_value=56, max_value=220),
+    rows=st.lists(
+        st.tuples(
+            st.from_regex(r"[0-9a-f]{12}", fullmatch=True),
+            st.lists(_word, min_size=0, max_size=12).map(" ".join),
+            st.lists(_word, min_size=0, max_size=12).map(" ".join),
+        ),
+        min_size=1,
+        max_size=6,
+    ),
+)
+def test_any_jobs_fit_with_whole_ids(width: int, rows: list[tuple[str, str, str]]) -> None:
+    """Whatever the paths, devices and errors, a jobs table fits and keeps its ids."""
+    jobs = [
+        _job(id=job_id, configuration=f"/x/{path}.yaml", device=device or None, error=path)
+        for job_id, path, device in rows
+    ]
+    lines = render(jobs_table(jobs, width), width)
+    assert_header(lines, JOB_COLUMNS)
+    assert len(lines) == 1 + len(jobs)
+    for job, line in zip(jobs, lines[1:], strict=True):
+        assert line.startswith(job["id"] + "  ")
