@@ -242,7 +242,33 @@ JOB_COLUMNS = (
 _TYPE_LABEL = {"reset_build_env": "reset"}
 
 
+# Below this many columns `meshd jobs` puts type, configuration and device into one
+# column (what `describe` says: "upload kitchen.yaml → 192.168.1.20"), cut to fit,
+# so the note (why it failed) still has room at 60.
+NARROW = 70
+NARROW_JOB_COLUMNS = (
+    Col("ID"),
+    Col("STATUS"),
+    Col("JOB", free=True, min_width=14),
+    Col("CREATED", drop=3),
+    Col("NOTE", free=True, min_width=14, drop=5),
+)
+
+
 def jobs_table(jobs: Sequence[dict[str, Any]], width: int) -> Table:
+    """``meshd jobs``: one line per job, fitted to ``width`` (narrow layout below NARROW)."""
+    if width < NARROW:
+        narrow = [
+            (
+                job["id"],
+                status_text(job["status"]),
+                describe(job),
+                _age(job.get("created_at")),
+                job_note(job),
+            )
+            for job in jobs
+        ]
+        return fit_table(NARROW_JOB_COLUMNS, narrow, width)
     rows = [
         (
             job["id"],

@@ -22,6 +22,8 @@ from rich.console import Console, RenderableType
 from meshd.cli.render import (
     JOB_COLUMNS,
     LANE_COLUMNS,
+    NARROW,
+    NARROW_JOB_COLUMNS,
     PEER_COLUMNS,
     TRUSTED_COLUMNS,
     Col,
@@ -231,7 +233,7 @@ def whole_on_one_line(lines: list[str], token: str) -> bool:
 @pytest.mark.parametrize("width", WIDTHS)
 def test_jobs_table_fits(width: int) -> None:
     lines = render(jobs_table(JOBS, width), width)
-    titles = assert_header(lines, JOB_COLUMNS)
+    titles = assert_header(lines, JOB_COLUMNS if width >= NARROW else NARROW_JOB_COLUMNS)
     assert len(lines) == 1 + len(JOBS), "one line per job: nothing wrapped"
     for job in JOBS:
         assert whole_on_one_line(lines, job["id"]), job["id"]
@@ -246,6 +248,11 @@ def test_jobs_table_fits(width: int) -> None:
         assert whole_on_one_line(lines, "waiting for device bedroom-ceiling")
     if width < 80:
         assert len(titles) < len(JOB_COLUMNS), "a narrow terminal drops columns"
+    if width < NARROW:
+        # type, configuration and device in one column, and still room for why it failed
+        assert titles == ["ID", "STATUS", "JOB", "NOTE"]
+        assert whole_on_one_line(lines, "0d9e8f7a6b5c  failed     compile garage")
+        assert "Failed config" in failed
 
 
 def test_long_free_text_is_cut_with_an_ellipsis() -> None:
@@ -356,7 +363,7 @@ def test_any_jobs_fit_with_whole_ids(width: int, rows: list[tuple[str, str, str]
         for job_id, path, device in rows
     ]
     lines = render(jobs_table(jobs, width), width)
-    assert_header(lines, JOB_COLUMNS)
+    assert_header(lines, JOB_COLUMNS if width >= NARROW else NARROW_JOB_COLUMNS)
     assert len(lines) == 1 + len(jobs)
     for job, line in zip(jobs, lines[1:], strict=True):
         assert line.startswith(job["id"] + "  ")
