@@ -8,6 +8,10 @@ its error included. Every cell goes through :func:`meshd.cli.sanitize.clean`: pe
 names, receivers' reasons and errors, addresses and log lines are a peer's words, and
 cleaning here, in one place, means no table forgets it.
 
+A new table (the fleet's devices, say) is a tuple of :class:`Col` and
+``fit_table(columns, rows, width)``; a new field of ``meshd show`` is one more entry
+in :data:`JOB_FIELDS`.
+
 Following is built on the events websocket: the CLI connects *before* it submits, so
 every event of the new jobs arrives, in order, with nothing to poll. Tool output is
 printed above the bars as it arrives. If the stream ends early (the daemon stopped,
@@ -25,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rich.cells import cell_len
+from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
@@ -32,7 +37,6 @@ from meshd.api.client import Client, DaemonUnreachable, EventStream
 from meshd.cli.sanitize import clean
 
 if TYPE_CHECKING:  # rich.progress (and rich.live with it) loads only when a job is followed
-    from rich.console import Console
     from rich.progress import Progress, TaskID
 
 TERMINAL = frozenset({"completed", "failed", "cancelled"})
@@ -111,11 +115,14 @@ def _fit(columns: Sequence[Col], natural: Sequence[int], width: int) -> dict[int
 def fit_table(
     columns: Sequence[Col],
     rows: Sequence[Sequence[Cell]],
-    width: int,
+    width: int | None = None,
     *,
     title: str | None = None,
 ) -> Table:
-    """A borderless table of ``rows`` that fits ``width`` cells (see :class:`Col`)."""
+    """A borderless table of ``rows`` that fits ``width`` cells (see :class:`Col`);
+    without ``width``, the terminal's (``COLUMNS``, else what the terminal says)."""
+    if width is None:
+        width = Console().width
     cells = [[_cleaned(value) for value in row] for row in rows]
     natural = [
         max([cell_len(col.title)] + [row[i].cell_len for row in cells])
@@ -255,8 +262,10 @@ NARROW_JOB_COLUMNS = (
 )
 
 
-def jobs_table(jobs: Sequence[dict[str, Any]], width: int) -> Table:
+def jobs_table(jobs: Sequence[dict[str, Any]], width: int | None = None) -> Table:
     """``meshd jobs``: one line per job, fitted to ``width`` (narrow layout below NARROW)."""
+    if width is None:
+        width = Console().width
     if width < NARROW:
         narrow = [
             (
@@ -384,7 +393,7 @@ LANE_COLUMNS = (
 )
 
 
-def lanes_table(lanes: dict[str, Any], width: int) -> Table:
+def lanes_table(lanes: dict[str, Any], width: int | None = None) -> Table:
     rows = []
     for name, lane in lanes.items():
         since = lane.get("idle_since")
@@ -402,7 +411,7 @@ def lanes_table(lanes: dict[str, Any], width: int) -> Table:
     return fit_table(LANE_COLUMNS, rows, width, title="Lanes")
 
 
-def status_tables(status: dict[str, Any], width: int) -> list[Table]:
+def status_tables(status: dict[str, Any], width: int | None = None) -> list[Table]:
     """``meshd status``: this node, its lanes, its peers (warnings: :func:`warning_lines`)."""
     return [
         node_table(status["node"]),
@@ -432,7 +441,7 @@ def _peer_lane(peer: dict[str, Any]) -> str:
     return f"busy ({peer.get('running', 0)} running, {peer.get('queued', 0)} queued)"
 
 
-def peers_table(peers: Sequence[dict[str, Any]], width: int) -> Table:
+def peers_table(peers: Sequence[dict[str, Any]], width: int | None = None) -> Table:
     """One row per peer: who, where, whether it can build for us now, and why not."""
     if not peers:
         return fit_table([Col("PEERS")], [("none",)], width, title="Peers")
@@ -463,7 +472,7 @@ TRUSTED_COLUMNS = (
 )
 
 
-def trusted_table(peers: Sequence[dict[str, Any]], width: int) -> Table:
+def trusted_table(peers: Sequence[dict[str, Any]], width: int | None = None) -> Table:
     rows = [
         (
             peer.get("name") or "-",
