@@ -14,6 +14,11 @@ Client commands find the daemon through ``--api URL --token T``, else
 ``--data-dir``/``$MESHD_DATA_DIR``/... → ``api.json``. ``--json`` output is the API's own
 JSON (job objects as in docs/API.md), so it is stable and documented in one place.
 
+``meshd --help`` lists the commands in sections, the way a user looks for them
+(:data:`SECTIONS`): a command module says where its commands go with
+``@cli.command(section="fleet")`` (or ``@cli.group(section=...)``); a command that
+names no section, or one not in :data:`SECTIONS`, is listed under "Other".
+
 This module imports only the API client, ``meshd.config``, click and rich: the
 command modules (``jobs``, ``mesh``, ``daemon``) import it, never the other way round.
 """
@@ -45,7 +50,80 @@ console = Console()
 err_console = Console(stderr=True, soft_wrap=True)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+# `meshd --help`'s sections, in this order: (section name, heading).
+SECTIONS: tuple[tuple[str, str], ...] = (
+    ("jobs", "Jobs"),
+    ("fleet", "Fleet"),
+    ("mesh", "Mesh"),
+    ("daemon", "Daemon"),
+)
+OTHER = "Other"
+
+
+class SectionedGroup(click.Group):
+    """A click group whose help lists its commands under headings.
+
+    Commands keep the order they were registered in (``install`` before ``compile``
+    reads better than the alphabet); :meth:`list_commands`, which completion uses,
+    stays alphabetical.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.sections: dict[str, str] = {}  # command name → section name
+
+    def command(  # type: ignore[override]
+        self, *args: Any, section: str | None = None, **kwargs: Any
+    ) -> Callable[[Callable[..., Any]], click.Command]:
+        """``@cli.command(..., section="jobs")``: click's decorator, plus the section."""
+        decorator = super().command(*args, **kwargs)
+
+        def register(func: Callable[..., Any]) -> click.Command:
+            command: click.Command = decorator(func)
+            self.set_section(command, section)
+            return command
+
+        return register
+
+    def group(  # type: ignore[override]
+        self, *args: Any, section: str | None = None, **kwargs: Any
+    ) -> Callable[[Callable[..., Any]], click.Group]:
+        """``@cli.group(..., section="mesh")``."""
+        decorator = super().group(*args, **kwargs)
+
+        def register(func: Callable[..., Any]) -> click.Group:
+            group: click.Group = decorator(func)
+            self.set_section(group, section)
+            return group
+
+        return register
+
+    def set_section(self, command: click.Command, section: str | None) -> None:
+        if section is not None and command.name is not None:
+            self.sections[command.name] = section.lower()
+
+    def section_of(self, name: str) -> str:
+        """The heading ``name`` is listed under: its section's, else :data:`OTHER`."""
+        headings = dict(SECTIONS)
+        return headings.get(self.sections.get(name, ""), OTHER)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        grouped: dict[str, list[tuple[str, click.Command]]] = {}
+        for name, command in self.commands.items():
+            if not command.hidden:
+                grouped.setdefault(self.section_of(name), []).append((name, command))
+        limit = formatter.width - 6 - max((len(name) for name in self.commands), default=0)
+        for heading in [h for _, h in SECTIONS] + [OTHER]:
+            entries = grouped.get(heading)
+            if not entries:
+                continue
+            with formatter.section(heading):
+                formatter.write_dl(
+                    [(name, command.get_short_help_str(limit)) for name, command in entries]
+                )
+
+
+@click.group(cls=SectionedGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="meshd")
 def cli() -> None:
     """meshd: a peer-to-peer build mesh for ESPHome firmware."""

@@ -25,7 +25,7 @@ from meshd.config import (
 )
 
 
-@cli.command()
+@cli.command(section="daemon")
 @click.option(
     "--data-dir",
     type=click.Path(path_type=Path, file_okay=False),

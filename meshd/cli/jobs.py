@@ -22,7 +22,16 @@ from meshd.cli.app import (
     print_json,
     run_client,
 )
-from meshd.cli.render import TERMINAL, Follower, describe, job_table, jobs_table, status_tables
+from meshd.cli.render import (
+    TERMINAL,
+    Follower,
+    describe,
+    job_table,
+    jobs_table,
+    status_tables,
+    warning_lines,
+)
+from meshd.cli.sanitize import clean as clean_text
 
 # `meshd jobs` without --all: the newest this many (the API's limit; 0 means all).
 DEFAULT_JOB_LIST = 50
@@ -85,14 +94,19 @@ def _show_created(created: list[dict[str, Any]], as_json: bool) -> None:
         print_json(_ids(created))
         return
     for job in created:
-        console.print(f"queued {describe(job)}: [bold]{job['id']}[/bold]", highlight=False)
+        console.print(
+            Text(f"queued {describe(job)}: ") + Text(clean_text(job["id"]), style="bold"),
+            highlight=False,
+        )
 
 
 def _summarise(final: list[dict[str, Any]]) -> None:
     for job in final:
         style = "green" if job["status"] == "completed" else "red"
         console.print(
-            f"[{style}]{job['status']}[/{style}] {describe(job)} ({job['id']})", highlight=False
+            Text(clean_text(job["status"]), style=style)
+            + Text(f" {describe(job)} ({clean_text(job['id'])})"),
+            highlight=False,
         )
 
 
@@ -101,7 +115,7 @@ _local = click.option("--local", is_flag=True, help="Compile on this node, never
 _config = click.argument("configuration", type=click.Path(path_type=Path, dir_okay=False))
 
 
-@cli.command()
+@cli.command(section="jobs")
 @_config
 @click.option("--device", required=True, help="OTA address/hostname or serial port.")
 @_local
@@ -121,7 +135,7 @@ def install(
     _submit(opts, body, detach=detach, as_json=as_json)
 
 
-@cli.command(name="compile")
+@cli.command(name="compile", section="jobs")
 @_config
 @_local
 @_detach
@@ -133,7 +147,7 @@ def compile_(configuration: Path, local: bool, detach: bool, as_json: bool, **op
     _submit(opts, body, detach=detach, as_json=as_json)
 
 
-@cli.command()
+@cli.command(section="jobs")
 @_config
 @click.option("--device", required=True, help="OTA address/hostname or serial port.")
 @_detach
@@ -145,7 +159,7 @@ def upload(configuration: Path, device: str, detach: bool, as_json: bool, **opts
     _submit(opts, body, detach=detach, as_json=as_json)
 
 
-@cli.command()
+@cli.command(section="jobs")
 @_config
 @_detach
 @json_option
@@ -156,7 +170,7 @@ def clean(configuration: Path, detach: bool, as_json: bool, **opts: Any) -> None
     _submit(opts, body, detach=detach, as_json=as_json)
 
 
-@cli.command()
+@cli.command(section="jobs")
 @click.argument(
     "config_dir", required=False, default=".", type=click.Path(path_type=Path, file_okay=True)
 )
@@ -169,7 +183,7 @@ def reset(config_dir: Path, detach: bool, as_json: bool, **opts: Any) -> None:
     _submit(opts, body, detach=detach, as_json=as_json)
 
 
-@cli.command()
+@cli.command(section="jobs")
 @_config
 @click.argument("new_name")
 @_detach
@@ -184,7 +198,7 @@ def rename(configuration: Path, new_name: str, detach: bool, as_json: bool, **op
 # -- inspecting and controlling jobs -----------------------------------------------------
 
 
-@cli.command()
+@cli.command(section="jobs")
 @click.option(
     "--all", "show_all", is_flag=True, help=f"Every job, not only the last {DEFAULT_JOB_LIST}."
 )
@@ -202,13 +216,13 @@ def jobs(show_all: bool, active: bool, as_json: bool, **opts: Any) -> None:
         elif not found:
             console.print("no jobs")
         else:
-            console.print(jobs_table(found))
+            console.print(jobs_table(found, console.width))
         return EXIT_OK
 
     run_client(opts, run)
 
 
-@cli.command()
+@cli.command(section="jobs")
 @click.argument("job_id")
 @json_option
 @client_options
@@ -226,7 +240,7 @@ def show(job_id: str, as_json: bool, **opts: Any) -> None:
     run_client(opts, run)
 
 
-@cli.command()
+@cli.command(section="jobs")
 @click.argument("job_id")
 @click.option("-f", "--follow", is_flag=True, help="Keep printing until the job ends.")
 @client_options
@@ -235,7 +249,7 @@ def logs(job_id: str, follow: bool, **opts: Any) -> None:
 
     async def run(client: Client) -> int:
         async for line in client.log_lines(job_id, follow=follow):
-            click.echo(line)
+            click.echo(clean_text(line))  # a receiver's tool output: no escapes reach the terminal
         if not follow:
             return EXIT_OK
         job = await client.job(job_id)
@@ -249,7 +263,7 @@ def logs(job_id: str, follow: bool, **opts: Any) -> None:
     run_client(opts, run, detach_note=lambda: f"job {job_id} keeps running in meshd")
 
 
-@cli.command()
+@cli.command(section="jobs")
 @click.argument("job_id")
 @json_option
 @client_options
@@ -262,15 +276,19 @@ def cancel(job_id: str, as_json: bool, **opts: Any) -> None:
         if as_json:
             print_json(job)
         elif before["status"] in TERMINAL:
-            console.print(f"{job_id} had already ended: {job['status']}")
+            console.print(
+                Text(f"{clean_text(job_id)} had already ended: {clean_text(job['status'])}")
+            )
         else:
-            console.print(f"cancelled {describe(job)} ({job_id})", highlight=False)
+            console.print(
+                Text(f"cancelled {describe(job)} ({clean_text(job_id)})"), highlight=False
+            )
         return EXIT_OK
 
     run_client(opts, run)
 
 
-@cli.command()
+@cli.command(section="jobs")
 @click.argument("job_ids", nargs=-1, required=True)
 @json_option
 @client_options
@@ -289,7 +307,7 @@ def wait(job_ids: tuple[str, ...], as_json: bool, **opts: Any) -> None:
     run_client(opts, run, detach_note=lambda: "the jobs keep running in meshd")
 
 
-@cli.command()
+@cli.command(section="daemon")
 @json_option
 @client_options
 def status(as_json: bool, **opts: Any) -> None:
@@ -300,9 +318,10 @@ def status(as_json: bool, **opts: Any) -> None:
         if as_json:
             print_json(body)
         else:
-            for warning in body["node"].pop("warnings", None) or []:
-                err_console.print(Text("warning: ", style="bold yellow") + Text(str(warning)))
-            for table in status_tables(body):
+            # Warnings first, on stderr: what the operator must fix is not lost in a table.
+            for line in warning_lines(body["node"]):
+                err_console.print(line, highlight=False)
+            for table in status_tables(body, console.width):
                 console.print(table)
                 console.print()
         return EXIT_OK

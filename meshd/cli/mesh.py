@@ -9,15 +9,16 @@ from __future__ import annotations
 from typing import Any
 
 import click
-from rich.table import Table
+from rich.text import Text
 
 from meshd.api.client import Client
 from meshd.api.wire import DEFAULT_PAIRING_TTL
 from meshd.cli.app import EXIT_OK, cli, client_options, console, json_option, print_json, run_client
-from meshd.cli.render import peers_table
+from meshd.cli.render import identity_table, peers_table, trusted_table
+from meshd.cli.sanitize import clean
 
 
-@cli.command()
+@cli.command(section="mesh")
 @json_option
 @client_options
 def peers(as_json: bool, **opts: Any) -> None:
@@ -30,13 +31,13 @@ def peers(as_json: bool, **opts: Any) -> None:
         elif not found:
             console.print("no peers")
         else:
-            console.print(peers_table(found))
+            console.print(peers_table(found, console.width))
         return EXIT_OK
 
     run_client(opts, run)
 
 
-@cli.command()
+@cli.command(section="mesh")
 @json_option
 @client_options
 def identity(as_json: bool, **opts: Any) -> None:
@@ -47,16 +48,13 @@ def identity(as_json: bool, **opts: Any) -> None:
         if as_json:
             print_json(info)
         else:
-            console.print(f"name:        {info['name']}")
-            console.print(f"fingerprint: {info['fingerprint_display']}")
-            console.print(f"short:       {info['short']}")
-            console.print(f"peer port:   {info['peer_port']}")
+            console.print(identity_table(info))
         return EXIT_OK
 
     run_client(opts, run)
 
 
-@cli.command()
+@cli.command(section="mesh")
 @click.argument("fingerprint")
 @click.option("--address", metavar="HOST:PORT", help="Where to reach it (else mDNS finds it).")
 @click.option("--name", default="", help="A name to show for it.")
@@ -98,13 +96,17 @@ def trust(
             roles = [
                 r for r, on in (("send work", send_work), ("build for me", build_for_me)) if on
             ]
-            console.print(f"trusted {peer['fingerprint'][:16]} ({', '.join(roles) or 'no roles'})")
+            console.print(
+                Text(
+                    f"trusted {clean(peer['fingerprint'][:16])} ({', '.join(roles) or 'no roles'})"
+                )
+            )
         return EXIT_OK
 
     run_client(opts, run)
 
 
-@cli.command()
+@cli.command(section="mesh")
 @click.argument("fingerprint")
 @client_options
 def untrust(fingerprint: str, **opts: Any) -> None:
@@ -114,13 +116,13 @@ def untrust(fingerprint: str, **opts: Any) -> None:
         removed = (await client.request("DELETE", f"/trust/{fingerprint.replace(' ', '')}"))[
             "removed"
         ]
-        console.print(f"no longer trusting {removed[:16]}")
+        console.print(Text(f"no longer trusting {clean(removed[:16])}"))
         return EXIT_OK
 
     run_client(opts, run)
 
 
-@cli.command(name="trusted")
+@cli.command(name="trusted", section="mesh")
 @json_option
 @client_options
 def trusted(as_json: bool, **opts: Any) -> None:
@@ -131,24 +133,13 @@ def trusted(as_json: bool, **opts: Any) -> None:
         if as_json:
             print_json({"trusted": peers})
             return EXIT_OK
-        table = Table(box=None, header_style="bold")
-        for column in ("NAME", "FINGERPRINT", "SEND WORK", "BUILD FOR ME", "ADDRESSES"):
-            table.add_column(column)
-        for peer in peers:
-            table.add_row(
-                peer["name"] or "-",
-                peer["fingerprint"][:16],
-                "yes" if peer["may_send_work"] else "no",
-                "yes" if peer["may_build_for_me"] else "no",
-                ", ".join(peer["addresses"]) or "-",
-            )
-        console.print(table if peers else "no trusted peers")
+        console.print(trusted_table(peers, console.width) if peers else "no trusted peers")
         return EXIT_OK
 
     run_client(opts, run)
 
 
-@cli.group()
+@cli.group(section="mesh")
 def pair() -> None:
     """Pair two nodes with a one-time code (for headless machines)."""
 
@@ -167,7 +158,7 @@ def pair_open(ttl: float, as_json: bool, **opts: Any) -> None:
         if as_json:
             print_json(window)
         else:
-            console.print(f"pairing code: [bold]{window['code']}[/bold]")
+            console.print(Text("pairing code: ") + Text(clean(window["code"]), style="bold"))
             console.print(
                 f"on the offloader, within {window['expires_in']:.0f} s: "
                 f"meshd pair join THIS-HOST:{window['peer_port']} {window['code']}",
@@ -193,9 +184,8 @@ def pair_join(address: str, code: str, as_json: bool, **opts: Any) -> None:
         if as_json:
             print_json(peer)
         else:
-            console.print(
-                f"paired: now trusting {peer['name'] or '?'} ({peer['fingerprint'][:16]})"
-            )
+            name = clean(peer["name"] or "?")
+            console.print(Text(f"paired: now trusting {name} ({clean(peer['fingerprint'][:16])})"))
         return EXIT_OK
 
     run_client(opts, run)

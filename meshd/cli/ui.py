@@ -34,7 +34,7 @@ def page_base(api_url: str, host: str | None = None) -> str:
     return urlunsplit((parts.scheme or "http", netloc, "", "", ""))
 
 
-@cli.command()
+@cli.command(section="daemon")
 @click.option("--open", "open_browser", is_flag=True, help="Open the link in a web browser.")
 @click.option(
     "--host",
