@@ -101,17 +101,11 @@ _local = click.option("--local", is_flag=True, help="Compile on this node, never
 _config = click.argument("configuration", type=click.Path(path_type=Path, dir_okay=False))
 
 
-@cli.command()
-@_config
-@click.option("--device", required=True, help="OTA address/hostname or serial port.")
-@_local
-@_detach
-@json_option
-@client_options
-def install(
-    configuration: Path, device: str, local: bool, detach: bool, as_json: bool, **opts: Any
-) -> None:
-    """Compile CONFIGURATION, then upload it to --device (a chain)."""
+def submit_install(
+    configuration: Path, device: str, *, local: bool, detach: bool, as_json: bool, opts: Any
+) -> NoReturn:
+    """One install chain to ``device``, followed like any job (``meshd install``, in
+    meshd/cli/fleet.py, which also takes many configurations)."""
     body = {
         "type": "install",
         "configuration": _config_arg(configuration),
