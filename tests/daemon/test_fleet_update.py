@@ -1,0 +1,169 @@
+"""The fleet through a real ``meshd serve`` and the CLI only: devices, update, armed uploads.
+
+Devices are fake firmware adverts (``EsphomeAdvertiser``: the exact TXT real firmware
+sends) on 127.0.0.1, where the daemon's device monitor is pinned; the stand-in esphome
+compiles, computes ``config-hash`` and "uploads" (it records every upload in a log the
+test reads). The daemon is restarted while one upload is armed, and a real advert
+releases it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.daemon.conftest import Meshd, MeshdFactory
+from tests.support.esphome_advert import EsphomeAdvertiser, esp32_txt
+from tests.support.standin_esphome import VERSION
+
+WAIT = 90.0  # a safety net against hangs, not a speed assertion
+
+NAMES = ("dev-a", "dev-b", "dev-c", "dev-d", "dev-e")
+
+
+def _config(directory: Path, name: str) -> Path:
+    path = directory / f"{name}.yaml"
+    path.write_text(
+        f"esphome:\n  name: {name}\nesp32:\n  board: esp32dev\nwifi:\n  ssid: x\n"
+        "api:\nota:\n  - platform: esphome\n",
+        encoding="utf-8",
+    )
+    return path
+
+
+def _hash(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:8]
+
+
+async def _cli(daemon: Meshd, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**daemon.env, "MESHD_DATA_DIR": str(daemon.data_dir), "COLUMNS": "200"}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "meshd",
+        *args,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), WAIT)
+    assert proc.returncode is not None
+    return subprocess.CompletedProcess(args, proc.returncode, out.decode(), err.decode())
+
+
+async def _devices(daemon: Meshd) -> dict[str, dict[str, Any]]:
+    result = await _cli(daemon, "devices", "--json")
+    assert result.returncode == 0, result.stderr
+    return {row["name"]: row for row in json.loads(result.stdout)["devices"]}
+
+
+async def _until_states(daemon: Meshd, expected: dict[str, str]) -> dict[str, dict[str, Any]]:
+    deadline = time.monotonic() + WAIT
+    while True:
+        rows = await _devices(daemon)
+        states = {name: rows[name]["state"] for name in expected if name in rows}
+        if states == expected:
+            return rows
+        if time.monotonic() > deadline:
+            raise AssertionError(f"states {states}, wanted {expected}\n{daemon.log()}")
+        await asyncio.sleep(0.2)
+
+
+async def _until_job(daemon: Meshd, job_id: str, status: str) -> dict[str, Any]:
+    deadline = time.monotonic() + WAIT
+    while True:
+        result = await _cli(daemon, "show", job_id, "--json")
+        job: dict[str, Any] = json.loads(result.stdout)
+        if job["status"] == status:
+            return job
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{job_id}: {job}\n{daemon.log()}")
+        await asyncio.sleep(0.2)
+
+
+def _uploads(log: Path) -> list[str]:
+    if not log.is_file():
+        return []
+    return [Path(json.loads(line)["config"]).stem for line in log.read_text().splitlines()]
+
+
+@pytest.mark.slow
+async def test_devices_update_outdated_and_an_armed_upload_across_a_restart(
+    meshd: MeshdFactory, tmp_path: Path
+) -> None:
+    configs = tmp_path / "configs"
+    configs.mkdir()
+    paths = {name: _config(configs, name) for name in NAMES}
+    upload_log = tmp_path / "uploads.jsonl"
+    daemon = meshd(
+        args=("--config-dir", str(configs)), env={"STANDIN_UPLOAD_LOG": str(upload_log)}
+    ).start()
+    async with EsphomeAdvertiser() as adverts:
+        current = {name: _hash(path) for name, path in paths.items()}
+        await adverts.announce(
+            "dev-a", port=6053, txt=esp32_txt("dev-a", version=VERSION, config_hash=current["dev-a"])
+        )
+        await adverts.announce(
+            "dev-b", port=6053, txt=esp32_txt("dev-b", version=VERSION, config_hash="0badc0de")
+        )
+        await adverts.announce(
+            "dev-c",
+            port=6053,
+            txt=esp32_txt("dev-c", version="2025.12.0", config_hash=current["dev-c"]),
+        )
+        await adverts.announce(
+            "dev-d", port=6053, txt=esp32_txt("dev-d", version=VERSION, config_hash="0badc0de")
+        )
+        await adverts.goodbye("dev-d")
+        rows = await _until_states(
+            daemon,
+            {
+                "dev-a": "up-to-date",
+                "dev-b": "outdated",
+                "dev-c": "outdated",
+                "dev-d": "offline",
+                "dev-e": "never-built",
+            },
+        )
+        assert rows["dev-a"]["online"] and rows["dev-a"]["address"] == "127.0.0.1"
+        assert rows["dev-a"]["current_config_hash"] == current["dev-a"]
+        assert not rows["dev-d"]["online"] and rows["dev-d"]["needs_update"] is True
+        table = await _cli(daemon, "devices")
+        assert table.returncode == 0 and "never-built" in table.stdout
+
+        update = await _cli(daemon, "update", "--outdated", str(configs), "--json")
+        assert update.returncode == 0, update.stdout + update.stderr + daemon.log()
+        outcomes = {o["name"]: o for o in json.loads(update.stdout)["outcomes"]}
+        assert {n: o["outcome"] for n, o in outcomes.items()} == {
+            "dev-b": "flashed",
+            "dev-c": "flashed",
+            "dev-d": "deferred",
+        }
+        assert sorted(_uploads(upload_log)) == ["dev-b", "dev-c"]
+        armed = outcomes["dev-d"]["upload"]
+
+        # The armed upload survives a restart...
+        assert daemon.terminate() == 0
+        daemon.start()
+        job = await _until_job(daemon, armed, "queued")
+        assert job["waiting"] == "device"
+
+        # ...and the device's first advert releases it.
+        sent_wall = time.time()
+        await adverts.announce(
+            "dev-d", port=6053, txt=esp32_txt("dev-d", version=VERSION, config_hash="0badc0de")
+        )
+        done = await _until_job(daemon, armed, "completed")
+        assert done["device"] == "127.0.0.1"
+        assert sorted(_uploads(upload_log)) == ["dev-b", "dev-c", "dev-d"]
+        # Measured, not asserted: advert → upload start (the job's own start time).
+        print(f"advert -> upload start: {done['started_at'] - sent_wall:.3f} s")
