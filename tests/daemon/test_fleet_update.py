@@ -110,7 +110,9 @@ async def test_devices_update_outdated_and_an_armed_upload_across_a_restart(
     async with EsphomeAdvertiser() as adverts:
         current = {name: _hash(path) for name, path in paths.items()}
         await adverts.announce(
-            "dev-a", port=6053, txt=esp32_txt("dev-a", version=VERSION, config_hash=current["dev-a"])
+            "dev-a",
+            port=6053,
+            txt=esp32_txt("dev-a", version=VERSION, config_hash=current["dev-a"]),
         )
         await adverts.announce(
             "dev-b", port=6053, txt=esp32_txt("dev-b", version=VERSION, config_hash="0badc0de")
