@@ -117,7 +117,14 @@ class Daemon:
         self.archive.clean_leftovers()
         self.engine = Engine(
             settings.data_dir,
-            runners if runners is not None else make_runners(self.toolchain, archive=self.archive),
+            runners
+            if runners is not None
+            else make_runners(
+                self.toolchain,
+                archive=self.archive,
+                resolve=lambda config, device: self.fleet.resolve(config, device),
+                verify=lambda config, address, log: self.fleet.verify_flash(config, address, log),
+            ),
             upload_slots=settings.upload_slots,
             armed_upload_ttl=settings.armed_upload_ttl,
             history=HistoryLimits(keep=settings.history_keep, max_age=settings.history_max_age),
@@ -204,6 +211,7 @@ class Daemon:
             esphome_version=lambda: self.node.esphome_version,
             on_seen=self.engine.device_seen,
             browse=s.mdns,
+            verify_timeout=s.verify_timeout,
         )
         self.fleet = fleet
         self.engine.devices_online = fleet.online_address

@@ -275,7 +275,11 @@ def update(
 @click.argument(
     "configurations", nargs=-1, required=True, type=click.Path(path_type=Path, dir_okay=False)
 )
-@click.option("--device", help="OTA address/hostname or serial port (one configuration).")
+@click.option(
+    "--device",
+    help="OTA address/hostname or serial port (one configuration) [OTA: resolved like "
+    "esphome run: use_address, the address the device announces, NAME.local].",
+)
 @click.option(
     "--when-online",
     is_flag=True,
@@ -299,8 +303,8 @@ def install(
     """Compile each CONFIGURATION, then upload it (a chain each, one request)."""
     if device is not None and len(configurations) > 1:
         raise click.UsageError("--device names one device: give one configuration with it")
-    if device is None and not when_online:
-        raise click.UsageError("give --device, or --when-online to use the announced address")
+    if device is None and not when_online and len(configurations) == 1:
+        device = "OTA"  # resolved as `esphome run` would (use_address, mDNS, NAME.local)
     if device is not None and not when_online:
         submit_install(
             configurations[0], device, local=local, detach=detach, as_json=as_json, opts=opts
@@ -310,6 +314,8 @@ def install(
         entry: dict[str, Any] = {"configuration": _abs(config)}
         if device is not None:
             entry["device"] = device
+        elif not when_online:
+            entry["device"] = "OTA"
         entries.append(entry)
     names = {e["configuration"]: Path(e["configuration"]).stem for e in entries}
 

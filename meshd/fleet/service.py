@@ -32,10 +32,10 @@ from meshd.fleet.confighash import ConfigHasher, ConfigHashError
 from meshd.fleet.configs import DeviceConfig, read_config, scan_config_dirs
 from meshd.fleet.model import DeviceEvent, DeviceState
 from meshd.fleet.monitor import DeviceMonitor
-from meshd.fleet.resolve import Resolution, resolve_device
+from meshd.fleet.resolve import Resolution, ResolveError, resolve_device
 from meshd.fleet.state import BuildRecord, fleet_rows
 from meshd.fleet.store import FleetStore, open_store
-from meshd.fleet.verify import FlashVerifier
+from meshd.fleet.verify import VERIFY_TIMEOUT, FlashVerifier, Outcome, api_target
 from meshd.toolchain.storage import ArtifactError
 from meshd.toolchain.tools import Toolchain
 
@@ -70,7 +70,9 @@ class FleetService:
         esphome_version: Callable[[], str | None],
         on_seen: Callable[[str, str], object],
         browse: bool = True,
+        verify_timeout: float = VERIFY_TIMEOUT,
     ) -> None:
+        self.verify_timeout = verify_timeout
         self.config_dirs = tuple(config_dirs)
         self._data_dir = data_dir
         self._toolchain = toolchain
@@ -133,13 +135,51 @@ class FleetService:
 
     # -- what the upload runner uses ----------------------------------------------------
 
-    def resolve(self, configuration: Path, device: str | None) -> Resolution:
-        """The OTA address of ``configuration`` as ``esphome run`` picks it (ResolveError)."""
-        return resolve_device(read_config(configuration), self.monitor, device)
+    async def resolve(self, configuration: Path, device: str | None) -> tuple[str, str]:
+        """The upload runner's hook: the OTA address as ``esphome run`` picks it, and how
+        it was found; ``ValueError`` (``ResolveError``) when there is none."""
+        config = await asyncio.to_thread(read_config, configuration)
+        try:
+            found: Resolution = resolve_device(config, self.monitor, device)
+        except ResolveError as err:
+            raise ValueError(str(err)) from err
+        return found.address, found.how
 
-    def verifier(self) -> FlashVerifier:
+    async def verify_flash(
+        self, configuration: Path, address: str, log: Callable[[str], None]
+    ) -> tuple[str, str]:
+        """The upload runner's hook after a successful OTA: ``(reason_code, reason)``."""
+        config = await asyncio.to_thread(read_config, configuration)
+        try:
+            expected = await asyncio.to_thread(
+                build_identity, configuration, self._toolchain.environ()
+            )
+        except ArtifactError as err:
+            log(f"verify: cannot tell which build was flashed: {err}")
+            return "not_verified", f"not verified ({err})"
         monitor = self.monitor
-        return FlashVerifier(monitor=monitor, zeroconf=monitor.zeroconf if monitor else None)
+        before = None
+        if monitor is not None:
+            before = monitor.by_host(address) or (
+                monitor.get(config.name) if config.name is not None else None
+            )
+        if before is None:
+            # Nothing to compare with: waiting the whole timeout would only delay the
+            # job. A device with api: announces itself, so this is a device we never saw.
+            log(f"verify: {address} was never seen on mDNS; nothing to check the build with")
+            return "not_verified", "not verified (the device was never seen on mDNS)"
+        device = before.name
+        verifier = FlashVerifier(monitor=monitor, zeroconf=monitor.zeroconf if monitor else None)
+        result = await verifier.verify(
+            expected,
+            device=device,
+            before=before,
+            api=api_target(config, address, device),
+            wait_seconds=self.verify_timeout,
+            log=log,
+        )
+        code = {Outcome.VERIFIED: "verified", Outcome.WRONG_BUILD: "wrong_build"}
+        return code.get(result.outcome, "not_verified"), result.summary
 
     # -- GET /api/v1/devices -----------------------------------------------------------
 

@@ -90,6 +90,22 @@ async def _until_job(daemon: Meshd, job_id: str, status: str) -> dict[str, Any]:
         await asyncio.sleep(0.2)
 
 
+async def _reboot_into_new_builds(
+    adverts: EsphomeAdvertiser, log: Path, paths: dict[str, Path], stop: asyncio.Event
+) -> None:
+    """Play the devices: after each upload the stand-in records, the device says
+    goodbye (it reboots) and announces the config hash of its new build."""
+    handled = 0
+    while not stop.is_set():
+        uploads = _uploads(log)
+        for name in uploads[handled:]:
+            await adverts.goodbye(name)
+            txt = esp32_txt(name, version=VERSION, config_hash=_hash(paths[name]))
+            await adverts.announce(name, port=6053, txt=txt)
+        handled = len(uploads)
+        await asyncio.sleep(0.1)
+
+
 def _uploads(log: Path) -> list[str]:
     if not log.is_file():
         return []
@@ -105,67 +121,89 @@ async def test_devices_update_outdated_and_an_armed_upload_across_a_restart(
     paths = {name: _config(configs, name) for name in NAMES}
     upload_log = tmp_path / "uploads.jsonl"
     daemon = meshd(
-        args=("--config-dir", str(configs)), env={"STANDIN_UPLOAD_LOG": str(upload_log)}
+        args=("--config-dir", str(configs), "--verify-timeout", "30"),
+        env={"STANDIN_UPLOAD_LOG": str(upload_log)},
     ).start()
+    stop = asyncio.Event()
     async with EsphomeAdvertiser() as adverts:
-        current = {name: _hash(path) for name, path in paths.items()}
-        await adverts.announce(
-            "dev-a",
-            port=6053,
-            txt=esp32_txt("dev-a", version=VERSION, config_hash=current["dev-a"]),
-        )
-        await adverts.announce(
-            "dev-b", port=6053, txt=esp32_txt("dev-b", version=VERSION, config_hash="0badc0de")
-        )
-        await adverts.announce(
-            "dev-c",
-            port=6053,
-            txt=esp32_txt("dev-c", version="2025.12.0", config_hash=current["dev-c"]),
-        )
-        await adverts.announce(
-            "dev-d", port=6053, txt=esp32_txt("dev-d", version=VERSION, config_hash="0badc0de")
-        )
-        await adverts.goodbye("dev-d")
-        rows = await _until_states(
-            daemon,
-            {
-                "dev-a": "up-to-date",
-                "dev-b": "outdated",
-                "dev-c": "outdated",
-                "dev-d": "offline",
-                "dev-e": "never-built",
-            },
-        )
-        assert rows["dev-a"]["online"] and rows["dev-a"]["address"] == "127.0.0.1"
-        assert rows["dev-a"]["current_config_hash"] == current["dev-a"]
-        assert not rows["dev-d"]["online"] and rows["dev-d"]["needs_update"] is True
-        table = await _cli(daemon, "devices")
-        assert table.returncode == 0 and "never-built" in table.stdout
+        devices = asyncio.create_task(_reboot_into_new_builds(adverts, upload_log, paths, stop))
+        try:
+            await _scenario(daemon, adverts, configs, paths, upload_log)
+        finally:
+            stop.set()
+            await devices
 
-        update = await _cli(daemon, "update", "--outdated", str(configs), "--json")
-        assert update.returncode == 0, update.stdout + update.stderr + daemon.log()
-        outcomes = {o["name"]: o for o in json.loads(update.stdout)["outcomes"]}
-        assert {n: o["outcome"] for n, o in outcomes.items()} == {
-            "dev-b": "flashed",
-            "dev-c": "flashed",
-            "dev-d": "deferred",
-        }
-        assert sorted(_uploads(upload_log)) == ["dev-b", "dev-c"]
-        armed = outcomes["dev-d"]["upload"]
 
-        # The armed upload survives a restart...
-        assert daemon.terminate() == 0
-        daemon.start()
-        job = await _until_job(daemon, armed, "queued")
-        assert job["waiting"] == "device"
+async def _scenario(
+    daemon: Meshd,
+    adverts: EsphomeAdvertiser,
+    configs: Path,
+    paths: dict[str, Path],
+    upload_log: Path,
+) -> None:
+    current = {name: _hash(path) for name, path in paths.items()}
+    await adverts.announce(
+        "dev-a",
+        port=6053,
+        txt=esp32_txt("dev-a", version=VERSION, config_hash=current["dev-a"]),
+    )
+    await adverts.announce(
+        "dev-b", port=6053, txt=esp32_txt("dev-b", version=VERSION, config_hash="0badc0de")
+    )
+    await adverts.announce(
+        "dev-c",
+        port=6053,
+        txt=esp32_txt("dev-c", version="2025.12.0", config_hash=current["dev-c"]),
+    )
+    await adverts.announce(
+        "dev-d", port=6053, txt=esp32_txt("dev-d", version=VERSION, config_hash="0badc0de")
+    )
+    await adverts.goodbye("dev-d")
+    rows = await _until_states(
+        daemon,
+        {
+            "dev-a": "up-to-date",
+            "dev-b": "outdated",
+            "dev-c": "outdated",
+            "dev-d": "offline",
+            "dev-e": "never-built",
+        },
+    )
+    assert rows["dev-a"]["online"] and rows["dev-a"]["address"] == "127.0.0.1"
+    assert rows["dev-a"]["current_config_hash"] == current["dev-a"]
+    assert not rows["dev-d"]["online"] and rows["dev-d"]["needs_update"] is True
+    table = await _cli(daemon, "devices")
+    assert table.returncode == 0 and "never-built" in table.stdout
 
-        # ...and the device's first advert releases it.
-        sent_wall = time.time()
-        await adverts.announce(
-            "dev-d", port=6053, txt=esp32_txt("dev-d", version=VERSION, config_hash="0badc0de")
-        )
-        done = await _until_job(daemon, armed, "completed")
-        assert done["device"] == "127.0.0.1"
-        assert sorted(_uploads(upload_log)) == ["dev-b", "dev-c", "dev-d"]
-        # Measured, not asserted: advert → upload start (the job's own start time).
-        print(f"advert -> upload start: {done['started_at'] - sent_wall:.3f} s")
+    update = await _cli(daemon, "update", "--outdated", str(configs), "--json")
+    assert update.returncode == 0, update.stdout + update.stderr + daemon.log()
+    outcomes = {o["name"]: o for o in json.loads(update.stdout)["outcomes"]}
+    assert {n: o["outcome"] for n, o in outcomes.items()} == {
+        "dev-b": "flashed",
+        "dev-c": "flashed",
+        "dev-d": "deferred",
+    }
+    assert sorted(_uploads(upload_log)) == ["dev-b", "dev-c"]
+    for name in ("dev-b", "dev-c"):
+        flashed = await _until_job(daemon, outcomes[name]["upload"], "completed")
+        assert (flashed["reason_code"], flashed["reason"]) == ("verified", "verified")
+    armed = outcomes["dev-d"]["upload"]
+
+    # The armed upload survives a restart...
+    assert daemon.terminate() == 0
+    daemon.start()
+    job = await _until_job(daemon, armed, "queued")
+    assert job["waiting"] == "device"
+
+    # ...and the device's first advert releases it (it is offline since the goodbye).
+    await _until_states(daemon, {"dev-d": "offline"})
+    sent_wall = time.time()
+    await adverts.announce(
+        "dev-d", port=6053, txt=esp32_txt("dev-d", version=VERSION, config_hash="0badc0de")
+    )
+    done = await _until_job(daemon, armed, "completed")
+    assert done["device"] == "127.0.0.1"
+    assert done["reason_code"] == "verified", done
+    assert sorted(_uploads(upload_log)) == ["dev-b", "dev-c", "dev-d"]
+    # Measured, not asserted: advert → upload start (the job's own start time).
+    print(f"advert -> upload start: {done['started_at'] - sent_wall:.3f} s")
