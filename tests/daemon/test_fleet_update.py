@@ -207,3 +207,39 @@ async def _scenario(
     assert sorted(_uploads(upload_log)) == ["dev-b", "dev-c", "dev-d"]
     # Measured, not asserted: advert → upload start (the job's own start time).
     print(f"advert -> upload start: {done['started_at'] - sent_wall:.3f} s")
+
+
+@pytest.mark.slow
+async def test_install_without_device_resolves_it_and_an_old_build_fails(
+    meshd: MeshdFactory, tmp_path: Path
+) -> None:
+    configs = tmp_path / "configs"
+    configs.mkdir()
+    path = _config(configs, "dev-a")
+    upload_log = tmp_path / "uploads.jsonl"
+    daemon = meshd(
+        args=("--config-dir", str(configs), "--verify-timeout", "20"),
+        env={"STANDIN_UPLOAD_LOG": str(upload_log)},
+    ).start()
+    old = esp32_txt("dev-a", version=VERSION, config_hash="0badc0de")
+    async with EsphomeAdvertiser() as adverts:
+        await adverts.announce("dev-a", port=6053, txt=old)
+        await _until_states(daemon, {"dev-a": "outdated"})
+
+        async def reboot_into_the_old_build() -> None:
+            while not _uploads(upload_log):
+                await asyncio.sleep(0.05)
+            await adverts.goodbye("dev-a")
+            await adverts.announce("dev-a", port=6053, txt=old)
+
+        device = asyncio.create_task(reboot_into_the_old_build())
+        result = await _cli(daemon, "install", str(path), "--json")
+        await device
+    assert result.returncode == 1, result.stdout + result.stderr
+    jobs = {job["type"]: job for job in json.loads(result.stdout)["jobs"]}
+    upload = jobs["upload"]
+    assert upload["status"] == "failed" and upload["reason_code"] == "wrong_build", upload
+    log = await _cli(daemon, "logs", upload["id"])
+    assert "[meshd] uploading to 127.0.0.1:" in log.stdout, log.stdout
+    assert "verify: wrong build running" in log.stdout, log.stdout
+    assert _uploads(upload_log) == ["dev-a"]
