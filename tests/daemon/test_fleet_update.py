@@ -243,3 +243,27 @@ async def test_install_without_device_resolves_it_and_an_old_build_fails(
     assert "[meshd] uploading to 127.0.0.1:" in log.stdout, log.stdout
     assert "verify: wrong build running" in log.stdout, log.stdout
     assert _uploads(upload_log) == ["dev-a"]
+
+
+async def test_compile_all_then_flash_a_kept_build(meshd: MeshdFactory, tmp_path: Path) -> None:
+    configs = tmp_path / "configs"
+    configs.mkdir()
+    for name in ("dev-a", "dev-b"):
+        _config(configs, name)
+    (configs / "secrets.yaml").write_text("x: y\n", encoding="utf-8")
+    upload_log = tmp_path / "uploads.jsonl"
+    daemon = meshd(env={"STANDIN_UPLOAD_LOG": str(upload_log)}).start()
+    built = await _cli(daemon, "compile", "--all", str(configs), "--json")
+    assert built.returncode == 0, built.stdout + built.stderr
+    jobs = json.loads(built.stdout)["jobs"]
+    assert sorted(Path(j["configuration"]).stem for j in jobs) == ["dev-a", "dev-b"]
+    assert all(j["status"] == "completed" for j in jobs)
+    kept = await _cli(daemon, "artifacts", str(configs / "dev-a.yaml"), "--json")
+    builds = json.loads(kept.stdout)["builds"]
+    compile_a = next(j["id"] for j in jobs if j["configuration"].endswith("dev-a.yaml"))
+    assert [b["build_id"] for b in builds] == [compile_a]
+    flash = await _cli(
+        daemon, "upload", str(configs / "dev-a.yaml"), "--device", "127.0.0.1", "--build", compile_a
+    )
+    assert flash.returncode == 0, flash.stdout + flash.stderr
+    assert _uploads(upload_log) == ["dev-a"]
