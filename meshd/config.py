@@ -62,6 +62,9 @@ DEFAULT_ARMED_UPLOAD_TTL = 7 * 86400.0
 DEFAULT_KEPT_BUILDS = 3
 DEFAULT_HISTORY_KEEP = 1000
 DEFAULT_HISTORY_MAX_AGE = 30 * 86400.0
+# How long a flashed device has to come back with its new build (meshd/fleet/verify.py):
+# an ESP32 reboots and rejoins Wi-Fi in 5-30 s; a slow DHCP or mesh network needs more.
+DEFAULT_VERIFY_TIMEOUT = 120.0
 
 
 class ConfigError(ValueError):
@@ -123,6 +126,11 @@ class Settings:
     """Finished jobs kept (with their logs); older ones are pruned."""
     history_max_age: float = DEFAULT_HISTORY_MAX_AGE
     """Seconds after which a finished job is pruned, whatever the count."""
+    config_dirs: tuple[Path, ...] = ()
+    """Directories of ESPHome configurations: the fleet ``meshd devices`` lists; when
+    set, jobs may only name configurations inside them."""
+    verify_timeout: float = DEFAULT_VERIFY_TIMEOUT
+    """Seconds a flashed device has to come back running the new build."""
     metrics_listen: HostPort | None = None
     """A second, unauthenticated listener serving only ``/metrics`` (for Prometheus)."""
     config_file: Path | None = None
@@ -159,6 +167,14 @@ def _list(value: Any) -> list[str]:
     if isinstance(value, list | tuple):
         return [str(v) for v in value]
     return [part for part in str(value).replace(",", " ").split() if part]
+
+
+def _path_list(value: Any) -> list[str]:
+    """Paths: a TOML list as is; in the environment separated by ``os.pathsep`` (a
+    directory name may hold spaces or commas)."""
+    if isinstance(value, list | tuple):
+        return [str(v) for v in value]
+    return [part for part in str(value).split(os.pathsep) if part]
 
 
 def _positive_int(value: Any) -> int:
@@ -253,6 +269,8 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "history_keep": _count,
     "history_max_age": _duration,
     "metrics_listen": lambda v: parse_host_port(str(v)),
+    "config_dirs": lambda v: tuple(Path(p).expanduser().absolute() for p in _path_list(v)),
+    "verify_timeout": _duration,
 }
 
 SETTING_NAMES = tuple(_PARSERS)

@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import Protocol
 
 from meshd import __version__
+from meshd.api.fleet_routes import fleet_routes
 from meshd.api.mesh_routes import mesh_routes
 from meshd.api.metrics import Metrics, MetricsServer, metrics_routes
 from meshd.api.server import ApiServer, load_token, write_api_file
@@ -55,6 +56,7 @@ from meshd.api.state import ApiHooks, NodeFacts
 from meshd.api.ui import ui_routes
 from meshd.config import Settings
 from meshd.db import database_path
+from meshd.fleet.service import FleetService
 from meshd.jobs.engine import Engine
 from meshd.jobs.history import HistoryLimits
 from meshd.jobs.model import JobType
@@ -115,7 +117,14 @@ class Daemon:
         self.archive.clean_leftovers()
         self.engine = Engine(
             settings.data_dir,
-            runners if runners is not None else make_runners(self.toolchain, archive=self.archive),
+            runners
+            if runners is not None
+            else make_runners(
+                self.toolchain,
+                archive=self.archive,
+                resolve=lambda config, device: self.fleet.resolve(config, device),
+                verify=lambda config, address, log: self.fleet.verify_flash(config, address, log),
+            ),
             upload_slots=settings.upload_slots,
             armed_upload_ttl=settings.armed_upload_ttl,
             history=HistoryLimits(keep=settings.history_keep, max_age=settings.history_max_age),
@@ -151,6 +160,7 @@ class Daemon:
             bind=settings.api,
             token=load_token(settings.data_dir),
             hooks=self.hooks,
+            config_dirs=settings.config_dirs,
         )
         self._stop_requested: asyncio.Event | None = None
 
@@ -188,7 +198,25 @@ class Daemon:
         self.hooks.routes.extend(mesh_routes(mesh.node))
         self.metrics.link_bytes = link_bytes(mesh.node)
         bridge_peer_events(mesh.node, self.engine.bus)
-        return [mesh]
+        return [mesh, self._fleet_service()]
+
+    def _fleet_service(self) -> FleetService:
+        """The device monitor (pinned like the mesh's mDNS) driving armed uploads."""
+        s = self.settings
+        fleet = FleetService(
+            s.data_dir,
+            self.toolchain,
+            config_dirs=s.config_dirs,
+            interfaces=s.mdns_interfaces or None,
+            esphome_version=lambda: self.node.esphome_version,
+            on_seen=self.engine.device_seen,
+            browse=s.mdns,
+            verify_timeout=s.verify_timeout,
+        )
+        self.fleet = fleet
+        self.engine.devices_online = fleet.online_address
+        self.hooks.routes.extend(fleet_routes(fleet.rows, s.config_dirs))
+        return fleet
 
     def request_stop(self) -> None:
         """Begin a clean shutdown (what SIGTERM and SIGINT do)."""

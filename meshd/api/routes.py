@@ -202,7 +202,7 @@ async def _check_build(request: web.Request, job_request: JobRequest) -> None:
 async def create_installs(request: web.Request) -> web.Response:
     """Many install chains in one request: all are queued, or none (docs/API.md)."""
     body = await read_json(request)
-    requests = await asyncio.to_thread(parse_installs_request, body)
+    requests = await asyncio.to_thread(parse_installs_request, body, request.app[CONFIG_RULES_KEY])
     specs = [InstallSpec(r.configuration, r.device, r.options, r.upload_options) for r in requests]
     try:
         chains = _engine(request).install_many(specs)

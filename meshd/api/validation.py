@@ -484,7 +484,7 @@ def _waiting_options(body: dict[str, Any], kind: str, flashes: bool) -> JobOptio
     return JobOptions(when_online=when_online, device_name=device_name)
 
 
-def parse_installs_request(body: Any) -> list[JobRequest]:
+def parse_installs_request(body: Any, rules: ConfigRules | None = None) -> list[JobRequest]:
     """Validate a ``POST /api/v1/installs`` body: every install or none (``ApiError``).
 
     Each entry is checked exactly as a single ``install`` (``parse_job_request``); an
@@ -521,7 +521,7 @@ def parse_installs_request(body: Any) -> list[JobRequest]:
                 raise bad_request(
                     "unknown_field", f"unknown field(s): {', '.join(unknown)}", fields=unknown
                 )
-            request = parse_job_request({**defaults, **entry, "type": INSTALL})
+            request = parse_job_request({**defaults, **entry, "type": INSTALL}, rules)
             if request.configuration in seen:
                 raise bad_request(
                     "duplicate_configuration",

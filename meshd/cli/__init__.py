@@ -2,6 +2,7 @@
 
 * ``app``: the click group, shared options, exit codes, running against the daemon;
 * ``jobs``: submit, list, show, logs, cancel, wait, status;
+* ``fleet``: devices, update, install (one or many), artifacts;
 * ``mesh``: peers, identity, trust, pairing;
 * ``daemon``: ``serve`` (imports the daemon inside the command, nowhere else);
 * ``ui``: ``meshd ui``, a login link to the daemon's status page;
@@ -12,7 +13,14 @@ Importing this package loads no daemon code: no engine, no SQLite, no aiohttp.we
 mesh (pinned by tests/unit/test_layering.py).
 """
 
-from meshd.cli import completion, daemon, jobs, mesh, ui  # noqa: F401 - importing registers the commands
+from meshd.cli import (  # noqa: F401 - importing registers the commands
+    completion,
+    daemon,
+    fleet,
+    jobs,
+    mesh,
+    ui,
+)
 from meshd.cli.app import cli
 
 

@@ -18,6 +18,7 @@ from meshd.config import (
     DEFAULT_HEARTBEAT,
     DEFAULT_PEER_LISTEN,
     DEFAULT_UPLOAD_SLOTS,
+    DEFAULT_VERIFY_TIMEOUT,
     DEFAULT_VERSION_POLICY,
     ConfigError,
     VersionPolicy,
@@ -78,6 +79,18 @@ from meshd.config import (
 )
 @click.option(
     "--metrics-listen", metavar="HOST:PORT", help="Serve /metrics here without a token [off]."
+)
+@click.option(
+    "--config-dir",
+    "config_dirs",
+    multiple=True,
+    type=click.Path(path_type=Path, file_okay=False),
+    help="A directory of ESPHome configurations: the fleet (repeatable) [$MESHD_CONFIG_DIRS].",
+)
+@click.option(
+    "--verify-timeout",
+    metavar="SECONDS",
+    help=f"How long a flashed device has to come back [{DEFAULT_VERIFY_TIMEOUT:g}].",
 )
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 def serve(config_file: Path | None, verbose: bool, **flags: Any) -> None:

@@ -115,17 +115,11 @@ _local = click.option("--local", is_flag=True, help="Compile on this node, never
 _config = click.argument("configuration", type=click.Path(path_type=Path, dir_okay=False))
 
 
-@cli.command(section="jobs")
-@_config
-@click.option("--device", required=True, help="OTA address/hostname or serial port.")
-@_local
-@_detach
-@json_option
-@client_options
-def install(
-    configuration: Path, device: str, local: bool, detach: bool, as_json: bool, **opts: Any
-) -> None:
-    """Compile CONFIGURATION, then upload it to --device (a chain)."""
+def submit_install(
+    configuration: Path, device: str, *, local: bool, detach: bool, as_json: bool, opts: Any
+) -> NoReturn:
+    """One install chain to ``device``, followed like any job (``meshd install``, in
+    meshd/cli/fleet.py, which also takes many configurations)."""
     body = {
         "type": "install",
         "configuration": _config_arg(configuration),
@@ -136,26 +130,92 @@ def install(
 
 
 @cli.command(name="compile", section="jobs")
-@_config
+@click.argument("configuration", required=False, type=click.Path(path_type=Path, dir_okay=False))
+@click.option(
+    "--all",
+    "all_dir",
+    type=click.Path(path_type=Path, file_okay=False, exists=True),
+    help="Compile every configuration in this directory (pre-build a fleet).",
+)
 @_local
 @_detach
 @json_option
 @client_options
-def compile_(configuration: Path, local: bool, detach: bool, as_json: bool, **opts: Any) -> None:
-    """Compile CONFIGURATION."""
-    body = {"type": "compile", "configuration": _config_arg(configuration), "local": local}
-    _submit(opts, body, detach=detach, as_json=as_json)
+def compile_(
+    configuration: Path | None,
+    all_dir: Path | None,
+    local: bool,
+    detach: bool,
+    as_json: bool,
+    **opts: Any,
+) -> None:
+    """Compile CONFIGURATION (or, with --all DIR, every configuration in DIR)."""
+    if (configuration is None) == (all_dir is None):
+        raise click.UsageError("give a CONFIGURATION or --all DIR")
+    if configuration is not None:
+        body = {"type": "compile", "configuration": _config_arg(configuration), "local": local}
+        _submit(opts, body, detach=detach, as_json=as_json)
+    assert all_dir is not None
+    # As esphome's dashboard lists a directory: *.yaml/*.yml, not secrets, not hidden.
+    paths = sorted(
+        p
+        for p in all_dir.iterdir()
+        if p.suffix in (".yaml", ".yml")
+        and p.name not in ("secrets.yaml", "secrets.yml")
+        and not p.name.startswith(".")
+        and p.is_file()
+    )
+    if not paths:
+        raise click.UsageError(f"no configurations in {all_dir}")
+
+    async def run(client: Client) -> int:
+        created = [
+            job
+            for path in paths
+            for job in await client.create(
+                {"type": "compile", "configuration": _config_arg(path), "local": local}
+            )
+        ]
+        if detach:
+            _show_created_many(created, as_json)
+            return EXIT_OK
+        follower = Follower(client, None if as_json else console, show_output=False)
+        final = await follower.follow([job["id"] for job in created])
+        if as_json:
+            print_json({"jobs": final})
+        else:
+            _summarise(final)
+        return _exit_for(final)
+
+    run_client(opts, run, detach_note=lambda: "the compiles keep running in meshd")
+
+
+def _show_created_many(created: list[dict[str, Any]], as_json: bool) -> None:
+    if as_json:
+        print_json({"jobs": created})
+        return
+    for job in created:
+        console.print(f"queued {describe(job)}: [bold]{job['id']}[/bold]", highlight=False)
 
 
 @cli.command(section="jobs")
 @_config
-@click.option("--device", required=True, help="OTA address/hostname or serial port.")
+@click.option(
+    "--device",
+    required=True,
+    help="OTA address/hostname or serial port; OTA resolves it like esphome run.",
+)
+@click.option("--build", metavar="ID", help="Flash this kept build (see meshd artifacts).")
 @_detach
 @json_option
 @client_options
-def upload(configuration: Path, device: str, detach: bool, as_json: bool, **opts: Any) -> None:
-    """Upload the last build of CONFIGURATION to --device."""
+def upload(
+    configuration: Path, device: str, build: str | None, detach: bool, as_json: bool, **opts: Any
+) -> None:
+    """Upload the last build (or a kept --build) of CONFIGURATION to --device."""
     body = {"type": "upload", "configuration": _config_arg(configuration), "device": device}
+    if build is not None:
+        body["build"] = build
     _submit(opts, body, detach=detach, as_json=as_json)
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -42,6 +42,20 @@ from meshd.toolchain.storage import (
     load_storage,
 )
 from meshd.toolchain.tools import Toolchain, ToolMissing
+
+OTA_DEVICE = "OTA"
+"""esphome's ``--device OTA``: resolve the device's address from its configuration."""
+
+ResolveDevice = Callable[[Path, str | None], Awaitable[tuple[str, str]]]
+"""``(configuration, --device or None) -> (address, how it was found)``; raises
+``ValueError`` with a sentence when it cannot. The daemon injects the fleet's
+resolver (``meshd.fleet.resolve``) so the toolchain imports nothing of the fleet."""
+
+VerifyFlash = Callable[[Path, str, Callable[[str], None]], Awaitable[tuple[str, str]]]
+"""``(configuration, address, log) -> (reason_code, reason)`` after a successful OTA:
+``verified``, ``not_verified`` or ``wrong_build`` (which fails the upload)."""
+
+WRONG_BUILD = "wrong_build"
 
 # rename compiles then uploads; compiling dominates the wall time.
 _RENAME_COMPILE_SHARE = 0.8
@@ -111,16 +125,46 @@ class UploadRunner:
         *,
         verify_chip: bool = True,
         archive: BuildArchive | None = None,
+        resolve: ResolveDevice | None = None,
+        verify: VerifyFlash | None = None,
     ) -> None:
         self.toolchain = toolchain
         self.verify_chip = verify_chip
         self.archive = archive
+        self.resolve = resolve
+        self.verify = verify
 
     async def run(self, ctx: JobContext) -> None:
         config = _config_file(ctx)
+        device = await self._device(ctx, config)
+        await self._flash(ctx, config, device)
+        if self.verify is None or is_serial_device(device):
+            return
+        if ctx.job.options.build is not None:
+            # The verifier compares against the live build's record, not the kept one.
+            ctx.log("[meshd] not verified: a kept build was flashed")
+            ctx.job.reason, ctx.job.reason_code = "not verified (a kept build)", "not_verified"
+        else:
+            code, reason = await self.verify(config, device, ctx.log)
+            ctx.job.reason, ctx.job.reason_code = reason, code
+            if code == WRONG_BUILD:
+                raise JobFailed(reason)
+
+    async def _device(self, ctx: JobContext, config: Path) -> str:
+        """The job's device; ``OTA`` (or none) resolved as ``esphome run`` would."""
         device = ctx.job.device
-        if not device:
+        if device and (device != OTA_DEVICE or self.resolve is None):
+            return device
+        if self.resolve is None:
             raise JobFailed("upload needs a device (an IP/hostname for OTA or a serial port)")
+        try:
+            address, how = await self.resolve(config, device or None)
+        except ValueError as exc:
+            raise JobFailed(str(exc)) from exc
+        ctx.log(f"[meshd] uploading to {address}: {how}")
+        return address
+
+    async def _flash(self, ctx: JobContext, config: Path, device: str) -> None:
         build = ctx.job.options.build
         if build is None:
             await self._upload(ctx, self.toolchain, config, device)
@@ -296,13 +340,20 @@ class RenameRunner:
 
 
 def make_runners(
-    toolchain: Toolchain, *, verify_chip: bool = True, archive: BuildArchive | None = None
+    toolchain: Toolchain,
+    *,
+    verify_chip: bool = True,
+    archive: BuildArchive | None = None,
+    resolve: ResolveDevice | None = None,
+    verify: VerifyFlash | None = None,
 ) -> dict[JobType, Runner]:
     """One runner per job type, all driving ``toolchain`` (uploads may flash ``archive``'s
-    kept builds)."""
+    kept builds, resolve ``--device OTA`` and verify the flash through the hooks)."""
     return {
         JobType.COMPILE: CompileRunner(toolchain),
-        JobType.UPLOAD: UploadRunner(toolchain, verify_chip=verify_chip, archive=archive),
+        JobType.UPLOAD: UploadRunner(
+            toolchain, verify_chip=verify_chip, archive=archive, resolve=resolve, verify=verify
+        ),
         JobType.CLEAN: CleanRunner(toolchain),
         JobType.RESET_BUILD_ENV: ResetBuildEnvRunner(toolchain),
         JobType.RENAME: RenameRunner(toolchain),

@@ -214,6 +214,17 @@ def _storage_json(config: Config) -> dict[str, Any]:
     }
 
 
+def config_hash(config: Config) -> str:
+    """The stand-in's ``CORE.config_hash``: 8 hex digits that change with the YAML."""
+    return hashlib.sha256(config.text.encode()).hexdigest()[:8]
+
+
+def cmd_config_hash(args: argparse.Namespace) -> int:
+    # Real esphome prints the hash as 0x........ on stdout (command_config_hash).
+    out(f"0x{config_hash(load(args.configuration))}")
+    return 0
+
+
 def compile_config(config: Config) -> int:
     seconds = float(config.setting("compile_seconds", "0"))
     if config.flag("ignore_sigterm"):
@@ -252,6 +263,13 @@ def compile_config(config: Config) -> int:
     config.firmware.write_bytes(f"standin firmware {config.name} {digest}\n".encode())
     config.storage.parent.mkdir(parents=True, exist_ok=True)
     config.storage.write_text(json.dumps(_storage_json(config), indent=2) + "\n", encoding="utf-8")
+    # Like esphome's build_info.json (what the firmware's build reports as itself).
+    info = {
+        "config_hash": int(config_hash(config), 16),
+        "esphome_version": VERSION,
+        "build_time_str": time.strftime("%Y-%m-%d %H:%M:%S %z"),
+    }
+    (config.build_path / "build_info.json").write_text(json.dumps(info), encoding="utf-8")
     validated = config.storage.with_name(f"{config.path.name}.validated.yaml")
     validated.write_text(config.text, encoding="utf-8")
     out("========================= [SUCCESS] Took 0.10 seconds =========================")
@@ -416,6 +434,9 @@ def main(argv: list[str] | None = None) -> int:
         sub.add_argument("configuration")
         sub.add_argument("--show-secrets", action="store_true")
         sub.set_defaults(func=func)
+    sub = commands.add_parser("config-hash")
+    sub.add_argument("configuration")
+    sub.set_defaults(func=cmd_config_hash)
     sub = commands.add_parser("upload")
     sub.add_argument("configuration")
     sub.add_argument("--device")
