@@ -72,7 +72,9 @@ def project(root: Path) -> Path:
 
 
 async def esphome_hash(toolchain: Toolchain, config: Path) -> str:
-    lines = await invoke_esphome(toolchain, ["config-hash", str(config)], log=lambda _l: None)
+    lines = await invoke_esphome(
+        toolchain, ["config-hash", str(config)], log=lambda _l: None, on_start=None
+    )
     return parse_config_hash(lines)
 
 

@@ -90,7 +90,9 @@ async def rig(fleet_firmware: FleetFirmware, fleet_device: HostDevice) -> AsyncI
 
 
 async def compile_config(toolchain: Toolchain, firmware: FleetFirmware) -> BuildIdentity:
-    await invoke_esphome(toolchain, ["compile", str(firmware.config)], log=lambda _line: None)
+    await invoke_esphome(
+        toolchain, ["compile", str(firmware.config)], log=lambda _line: None, on_start=None
+    )
     return build_identity(firmware.config)
 
 
@@ -137,6 +139,7 @@ async def test_resolve_flash_and_verify_a_new_build(
         loopback_toolchain,
         ["upload", "--device", resolution.address, str(fleet_project.config)],
         log=lambda _line: None,
+        on_start=None,
     )
     by_mdns = FlashVerifier(monitor=rig.monitor)
     by_api = FlashVerifier()
