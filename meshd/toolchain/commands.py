@@ -41,12 +41,14 @@ async def invoke_esphome(
     log: Callable[[str], None],
     progress: Callable[[float], None] | None = None,
     parser: ProgressParser | None = None,
+    on_process: Callable[[int], None] | None = None,
 ) -> list[str]:
     """Run ``esphome ARGS``; log every cleaned line; return them all.
 
     Raises ``ToolMissing`` when the command cannot start and ``EsphomeFailed`` on a
     non-zero exit. Progress from ``parser`` is forwarded to ``progress``, never
-    backwards, and completes at 1.0 on success.
+    backwards, and completes at 1.0 on success. ``on_process`` gets the process group
+    (pass a job's ``JobContext.on_process``: its orphans are then killed after a crash).
     """
     report = Monotonic(progress) if progress is not None else None
     failure = FailureCollector()
@@ -64,7 +66,7 @@ async def invoke_esphome(
 
     argv = toolchain.esphome_argv(*args)
     log("$ " + " ".join(argv))
-    result = await toolchain.run(argv, on_line=on_line)
+    result = await toolchain.run(argv, on_line=on_line, on_start=on_process)
     if result.returncode != 0:
         headline = f"esphome {args[0]} failed (exit status {result.returncode})"
         raise EsphomeFailed(failure.summary(headline), result.returncode, lines)
@@ -104,10 +106,13 @@ async def create_bundle(
     *,
     log: Callable[[str], None],
     output: Path | None = None,
+    on_process: Callable[[int], None] | None = None,
 ) -> Path:
     """``esphome bundle CFG -o OUT``: pack the config and everything it includes."""
     target = output if output is not None else default_bundle_path(config)
-    await invoke_esphome(toolchain, ["bundle", str(config), "-o", str(target)], log=log)
+    await invoke_esphome(
+        toolchain, ["bundle", str(config), "-o", str(target)], log=log, on_process=on_process
+    )
     if not target.is_file():
         raise EsphomeFailed(f"esphome bundle reported success but wrote no {target}", 0, [])
     return target

@@ -70,7 +70,12 @@ async def run_esphome(
     """Run ``esphome ARGS`` for a job; a missing command or non-zero exit is ``JobFailed``."""
     try:
         return await invoke_esphome(
-            toolchain, args, log=ctx.log, progress=ctx.progress, parser=progress
+            toolchain,
+            args,
+            log=ctx.log,
+            progress=ctx.progress,
+            parser=progress,
+            on_process=ctx.on_process,
         )
     except ToolMissing as exc:
         message = f"esphome command not found: {exc} (set --esphome to the esphome CLI)"

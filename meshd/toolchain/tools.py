@@ -72,8 +72,12 @@ class Toolchain:
         *,
         on_line: Callable[[str], None],
         cwd: str | os.PathLike[str] | None = None,
+        on_start: Callable[[int], None] | None = None,
     ) -> ProcessResult:
-        """Run ``argv`` in its own process group; a missing program raises ``ToolMissing``."""
+        """Run ``argv`` in its own process group; a missing program raises ``ToolMissing``.
+
+        ``on_start`` gets the group id at once (``JobContext.on_process``), so a restart
+        after a crash can kill what this run left behind."""
         try:
             return await run_process(
                 argv,
@@ -81,6 +85,7 @@ class Toolchain:
                 cwd=cwd,
                 env=self.environ(),
                 kill_grace=self.kill_grace,
+                on_start=on_start,
             )
         except (FileNotFoundError, PermissionError, NotADirectoryError) as exc:
             raise ToolMissing(f"cannot run {argv[0]!r}: {exc.strerror or exc}") from exc
