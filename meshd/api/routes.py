@@ -19,7 +19,7 @@ from aiohttp import WSMsgType, web
 from meshd import __version__
 from meshd.api.state import CLOSING_KEY, ENGINE_KEY, HOOKS_KEY, NODE_KEY, WEBSOCKETS_KEY
 from meshd.api.validation import INSTALL, ApiError, bad_request, parse_job_request, read_json
-from meshd.jobs.engine import Engine, EngineStopped, InvalidJob, UnknownJob
+from meshd.jobs.engine import Engine, EngineStopped, InvalidJob, StorageUnavailable, UnknownJob
 from meshd.jobs.events import Event, JobEvent
 from meshd.jobs.model import Job, JobStatus, JobType, LaneName
 
@@ -145,6 +145,8 @@ async def create_job(request: web.Request) -> web.Response:
         raise bad_request("invalid_job", str(exc)) from None
     except EngineStopped as exc:
         raise ApiError(503, "shutting_down", str(exc)) from None
+    except StorageUnavailable as exc:
+        raise ApiError(507, "no_space", str(exc)) from None
     return web.json_response({"jobs": [job.to_dict() for job in created]}, status=201)
 
 

@@ -19,11 +19,19 @@ Shutdown cancels both lanes; jobs interrupted by it go back to ``queued`` (not
 ``cancelled``): a daemon restart is not the user changing their mind. Restore applies
 the same rules to whatever the database holds, computed over the whole set so the
 result does not depend on row order.
+
+A full disk (or an I/O error) never wedges a lane. A new job that cannot be recorded
+is refused (``StorageUnavailable``), so nothing unrecorded is acknowledged. A running
+job whose log or row cannot be written fails with "no space left on <path>" and its
+dependents are cancelled as after any failure. A status that could not be saved is
+kept in memory (``get`` and ``jobs`` show it) and written as soon as the database
+takes writes again.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import logging
 from collections.abc import Callable, Mapping
@@ -31,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from meshd.jobs.diskio import LocalWriteError, describe, is_write_error
 from meshd.jobs.events import (
     EventBus,
     JobFinished,
@@ -60,6 +69,9 @@ SUPERSEDABLE = frozenset({JobType.COMPILE, JobType.UPLOAD, JobType.RENAME})
 # tool printing every 0.1 % does not flood websocket clients.
 PROGRESS_STEP = 0.01
 
+# How often job rows that could not be saved (disk full) are tried again.
+UNSAVED_RETRY = 2.0
+
 
 class EngineError(Exception):
     """Root of the errors the engine raises to its callers."""
@@ -78,6 +90,10 @@ class UnknownJob(EngineError, KeyError):
 
 class EngineStopped(EngineError):
     """The engine is shutting down and takes no new work."""
+
+
+class StorageUnavailable(EngineError):
+    """The job could not be recorded (disk full, I/O error); it was not accepted."""
 
 
 class Outcome(enum.Enum):
@@ -117,6 +133,8 @@ class Engine:
         self._stopping = False
         self._seq = 0
         self._supervisor: asyncio.Task[None] | None = None
+        self._unsaved: dict[str, Job] = {}
+        self._retry: asyncio.TimerHandle | None = None
         self.remote_runner: Runner | None = None
         """Runs compiles the placer sends to a receiver (set by the mesh)."""
         self.compile_lane = Lane(
@@ -182,13 +200,73 @@ class Engine:
                 pass
             except BaseException:
                 _LOGGER.exception("a lane ended with an error during shutdown")
+        if self._retry is not None:
+            self._retry.cancel()
+        self._flush_unsaved(reschedule=False)
+        if self._unsaved:
+            _LOGGER.error(
+                "could not save %d job(s) before stopping (%s); they restart as the "
+                "database last recorded them",
+                len(self._unsaved),
+                ", ".join(self._unsaved),
+            )
         self.logs.close_all()
         self.store.close()
+
+    # -- persistence ------------------------------------------------------------
+
+    def _persist(self, job: Job) -> str | None:
+        """Save ``job``'s row; on a write failure keep it for a retry and say why."""
+        try:
+            self.store.save(job)
+        except Exception as exc:
+            if not is_write_error(exc):
+                raise
+            error = describe(exc, self.store.path)
+            if job.id not in self._unsaved:
+                _LOGGER.error(  # noqa: TRY400 - the sentence is the point, not a traceback
+                    "cannot save job %s (%s); keeping it in memory, retrying", job.id, error
+                )
+            self._unsaved[job.id] = job
+            self._schedule_retry()
+            return error
+        self._unsaved.pop(job.id, None)
+        return None
+
+    def _schedule_retry(self) -> None:
+        if self._retry is None and not self._stopping:
+            with contextlib.suppress(RuntimeError):  # no running loop: stop() flushes
+                loop = asyncio.get_running_loop()
+                self._retry = loop.call_later(UNSAVED_RETRY, self._flush_unsaved)
+
+    def _flush_unsaved(self, *, reschedule: bool = True) -> None:
+        """Write the rows that could not be saved; stop at the first that still fails."""
+        self._retry = None
+        for job_id, job in list(self._unsaved.items()):
+            try:
+                self.store.save(job)
+            except Exception as exc:
+                if not is_write_error(exc):
+                    raise
+                if reschedule:
+                    self._schedule_retry()
+                return
+            del self._unsaved[job_id]
+            _LOGGER.info("saved job %s, which the full disk had held back", job_id)
+
+    def _forget_processes(self, job_id: str) -> None:
+        try:
+            self.store.forget_processes(job_id)
+        except Exception as exc:
+            if not is_write_error(exc):
+                raise
+            # Harmless: the next start finds the group gone (or not ours) and skips it.
+            _LOGGER.warning("job %s: %s", job_id, describe(exc, self.store.path))
 
     # -- queries --------------------------------------------------------------
 
     def get(self, job_id: str) -> Job:
-        job = self._active.get(job_id) or self.store.get(job_id)
+        job = self._active.get(job_id) or self._unsaved.get(job_id) or self.store.get(job_id)
         if job is None:
             raise UnknownJob(job_id)
         return job
@@ -196,6 +274,7 @@ class Engine:
     def jobs(self) -> list[Job]:
         """Every job the store knows, active ones as they are in memory, oldest first."""
         merged = {job.id: job for job in self.store.load_all()}
+        merged.update(self._unsaved)
         merged.update(self._active)
         return sorted(merged.values(), key=lambda job: job.seq)
 
@@ -279,7 +358,16 @@ class Engine:
             job.seq = self._seq
         # Persist the unit before its rules cancel anything: a crash in between then
         # leaves the new work plus old work the restore rules still handle.
-        self.store.save_many(unit)
+        try:
+            self.store.save_many(unit)
+        except Exception as exc:
+            if not is_write_error(exc):
+                raise
+            self._seq -= len(unit)
+            raise StorageUnavailable(
+                f"{describe(exc, self.store.path)}: the job was not accepted; free some "
+                "space and submit it again"
+            ) from None
         if head.type is JobType.RESET_BUILD_ENV:
             victims = [job for job in self._active.values() if job.id not in ids]
             reason = f"cancelled by reset of the build environment ({head.id})"
@@ -375,9 +463,15 @@ class Engine:
         job.status = JobStatus.RUNNING
         job.started_at = now()
         job.runner = placement.runner
-        self.store.save(job)
+        if (error := self._persist(job)) is not None:
+            # Never run what could not be recorded as running: after a crash nobody
+            # would know to kill it or that it ran.
+            return Result(Outcome.FAILED, f"{error}: could not record the job as running")
+        self.logs.clear_error(job.id)
         self.logs.append(job.id, f"started on {job.runner}: {job.reason}")
         self.bus.publish(JobStarted(job.snapshot()))
+        if (log_error := self.logs.write_error(job.id)) is not None:
+            return Result(Outcome.FAILED, log_error)
         runner = self.remote_runner if remote else self._runners.get(job.type)
         if runner is None:
             return Result(Outcome.FAILED, f"no runner for {job.type.value} jobs on this node")
@@ -412,6 +506,9 @@ class Engine:
     def _log_for(self, job: Job) -> Any:
         def log(line: str) -> None:
             self.logs.append(job.id, line)
+            if (error := self.logs.write_error(job.id)) is not None:
+                # Raised into the runner: its process is stopped and the job fails.
+                raise LocalWriteError(error, self.logs.path(job.id))
             self.bus.publish(JobOutput(job.snapshot(), line))
 
         return log
@@ -430,16 +527,27 @@ class Engine:
     def _process_for(self, job: Job) -> Any:
         def on_process(pgid: int) -> None:
             identity = process_identity(pgid)
-            if identity is not None:
+            if identity is None:
+                return
+            try:
                 self.store.record_process(job.id, pgid, identity)
+            except Exception as exc:
+                if not is_write_error(exc):
+                    raise
+                _LOGGER.warning(
+                    "job %s: process group %d not recorded (%s)",
+                    job.id,
+                    pgid,
+                    describe(exc, self.store.path),
+                )
 
         return on_process
 
     def _on_finished(self, job: Job, result: Result) -> None:
-        self.store.forget_processes(job.id)
+        self._forget_processes(job.id)
         if result.outcome is Outcome.INTERRUPTED:
             _back_to_queued(job)
-            self.store.save(job)
+            self._persist(job)
             self.logs.append(job.id, "interrupted by meshd shutdown; it runs again after restart")
             self.logs.close(job.id)
             return
@@ -458,7 +566,7 @@ class Engine:
             self.logs.append(job.id, note)
         job.options = reroute.options
         _back_to_queued(job)
-        self.store.save(job)
+        self._persist(job)
         self.bus.publish(JobQueued(job.snapshot()))
         self.lane(job.lane).enqueue(job)
 
@@ -469,7 +577,7 @@ class Engine:
         job.error = None if outcome is Outcome.COMPLETED else (error or outcome.value)
         self._active.pop(job.id, None)
         self._cancel_requested.discard(job.id)
-        self.store.save(job)
+        self._persist(job)
         self.logs.append(job.id, f"{job.status.value}" + (f": {job.error}" if job.error else ""))
         self.logs.close(job.id)
         self.bus.publish(JobFinished(job.snapshot()))
@@ -500,7 +608,7 @@ class Engine:
         for job in stored.values():
             if job.status is JobStatus.RUNNING:
                 _back_to_queued(job)
-                self.store.save(job)
+                self._persist(job)
                 self.logs.append(job.id, "restarted: meshd stopped while this job ran")
         verdicts: dict[str, str | None] = {}
         for job in stored.values():
