@@ -22,6 +22,11 @@ also set ``data_dir``; it then applies unless a flag or ``MESHD_DATA_DIR`` says 
 
 The mesh options (peer link, mDNS, peers, policies, heartbeat) are only stored here;
 the mesh components read them from this object when they are wired into the daemon.
+
+This module owns the default of every setting (the ``DEFAULT_*`` names): the engine,
+the mesh and ``meshd serve --help`` import them rather than repeat a value. It imports
+nothing of meshd, so every layer, the CLI included, may import it
+(tests/unit/test_layering.py).
 """
 
 from __future__ import annotations
@@ -35,6 +40,9 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from meshd import address
+from meshd.address import HostPort as HostPort  # re-exported: Settings fields use it
+
 # Re-exported: the settings carry the policy, and the CLI reads its choices from here.
 from meshd.version_policy import VersionPolicy as VersionPolicy
 
@@ -46,7 +54,7 @@ DEFAULT_API_PORT = 6055
 DEFAULT_PEER_PORT = 6056
 DEFAULT_UPLOAD_SLOTS = 4
 # Long enough that a busy Pi on Wi-Fi does not flap, short enough that a receiver that
-# vanished is noticed within half a minute.
+# vanished is noticed within half a minute (the mesh declares a peer dead after three).
 DEFAULT_HEARTBEAT = 10.0
 
 
@@ -54,43 +62,18 @@ class ConfigError(ValueError):
     """A setting has an invalid value; the message names the setting and its source."""
 
 
-@dataclass(frozen=True)
-class HostPort:
-    host: str
-    port: int
-
-    def __str__(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host}:{self.port}"
-
-
 def parse_host_port(text: str, *, default_port: int | None = None) -> HostPort:
-    """``HOST:PORT``, ``[V6]:PORT`` or (with ``default_port``) a bare host; port 0 is allowed."""
-    text = text.strip()
-    host, port_text = text, ""
-    if text.startswith("["):
-        close = text.find("]")
-        if close < 0:
-            raise ConfigError(f"{text!r}: unbalanced '[' in address")
-        host, rest = text[1:close], text[close + 1 :]
-        if rest and not rest.startswith(":"):
-            raise ConfigError(f"{text!r}: expected ':PORT' after ']'")
-        port_text = rest[1:]
-    elif text.count(":") == 1:
-        host, port_text = text.split(":")
-    if not port_text:
-        if default_port is None:
-            raise ConfigError(f"{text!r}: expected HOST:PORT")
-        return HostPort(host, default_port)
-    if not host:
-        raise ConfigError(f"{text!r}: missing host before ':PORT'")
+    """:func:`meshd.address.parse_host_port`, failing with a ``ConfigError``."""
     try:
-        port = int(port_text)
-    except ValueError:
-        raise ConfigError(f"{text!r}: port {port_text!r} is not a number") from None
-    if not 0 <= port <= 65535:
-        raise ConfigError(f"{text!r}: port {port} out of range 0-65535")
-    return HostPort(host, port)
+        return address.parse_host_port(text, default_port=default_port)
+    except address.AddressError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+DEFAULT_API = HostPort("127.0.0.1", DEFAULT_API_PORT)
+"""Loopback: the API can flash every device this node reaches (it is authenticated too)."""
+DEFAULT_PEER_LISTEN = HostPort("0.0.0.0", DEFAULT_PEER_PORT)  # noqa: S104 - the LAN is the point
+DEFAULT_VERSION_POLICY = VersionPolicy.RELEASE
 
 
 def default_data_dir(env: Mapping[str, str] | None = None) -> Path:
@@ -110,8 +93,8 @@ class Settings:
     """Everything ``meshd serve`` is configured with."""
 
     data_dir: Path
-    api: HostPort = HostPort("127.0.0.1", DEFAULT_API_PORT)
-    peer_listen: HostPort = HostPort("0.0.0.0", DEFAULT_PEER_PORT)  # noqa: S104 - the LAN is the point
+    api: HostPort = DEFAULT_API
+    peer_listen: HostPort = DEFAULT_PEER_LISTEN
     mdns: bool = True
     """Advertise and browse with mDNS; off, only static peers and inbound sessions."""
     mdns_interfaces: tuple[str, ...] = ()
@@ -122,7 +105,7 @@ class Settings:
     receiver: bool = True
     offload: bool = True
     peers: tuple[HostPort, ...] = ()
-    version_policy: VersionPolicy = VersionPolicy.RELEASE
+    version_policy: VersionPolicy = DEFAULT_VERSION_POLICY
     include_local: bool = True
     heartbeat: float = DEFAULT_HEARTBEAT
     config_file: Path | None = None

@@ -16,8 +16,9 @@ Where the mesh plugs in
   are started after the engine and before the API, and stopped after the API and
   before the engine, so no request reaches a half-started mesh and no remote compile
   is in flight while the engine persists its jobs.
-* :attr:`Daemon.hooks` (:class:`meshd.api.ApiHooks`): ``fingerprint`` (the identity),
-  ``peers`` (the registry snapshot) and ``routes`` (pairing/trust endpoints) for the API.
+* :attr:`Daemon.hooks` (:class:`meshd.api.ApiHooks`): ``mesh`` (the mesh as a
+  ``MeshControl``: identity, peers, trust, pairing) and ``routes`` (the pairing/trust
+  endpoints built on it) for the API.
 """
 
 from __future__ import annotations
@@ -34,12 +35,13 @@ from typing import Protocol
 from meshd import __version__
 from meshd.api.mesh_routes import mesh_routes
 from meshd.api.server import ApiServer, load_token, write_api_file
-from meshd.api.state import ApiHooks, NodeInfo
+from meshd.api.state import ApiHooks, NodeFacts
 from meshd.config import Settings
+from meshd.db import database_path
 from meshd.jobs.engine import Engine
 from meshd.jobs.model import JobType
 from meshd.jobs.runner import Runner
-from meshd.jobs.store import DB_FILENAME, DatabaseUnusable, check_database
+from meshd.jobs.store import DatabaseUnusable, check_database
 from meshd.mesh.node import MeshSettings
 from meshd.mesh.service import MeshService
 from meshd.sdnotify import Notifier
@@ -91,7 +93,7 @@ class Daemon:
             runners if runners is not None else make_runners(self.toolchain),
             upload_slots=settings.upload_slots,
         )
-        self.node = NodeInfo(
+        self.node = NodeFacts(
             name=settings.name, version=__version__, data_dir=str(settings.data_dir)
         )
         self.hooks = ApiHooks()
@@ -129,9 +131,7 @@ class Daemon:
             esphome_version=lambda: self.node.esphome_version,
             version_known=self._version_probed.wait,
         )
-        self.hooks.fingerprint = lambda: mesh.node.identity.fingerprint_hex
-        self.hooks.peers = mesh.node.peers
-        self.hooks.node = mesh.node.node_info
+        self.hooks.mesh = mesh.node
         self.hooks.routes.extend(mesh_routes(mesh.node))
         return [mesh]
 
@@ -220,7 +220,10 @@ class Daemon:
         lines: list[str] = []
         try:
             result = await asyncio.wait_for(
-                self.toolchain.run(self.toolchain.esphome_argv("version"), on_line=lines.append),
+                # Not a job: nothing to record for the orphan kill (it ends in seconds).
+                self.toolchain.run(
+                    self.toolchain.esphome_argv("version"), on_line=lines.append, on_start=None
+                ),
                 ESPHOME_VERSION_TIMEOUT,
             )
         except ToolMissing as exc:
@@ -260,7 +263,7 @@ def serve(settings: Settings, *, verbose: bool = False) -> int:
     if settings.config_file is not None:
         _LOGGER.info("settings from %s", settings.config_file)
     try:
-        check_database(settings.data_dir / DB_FILENAME)
+        check_database(database_path(settings.data_dir))
     except DatabaseUnusable as exc:
         _LOGGER.error("meshd cannot start: %s", exc)  # noqa: TRY400 - the message is the point
         return EXIT_BAD_DATA

@@ -15,20 +15,27 @@ Kept to what several suites reuse (toolchain, daemon, mesh):
 * ``host_device``: a running copy of the session firmware, on loopback only.
 
 Everything that may try to download runs under ``unshare -n`` (tests/support/netns.py).
+
+And one autouse guard for every test: ``leak_guard`` fails a test that leaves asyncio
+tasks, pending timer handles or child processes behind (tests/support/leaks.py).
 """
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+import pytest_asyncio
+from pytest_asyncio import is_async_test
 
 from meshd.toolchain.tools import Toolchain
+from tests.support import leaks
 from tests.support.host_device import (
     HostDevice,
     HostFirmware,
@@ -45,6 +52,43 @@ HOST_NAME = "meshd-host"
 HOST_PASSWORD = "meshd-test-password"
 # A cold host compile takes ~40 s on 2 cores; allow for a loaded CI machine.
 COLD_COMPILE_TIMEOUT = 600
+
+
+@pytest.fixture(autouse=True)
+def leak_guard(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Fail the test if it leaves child processes (and, if async, tasks or timers) behind.
+
+    Set up before, and torn down after, every other fixture of the test, so what a
+    fixture cleans up in its own teardown is not a leak.
+    """
+    before = leaks.child_pids()
+    if is_async_test(request.node):
+        request.getfixturevalue("_async_leak_guard")
+    yield
+    leaked = leaks.leaked_children(before)
+    if leaked:
+        listing = "\n  ".join(leaks.describe_process(pid) for pid in leaked)
+        pytest.fail(f"leak guard: the test left {len(leaked)} child process(es):\n  {listing}")
+
+
+@pytest_asyncio.fixture
+async def _async_leak_guard() -> AsyncIterator[None]:
+    """The event-loop half of ``leak_guard``: runs in the test's loop, before it closes."""
+    yield
+    loop = asyncio.get_running_loop()
+    # One turn of the loop: callbacks of what teardowns just cancelled run now.
+    await asyncio.sleep(0)
+    tasks = leaks.pending_tasks(loop)
+    timers = leaks.pending_timers(loop)
+    if tasks or timers:
+        lines = [f"task {task!r}" for task in tasks] + [f"timer {handle!r}" for handle in timers]
+        for task in tasks:  # do not let them run on into the loop's shutdown
+            task.cancel()
+        listing = "\n  ".join(lines)
+        pytest.fail(
+            f"leak guard: the test left {len(tasks)} task(s) and {len(timers)} timer(s) "
+            f"in its event loop:\n  {listing}"
+        )
 
 
 def _require_netns() -> None:

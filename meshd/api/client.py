@@ -8,24 +8,36 @@ Errors come in three kinds the CLI maps to exit codes: :class:`DaemonUnreachable
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-import aiohttp
-
-from meshd.api.server import API_FILENAME
-from meshd.api.state import API_PREFIX
+from meshd.api import transport
+from meshd.api.wire import (
+    API_FILENAME,
+    API_PREFIX,
+    AUTH_HEADER,
+    EVENTS_HEARTBEAT,
+    NotAnApiFile,
+    bearer,
+    read_api_file,
+)
 from meshd.config import default_data_dir
+
+if TYPE_CHECKING:  # aiohttp is imported only when a command opens the events stream
+    import aiohttp
 
 # Requests are local and small; a daemon that takes longer is wedged, not slow.
 # Streams (logs, events) have no total timeout: a compile can take an hour.
 REQUEST_TIMEOUT = 60.0
 CONNECT_TIMEOUT = 10.0
+# Tool output lines are capped at 64 KiB by the daemon; this only bounds a broken one.
+MAX_LOG_LINE = 1024 * 1024
 
 
 class ClientError(Exception):
@@ -63,7 +75,7 @@ def find_endpoint(
     directory = data_dir or default_data_dir()
     path = directory / API_FILENAME
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        found = read_api_file(path)
     except FileNotFoundError:
         raise DaemonUnreachable(
             f"no running meshd found: {path} does not exist "
@@ -74,25 +86,27 @@ def find_endpoint(
             f"cannot read {path} (permission denied): run as the daemon's user, "
             "or pass --api URL --token TOKEN"
         ) from None
+    except NotAnApiFile as exc:
+        raise DaemonUnreachable(str(exc)) from None
     except (OSError, ValueError) as exc:
         raise DaemonUnreachable(f"cannot read {path}: {exc}") from None
-    if not isinstance(data, dict) or not isinstance(data.get("url"), str):
-        raise DaemonUnreachable(f"{path} is not a meshd API file")
-    return Endpoint((url or data["url"]).rstrip("/"), token or str(data.get("token", "")))
+    return Endpoint((url or found.url).rstrip("/"), token or found.token)
 
 
 class Client:
-    """An aiohttp session bound to one daemon; use as ``async with Client(ep) as c``."""
+    """One daemon's API; use as ``async with Client(ep) as c``.
+
+    Requests and log streams go over :mod:`meshd.api.transport` (a connection each:
+    the daemon is local). Only :meth:`events` needs aiohttp (a websocket); it is
+    imported there, so commands that never follow a job never load it.
+    """
 
     def __init__(self, endpoint: Endpoint) -> None:
         self.endpoint = endpoint
         self._session: aiohttp.ClientSession | None = None
+        self._origin: transport.Origin | None = None
 
     async def __aenter__(self) -> Client:
-        self._session = aiohttp.ClientSession(
-            headers={"Authorization": f"Bearer {self.endpoint.token}"},
-            timeout=aiohttp.ClientTimeout(total=None, connect=CONNECT_TIMEOUT),
-        )
         return self
 
     async def __aexit__(
@@ -106,29 +120,44 @@ class Client:
             self._session = None
 
     @property
-    def session(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            raise RuntimeError("use the client as an async context manager")
-        return self._session
+    def origin(self) -> transport.Origin:
+        if self._origin is None:
+            try:
+                self._origin = transport.Origin.parse(self.endpoint.url)
+            except transport.TransportError as exc:
+                raise DaemonUnreachable(f"bad API URL: {exc}") from None
+        return self._origin
 
-    def _url(self, path: str) -> str:
-        return f"{self.endpoint.url}{API_PREFIX}{path}"
+    def _headers(self) -> list[tuple[str, str]]:
+        return [(AUTH_HEADER, bearer(self.endpoint.token))]
 
     def _unreachable(self, exc: Exception) -> DaemonUnreachable:
         return DaemonUnreachable(f"meshd is not reachable at {self.endpoint.url}: {exc}")
 
     async def request(self, method: str, path: str, body: Any = None) -> Any:
         """One JSON request; raises ``ApiRequestError`` on an error answer."""
+        headers = self._headers()
+        payload = None
+        if body is not None:
+            payload = json.dumps(body).encode()
+            headers.append(("Content-Type", "application/json"))
         try:
-            async with self.session.request(
-                method,
-                self._url(path),
-                json=body,
-                timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT, connect=CONNECT_TIMEOUT),
-            ) as response:
-                return await _json_or_raise(response)
-        except (aiohttp.ClientConnectionError, TimeoutError) as exc:
+            async with asyncio.timeout(REQUEST_TIMEOUT):
+                response = await transport.request(
+                    self.origin,
+                    method,
+                    API_PREFIX + path,
+                    headers=headers,
+                    body=payload,
+                    connect_timeout=CONNECT_TIMEOUT,
+                )
+        except TimeoutError:
+            raise self._unreachable(
+                TimeoutError(f"no answer within {REQUEST_TIMEOUT:.0f} s")
+            ) from None
+        except transport.TransportError as exc:
             raise self._unreachable(exc) from None
+        return _json_or_raise(response.status, response.reason, response.body)
 
     async def status(self) -> dict[str, Any]:
         result: dict[str, Any] = await self.request("GET", "/status")
@@ -157,20 +186,31 @@ class Client:
 
     async def log_lines(self, job_id: str, *, follow: bool = False) -> AsyncIterator[str]:
         """The job's log, line by line; with ``follow`` until the job is terminal."""
-        url = self._url(f"/jobs/{_quote(job_id)}/log") + ("?follow=1" if follow else "")
+        target = f"{API_PREFIX}/jobs/{_quote(job_id)}/log" + ("?follow=1" if follow else "")
         try:
-            async with self.session.get(url) as response:
-                if response.status >= 400:
-                    await _json_or_raise(response)
-                async for raw in response.content:
-                    yield raw.decode("utf-8", "replace").rstrip("\r\n")
-        except (aiohttp.ClientConnectionError, TimeoutError) as exc:
+            async with transport.stream(
+                self.origin, "GET", target, headers=self._headers(), connect_timeout=CONNECT_TIMEOUT
+            ) as (head, chunks):
+                if head.status_code >= 400:
+                    body = b"".join([chunk async for chunk in chunks])
+                    _json_or_raise(head.status_code, head.reason.decode("latin-1"), body)
+                async for raw in transport.lines(chunks, max_line=MAX_LOG_LINE):
+                    yield raw.decode("utf-8", "replace").rstrip("\r")
+        except transport.TransportError as exc:
             raise self._unreachable(exc) from None
 
     async def events(self) -> EventStream:
         """Open the events websocket; iterate the returned stream, then ``close()`` it."""
+        import aiohttp  # only followers pay for aiohttp (see the class)
+
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                headers={AUTH_HEADER: bearer(self.endpoint.token)},
+                timeout=aiohttp.ClientTimeout(total=None, connect=CONNECT_TIMEOUT),
+            )
+        url = f"{self.endpoint.url}{API_PREFIX}/events"
         try:
-            ws = await self.session.ws_connect(self._url("/events"), heartbeat=30.0)
+            ws = await self._session.ws_connect(url, heartbeat=EVENTS_HEARTBEAT)
         except aiohttp.WSServerHandshakeError as exc:
             if exc.status == 401:
                 raise ApiRequestError(401, "unauthorized", "wrong API token", {}) from None
@@ -187,6 +227,8 @@ class EventStream:
         self.ws = ws
 
     async def __aiter__(self) -> AsyncIterator[dict[str, Any]]:
+        import aiohttp  # loaded already by Client.events
+
         async for message in self.ws:
             if message.type is aiohttp.WSMsgType.TEXT:
                 event = json.loads(message.data)
@@ -204,19 +246,19 @@ def _quote(job_id: str) -> str:
     return quote(job_id, safe="")
 
 
-async def _json_or_raise(response: aiohttp.ClientResponse) -> Any:
+def _json_or_raise(status: int, reason: str, raw: bytes) -> Any:
     try:
-        body = await response.json(content_type=None)
+        body = json.loads(raw) if raw else None
     except ValueError:
         body = None
-    if response.status >= 400:
+    if status >= 400:
         error = body.get("error") if isinstance(body, dict) else None
         if isinstance(error, dict):
             raise ApiRequestError(
-                response.status,
+                status,
                 str(error.get("code", "error")),
-                str(error.get("message", response.reason)),
+                str(error.get("message", reason)),
                 error,
             )
-        raise ApiRequestError(response.status, "http_error", f"HTTP {response.status}", {})
+        raise ApiRequestError(status, "http_error", f"HTTP {status}", {})
     return body

@@ -1,7 +1,8 @@
 """Control-API endpoints for the mesh: identity, trust and pairing (docs/API.md).
 
-The daemon builds them around its ``MeshNode`` and hands them to the API through
-``ApiHooks.routes``, so they share the token check and the JSON error shape.
+The daemon builds them around its mesh (anything that is a ``MeshControl``) and hands
+them to the API through ``ApiHooks.routes``, so they share the token check and the
+JSON error shape.
 """
 
 from __future__ import annotations
@@ -10,20 +11,22 @@ from typing import Any
 
 from aiohttp import web
 
-from meshd.api.state import API_PREFIX
-from meshd.api.validation import ApiError, bad_request, read_json
+from meshd.address import AddressError, parse_host_port
+from meshd.api.mesh_control import MeshControl, TrustEntry
+from meshd.api.validation import (
+    ApiError,
+    bad_request,
+    optional_bool,
+    optional_number,
+    optional_string,
+    read_json,
+)
+from meshd.api.wire import API_PREFIX, DEFAULT_PAIRING_TTL, MAX_PAIRING_TTL
 from meshd.link import LinkError, TrustRefused
-from meshd.mesh.node import MeshNode
 from meshd.mesh.security.identity import parse_fingerprint
-from meshd.mesh.security.pairing import PairingError
-from meshd.mesh.security.trust import TrustedPeer
-
-# A pairing window longer than an hour is a standing invitation, not a window.
-MAX_PAIRING_TTL = 3600.0
-DEFAULT_PAIRING_TTL = 300.0
 
 
-def trusted_to_dict(peer: TrustedPeer) -> dict[str, Any]:
+def trusted_to_dict(peer: TrustEntry) -> dict[str, Any]:
     return {
         "fingerprint": peer.fingerprint,
         "name": peer.name,
@@ -50,28 +53,38 @@ def _fingerprint(text: object) -> str:
         raise bad_request("invalid_fingerprint", str(exc)) from None
 
 
-def mesh_routes(mesh: MeshNode) -> list[web.RouteDef]:
+def _address(text: object) -> str:
+    """A HOST:PORT from a request, in its canonical form (IPv6 in brackets)."""
+    if not isinstance(text, str):
+        raise bad_request("invalid_address", "address must be HOST:PORT")
+    try:
+        return str(parse_host_port(text))
+    except AddressError as exc:
+        raise bad_request("invalid_address", str(exc)) from None
+
+
+def mesh_routes(mesh: MeshControl) -> list[web.RouteDef]:
     async def identity(_request: web.Request) -> web.Response:
-        return web.json_response({"name": mesh.settings.name, **mesh.node_info()})
+        return web.json_response({"name": mesh.name, **mesh.node_info()})
 
     async def trust_list(_request: web.Request) -> web.Response:
-        return web.json_response({"trusted": [trusted_to_dict(p) for p in mesh.trust.list()]})
+        return web.json_response({"trusted": [trusted_to_dict(p) for p in mesh.trusted()]})
 
     async def trust_add(request: web.Request) -> web.Response:
         body = await _body(request)
         fingerprint = _fingerprint(body.get("fingerprint"))
-        if fingerprint == mesh.identity.fingerprint_hex:
+        if fingerprint == mesh.fingerprint:
             raise bad_request("own_fingerprint", "that is this node's own fingerprint")
         address = body.get("address")
-        if address is not None and not isinstance(address, str):
-            raise bad_request("invalid_address", "address must be HOST:PORT")
-        name = body.get("name") or ""
+        if address is not None and address != "":
+            address = _address(address)
+        # Strict: "false" (a string) must not grant a role.
         peer = mesh.trust_peer(
             fingerprint,
-            name=str(name),
+            name=optional_string(body, "name", max_length=256),
             addresses=(address,) if address else (),
-            may_send_work=bool(body.get("may_send_work", True)),
-            may_build_for_me=bool(body.get("may_build_for_me", True)),
+            may_send_work=optional_bool(body, "may_send_work", True),
+            may_build_for_me=optional_bool(body, "may_build_for_me", True),
         )
         return web.json_response({"trusted": trusted_to_dict(peer)}, status=201)
 
@@ -83,15 +96,15 @@ def mesh_routes(mesh: MeshNode) -> list[web.RouteDef]:
 
     async def pair_open(request: web.Request) -> web.Response:
         body = await _body(request)
-        ttl = body.get("ttl", DEFAULT_PAIRING_TTL)
-        if not isinstance(ttl, int | float) or not 0 < ttl <= MAX_PAIRING_TTL:
+        ttl = optional_number(body, "ttl", DEFAULT_PAIRING_TTL)
+        if not 0 < ttl <= MAX_PAIRING_TTL:
             raise bad_request("invalid_ttl", f"ttl must be 1..{MAX_PAIRING_TTL:.0f} seconds")
         code = mesh.open_pairing(float(ttl))
         return web.json_response(
             {
                 "code": str(code),
-                "expires_in": ttl,
-                "fingerprint": mesh.identity.fingerprint_hex,
+                "expires_in": int(ttl) if ttl.is_integer() else ttl,
+                "fingerprint": mesh.fingerprint,
                 "peer_port": mesh.port,
             },
             status=201,
@@ -104,7 +117,7 @@ def mesh_routes(mesh: MeshNode) -> list[web.RouteDef]:
             raise bad_request("invalid_pairing", "give the receiver's HOST:PORT and its code")
         try:
             peer = await mesh.join(address, code)
-        except (PairingError, TrustRefused) as exc:
+        except TrustRefused as exc:  # a PairingError is one
             raise bad_request("pairing_failed", str(exc)) from None
         except ValueError as exc:
             raise bad_request("invalid_pairing", str(exc)) from None

@@ -18,7 +18,17 @@ from aiohttp import WSMsgType, web
 
 from meshd import __version__
 from meshd.api.state import CLOSING_KEY, ENGINE_KEY, HOOKS_KEY, NODE_KEY, WEBSOCKETS_KEY
-from meshd.api.validation import INSTALL, ApiError, bad_request, parse_job_request, read_json
+from meshd.api.validation import (
+    CONFIG_RULES_KEY,
+    INSTALL,
+    ApiError,
+    bad_request,
+    parse_job_request,
+    query_bool,
+    query_int,
+    read_json,
+)
+from meshd.api.wire import EVENTS_HEARTBEAT
 from meshd.jobs.engine import Engine, EngineStopped, InvalidJob, StorageUnavailable, UnknownJob
 from meshd.jobs.events import Event, JobEvent
 from meshd.jobs.model import Job, JobStatus, JobType, LaneName
@@ -30,9 +40,8 @@ _LOGGER = logging.getLogger(__name__)
 FOLLOW_POLL_SECONDS = 1.0
 # Read the log in blocks; a compile log can run to megabytes.
 LOG_CHUNK = 64 * 1024
-# Websocket pings keep NAT/proxies from dropping an idle events stream and detect a
-# vanished client.
-WS_HEARTBEAT_SECONDS = 30.0
+# Websocket pings (every EVENTS_HEARTBEAT) keep NAT/proxies from dropping an idle
+# events stream and detect a vanished client.
 # Close code for a subscriber that fell behind: "try again later" (RFC 6455 1013).
 WS_OVERFLOW_CLOSE = 1013
 
@@ -103,12 +112,7 @@ def _status_filter(raw: str | None) -> set[JobStatus] | None:
 
 async def list_jobs(request: web.Request) -> web.Response:
     wanted = _status_filter(request.query.get("status"))
-    raw_limit = request.query.get("limit", "0")
-    limit = int(raw_limit) if raw_limit.isdigit() else -1
-    if limit < 0:
-        raise bad_request(
-            "invalid_query", f"limit must be a whole number >= 0, not {raw_limit!r}", field="limit"
-        )
+    limit = query_int(request, "limit", 0)
     jobs = [job for job in _engine(request).jobs() if wanted is None or job.status in wanted]
     if limit:
         jobs = jobs[-limit:]
@@ -122,7 +126,7 @@ async def get_job(request: web.Request) -> web.Response:
 async def create_job(request: web.Request) -> web.Response:
     body = await read_json(request)
     # File checks read the disk; keep the loop free for streams and the watchdog.
-    job_request = await asyncio.to_thread(parse_job_request, body)
+    job_request = await asyncio.to_thread(parse_job_request, body, request.app[CONFIG_RULES_KEY])
     engine = _engine(request)
     try:
         if job_request.kind == INSTALL:
@@ -172,7 +176,7 @@ async def job_log(request: web.Request) -> web.StreamResponse:
     """The job's log as text; with ``?follow=1`` kept open until the job is terminal."""
     job = _job(request)
     engine = _engine(request)
-    follow = request.query.get("follow", "") not in ("", "0", "false", "no")
+    follow = query_bool(request, "follow")
     path = engine.logs.path(job.id)
     response = web.StreamResponse(headers={"Content-Type": "text/plain; charset=utf-8"})
     response.enable_chunked_encoding()
@@ -239,7 +243,7 @@ async def events_ws(request: web.Request) -> web.WebSocketResponse:
     # Subscribe before the handshake completes: a client that connects and then
     # submits a job must see that job's first event.
     subscription = engine.bus.subscribe()
-    ws = web.WebSocketResponse(heartbeat=WS_HEARTBEAT_SECONDS)
+    ws = web.WebSocketResponse(heartbeat=EVENTS_HEARTBEAT)
     sockets = request.app[WEBSOCKETS_KEY]
     try:
         await ws.prepare(request)

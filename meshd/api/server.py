@@ -7,8 +7,14 @@ flash any device. The token is a random secret the daemon keeps in
 is allowed), so a client with read access to the data dir needs nothing else.
 
 This package knows nothing about the daemon that composes it: it gets the engine, a
-:class:`NodeInfo` and :class:`ApiHooks` (where the mesh later plugs in its identity and
+:class:`NodeFacts` and :class:`ApiHooks` (where the mesh later plugs in its identity and
 peer registry), so the import direction stays ``daemon → api → jobs``.
+
+The listener is hardened against a flood (``meshd.api.connections``: per-source and
+total connection caps, first-request and idle timeouts, rate-limited warnings), and
+every request passes the token check before anything else reads its body. Which
+files a job may name is :class:`meshd.api.validation.ConfigRules` (the data dir never;
+only the configured config dirs when there are any).
 """
 
 from __future__ import annotations
@@ -16,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
-import json
 import logging
 import os
 import secrets
@@ -26,9 +31,9 @@ from pathlib import Path
 
 from aiohttp import WSCloseCode, web
 
+from meshd.api.connections import IDLE_TIMEOUT, ConnectionGate, LogThrottle
 from meshd.api.routes import routes
 from meshd.api.state import (
-    API_PREFIX,
     CLOSING_KEY,
     ENGINE_KEY,
     HOOKS_KEY,
@@ -36,18 +41,29 @@ from meshd.api.state import (
     TOKEN_KEY,
     WEBSOCKETS_KEY,
     ApiHooks,
-    NodeInfo,
+    NodeFacts,
 )
-from meshd.api.validation import ApiError
+from meshd.api.validation import CONFIG_RULES_KEY, ApiError, ConfigRules
+from meshd.api.wire import (
+    API_FILENAME,
+    API_PREFIX,
+    AUTH_HEADER,
+    AUTH_SCHEME,
+    ApiFile,
+    read_api_file,
+)
 from meshd.config import HostPort
 from meshd.jobs.diskio import describe, is_write_error
 from meshd.jobs.engine import Engine
 
 _LOGGER = logging.getLogger(__name__)
 
-API_FILENAME = "api.json"
 # 256 bits: the token guards flashing firmware onto every device this node reaches.
 TOKEN_BYTES = 32
+# token_urlsafe(32) gives 43 characters; anything under 32 was never ours.
+MIN_TOKEN_CHARS = 32
+# Streams are ended by on_shutdown; a request still running this long after is cut.
+SHUTDOWN_GRACE = 5.0
 # Job requests are small JSON objects; anything bigger is a mistake or an attack.
 MAX_REQUEST_BYTES = 64 * 1024
 
@@ -85,18 +101,37 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return error_response(ApiError(500, "internal_error", message))
 
 
+_auth_throttle = LogThrottle(_LOGGER)
+
+
+def token_matches(header: str, expected: str) -> bool:
+    """Whether an ``Authorization`` header carries the token (constant time, any bytes).
+
+    Compared as bytes: ``hmac.compare_digest`` refuses non-ASCII *strings* with a
+    TypeError, which would turn a stranger's odd header into a 500.
+    """
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer":
+        return False
+    given = token.strip().encode("utf-8", "replace")
+    return hmac.compare_digest(given, expected.encode("utf-8"))
+
+
 @web.middleware
 async def _auth(request: web.Request, handler: Handler) -> web.StreamResponse:
-    expected = request.app[TOKEN_KEY]
-    header = request.headers.get("Authorization", "")
-    scheme, _, token = header.partition(" ")
-    # compare_digest: the token must not leak through response timing.
-    if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip(), expected):
+    header = request.headers.get(AUTH_HEADER, "")
+    if not token_matches(header, request.app[TOKEN_KEY]):
         problem = "missing" if not header else "wrong"
+        if header:
+            _auth_throttle.warning(
+                f"auth:{request.remote}",
+                "control API: request with a wrong token from %s",
+                request.remote,
+            )
         raise ApiError(
             401,
             "unauthorized",
-            f"{problem} API token: send 'Authorization: Bearer TOKEN' "
+            f"{problem} API token: send '{AUTH_HEADER}: {AUTH_SCHEME} TOKEN' "
             f"(the token is in <data-dir>/{API_FILENAME})",
         )
     return await handler(request)
@@ -105,11 +140,11 @@ async def _auth(request: web.Request, handler: Handler) -> web.StreamResponse:
 def load_token(data_dir: Path) -> str | None:
     """The token of a previous run, so scripts given ``--token`` survive restarts."""
     try:
-        data = json.loads((data_dir / API_FILENAME).read_text(encoding="utf-8"))
+        token = read_api_file(data_dir / API_FILENAME).token
     except (OSError, ValueError):
         return None
-    token = data.get("token") if isinstance(data, dict) else None
-    return token if isinstance(token, str) and len(token) >= 32 else None
+    # Shorter than a token this server would make: not one of ours, make a new one.
+    return token if len(token) >= MIN_TOKEN_CHARS else None
 
 
 def write_api_file(data_dir: Path, url: str, token: str) -> Path:
@@ -119,8 +154,7 @@ def write_api_file(data_dir: Path, url: str, token: str) -> Path:
     try:
         os.fchmod(fd, 0o600)
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump({"url": url, "token": token}, handle)
-            handle.write("\n")
+            handle.write(ApiFile(url=url, token=token).dumps())
             handle.flush()
             os.fsync(handle.fileno())
         Path(tmp).replace(target)
@@ -137,22 +171,32 @@ class ApiServer:
     def __init__(
         self,
         engine: Engine,
-        node: NodeInfo,
+        node: NodeFacts,
         *,
         bind: HostPort,
         token: str | None = None,
         hooks: ApiHooks | None = None,
+        config_dirs: tuple[Path, ...] = (),
+        gate: ConnectionGate | None = None,
     ) -> None:
         self.engine = engine
         self.node = node
         self.bind = bind
         self.token = token or secrets.token_urlsafe(TOKEN_BYTES)
         self.hooks = hooks or ApiHooks()
+        # The data dir holds the identity, the token and the trees built for peers.
+        forbidden = (Path(node.data_dir),) if node.data_dir else ()
+        self.config_rules = ConfigRules(config_dirs=tuple(config_dirs), forbidden=forbidden)
+        self.gate = gate or ConnectionGate()
         self.url: str | None = None
         self._runner: web.AppRunner | None = None
 
     def make_app(self) -> web.Application:
-        app = web.Application(middlewares=[_errors, _auth], client_max_size=MAX_REQUEST_BYTES)
+        app = web.Application(
+            middlewares=[self.gate.middleware(), _errors, _auth],
+            client_max_size=MAX_REQUEST_BYTES,
+        )
+        app[CONFIG_RULES_KEY] = self.config_rules
         app[ENGINE_KEY] = self.engine
         app[NODE_KEY] = self.node
         app[HOOKS_KEY] = self.hooks
@@ -167,11 +211,16 @@ class ApiServer:
 
     async def start(self) -> str:
         """Bind and serve; returns the URL (with the real port when asked for port 0)."""
-        # A short shutdown timeout: streams are ended by on_shutdown, anything left is cut.
         runner = web.AppRunner(
-            self.make_app(), access_log=None, handle_signals=False, shutdown_timeout=5.0
+            self.make_app(),
+            access_log=None,
+            handle_signals=False,
+            shutdown_timeout=SHUTDOWN_GRACE,
+            keepalive_timeout=IDLE_TIMEOUT,
         )
         await runner.setup()
+        assert runner.server is not None
+        self.gate.install(runner.server)
         site = web.TCPSite(runner, self.bind.host, self.bind.port, reuse_address=True)
         try:
             await site.start()

@@ -6,20 +6,18 @@ Kept apart from the server and the routes so both can import it without a cycle.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
 
+from meshd.api.mesh_control import MeshControl
 from meshd.jobs.engine import Engine
-
-API_PREFIX = "/api/v1"
 
 
 @dataclass
-class NodeInfo:
-    """What ``/api/v1/status`` says about this node."""
+class NodeFacts:
+    """What ``/api/v1/status`` says about this node (not the link's ``NodeInfo`` message)."""
 
     name: str
     version: str
@@ -28,35 +26,36 @@ class NodeInfo:
     """Filled in once ``esphome version`` has answered (it runs once, at start)."""
 
 
-def _no_fingerprint() -> str | None:
-    return None
-
-
-def _no_peers() -> list[dict[str, Any]]:
-    return []
-
-
 @dataclass
 class ApiHooks:
-    """Extension points the mesh fills in when it is wired into the daemon.
+    """Where the mesh plugs into the API when it is wired into the daemon.
 
-    * ``fingerprint``: this node's identity fingerprint (None until an identity exists);
-    * ``peers``: a JSON-ready snapshot of the peer registry, served by ``/api/v1/peers``
-      and in ``/api/v1/status``;
+    * ``mesh``: the mesh's control surface (:class:`MeshControl`), or None for a node
+      without one: then there is no fingerprint, no peers and nothing extra in
+      ``status.node``;
     * ``routes``: extra routes (e.g. pairing, trust), with full paths under
-      ``API_PREFIX``, served with the same authentication and JSON errors; add them
+      ``meshd.api.wire.API_PREFIX``, served with the same authentication and JSON errors; add them
       before the server starts.
     """
 
-    fingerprint: Callable[[], str | None] = _no_fingerprint
-    peers: Callable[[], list[dict[str, Any]]] = _no_peers
-    node: Callable[[], dict[str, Any]] = dict
-    """Extra facts about this node for ``status.node`` (the mesh's identity and roles)."""
+    mesh: MeshControl | None = None
     routes: list[web.AbstractRouteDef] = field(default_factory=list)
+
+    def fingerprint(self) -> str | None:
+        """This node's identity fingerprint (None without a mesh)."""
+        return self.mesh.fingerprint if self.mesh is not None else None
+
+    def peers(self) -> list[dict[str, Any]]:
+        """The peer registry, JSON-ready, for ``/api/v1/peers`` and ``/api/v1/status``."""
+        return self.mesh.peers() if self.mesh is not None else []
+
+    def node(self) -> dict[str, Any]:
+        """Extra facts about this node for ``status.node`` (the mesh's identity and roles)."""
+        return self.mesh.node_info() if self.mesh is not None else {}
 
 
 ENGINE_KEY = web.AppKey("engine", Engine)
-NODE_KEY = web.AppKey("node", NodeInfo)
+NODE_KEY = web.AppKey("node", NodeFacts)
 HOOKS_KEY = web.AppKey("hooks", ApiHooks)
 TOKEN_KEY = web.AppKey("token", str)
 WEBSOCKETS_KEY: web.AppKey[set[web.WebSocketResponse]] = web.AppKey("websockets")

@@ -1,4 +1,4 @@
-"""Mesh commands of the ``meshd`` CLI: identity, trust, untrust, pair open/join.
+"""Mesh commands of the ``meshd`` CLI: peers, identity, trust, untrust, trusted, pair.
 
 Like every client command they only talk to the daemon's control API; the daemon
 owns the identity key and the trust store.
@@ -12,11 +12,32 @@ import click
 from rich.table import Table
 
 from meshd.api.client import Client
-from meshd.cli.main import EXIT_OK, _json, _print_json, cli, client_options, console, run_client
+from meshd.api.wire import DEFAULT_PAIRING_TTL
+from meshd.cli.app import EXIT_OK, cli, client_options, console, json_option, print_json, run_client
+from meshd.cli.render import peers_table
 
 
 @cli.command()
-@_json
+@json_option
+@client_options
+def peers(as_json: bool, **opts: Any) -> None:
+    """The peers this node knows."""
+
+    async def run(client: Client) -> int:
+        found = await client.peers()
+        if as_json:
+            print_json({"peers": found})
+        elif not found:
+            console.print("no peers")
+        else:
+            console.print(peers_table(found))
+        return EXIT_OK
+
+    run_client(opts, run)
+
+
+@cli.command()
+@json_option
 @client_options
 def identity(as_json: bool, **opts: Any) -> None:
     """This node's identity: the fingerprint peers trust it by."""
@@ -24,7 +45,7 @@ def identity(as_json: bool, **opts: Any) -> None:
     async def run(client: Client) -> int:
         info = await client.request("GET", "/identity")
         if as_json:
-            _print_json(info)
+            print_json(info)
         else:
             console.print(f"name:        {info['name']}")
             console.print(f"fingerprint: {info['fingerprint_display']}")
@@ -49,7 +70,7 @@ def identity(as_json: bool, **opts: Any) -> None:
     default=True,
     help="This node may send it compiles (with your configurations and secrets) [yes].",
 )
-@_json
+@json_option
 @client_options
 def trust(
     fingerprint: str,
@@ -72,7 +93,7 @@ def trust(
         }
         peer = (await client.request("POST", "/trust", body))["trusted"]
         if as_json:
-            _print_json(peer)
+            print_json(peer)
         else:
             roles = [
                 r for r, on in (("send work", send_work), ("build for me", build_for_me)) if on
@@ -100,7 +121,7 @@ def untrust(fingerprint: str, **opts: Any) -> None:
 
 
 @cli.command(name="trusted")
-@_json
+@json_option
 @client_options
 def trusted(as_json: bool, **opts: Any) -> None:
     """The trust store: peers this node trusts, and for what."""
@@ -108,7 +129,7 @@ def trusted(as_json: bool, **opts: Any) -> None:
     async def run(client: Client) -> int:
         peers = (await client.request("GET", "/trust"))["trusted"]
         if as_json:
-            _print_json({"trusted": peers})
+            print_json({"trusted": peers})
             return EXIT_OK
         table = Table(box=None, header_style="bold")
         for column in ("NAME", "FINGERPRINT", "SEND WORK", "BUILD FOR ME", "ADDRESSES"):
@@ -133,8 +154,10 @@ def pair() -> None:
 
 
 @pair.command(name="open")
-@click.option("--ttl", type=float, default=300.0, show_default=True, help="Window in seconds.")
-@_json
+@click.option(
+    "--ttl", type=float, default=DEFAULT_PAIRING_TTL, show_default=True, help="Window in seconds."
+)
+@json_option
 @client_options
 def pair_open(ttl: float, as_json: bool, **opts: Any) -> None:
     """On the receiver: open a pairing window and print its one-time code."""
@@ -142,7 +165,7 @@ def pair_open(ttl: float, as_json: bool, **opts: Any) -> None:
     async def run(client: Client) -> int:
         window = await client.request("POST", "/pair/open", {"ttl": ttl})
         if as_json:
-            _print_json(window)
+            print_json(window)
         else:
             console.print(f"pairing code: [bold]{window['code']}[/bold]")
             console.print(
@@ -158,7 +181,7 @@ def pair_open(ttl: float, as_json: bool, **opts: Any) -> None:
 @pair.command(name="join")
 @click.argument("address", metavar="HOST:PORT")
 @click.argument("code")
-@_json
+@json_option
 @client_options
 def pair_join(address: str, code: str, as_json: bool, **opts: Any) -> None:
     """On the offloader: pair with the receiver at HOST:PORT using its CODE."""
@@ -168,7 +191,7 @@ def pair_join(address: str, code: str, as_json: bool, **opts: Any) -> None:
             "trusted"
         ]
         if as_json:
-            _print_json(peer)
+            print_json(peer)
         else:
             console.print(
                 f"paired: now trusting {peer['name'] or '?'} ({peer['fingerprint'][:16]})"

@@ -39,6 +39,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from meshd.config import DEFAULT_UPLOAD_SLOTS
+from meshd.db import database_path
 from meshd.jobs.diskio import LocalWriteError, describe, is_write_error
 from meshd.jobs.events import (
     EventBus,
@@ -56,11 +58,10 @@ from meshd.jobs.options import JobOptions
 from meshd.jobs.orphans import kill_orphan_group, process_identity
 from meshd.jobs.placement import LocalPlacer, Placement, Placer, ReasonCode, Where
 from meshd.jobs.runner import JobContext, JobFailed, Reroute, Runner
-from meshd.jobs.store import DB_FILENAME, JobStore
+from meshd.jobs.store import JobStore
 
 _LOGGER = logging.getLogger(__name__)
 
-DEFAULT_UPLOAD_SLOTS = 4
 
 # The job types a newer job (or a clean) of the same configuration replaces.
 SUPERSEDABLE = frozenset({JobType.COMPILE, JobType.UPLOAD, JobType.RENAME})
@@ -124,7 +125,7 @@ class Engine:
         self.data_dir = data_dir
         data_dir.mkdir(parents=True, exist_ok=True)
         self.bus = bus or EventBus()
-        self.store = JobStore(data_dir / DB_FILENAME)
+        self.store = JobStore(database_path(data_dir))
         self.logs = JobLogs(data_dir / "logs")
         self._runners = dict(runners)
         self._active: dict[str, Job] = {}

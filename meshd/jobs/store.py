@@ -6,8 +6,8 @@ rate of a few per minute makes the fsync cost irrelevant, and losing a completed
 status on power loss would re-flash a device).
 
 The trust store and settings live in other tables of the same file, each owned by
-its own module and connection; this module touches only ``jobs`` (and its
-``jobs_quarantine``).
+its own module and connection (all opened by :func:`meshd.db.connect`); this module
+touches only ``jobs``, ``job_processes`` and ``jobs_quarantine``.
 
 Bad data never stops the daemon: a row that cannot be read back as a job (unknown type
 or status, bad JSON, a missing or mistyped value) is moved to ``jobs_quarantine`` with
@@ -28,11 +28,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from meshd.db import connect
 from meshd.jobs.model import Job, JobStatus, JobType
 
 _LOGGER = logging.getLogger(__name__)
-
-DB_FILENAME = "meshd.db"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -144,15 +143,6 @@ def check_database(path: Path) -> None:
         "job history and trust store (trusted peers must then be trusted or paired again; "
         "the node's identity key is a separate file and is kept)"
     )
-
-
-def connect(path: Path) -> sqlite3.Connection:
-    """Open the shared database file with the settings every meshd table relies on."""
-    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=FULL")
-    conn.execute("PRAGMA busy_timeout=5000")
-    return conn
 
 
 class JobStore:

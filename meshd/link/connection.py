@@ -458,6 +458,7 @@ class Connection:
                 f"peer refused the session: {_reason_text(message.reason)}"
                 + (f" ({message.message})" if message.message else ""),
                 reason=close_reason(message.reason, CloseReason.UNTRUSTED),
+                by_peer=True,
             )
         if not isinstance(message, Hello):
             raise RemoteProtocolError("expected hello after the handshake")

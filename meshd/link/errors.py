@@ -93,9 +93,20 @@ class HandshakeError(LinkError):
 
 
 class TrustRefused(HandshakeError):
-    """Authentication worked but one side does not trust the other (or pairing failed)."""
+    """Authentication worked but one side does not trust the other (or pairing failed).
+
+    ``by_peer`` says which side: True when the peer refused us (it sent ``close`` after
+    the handshake), False when our own authorizer refused the peer's key. Callers act
+    on it (a dialler stops retrying a key it refuses itself) instead of on the text.
+    """
 
     default_reason = CloseReason.UNTRUSTED
+
+    def __init__(
+        self, message: str, *, reason: CloseReason | None = None, by_peer: bool = False
+    ) -> None:
+        super().__init__(message, reason=reason)
+        self.by_peer = by_peer
 
 
 class LinkClosed(LinkError):

@@ -45,7 +45,7 @@ from meshd.link.handshake import Mode
 from meshd.link.limits import HANDSHAKE_TIMEOUT
 from meshd.link.session import READ_SIZE, LinkSession, PeerInfo, Router, SessionConfig
 
-log = logging.getLogger(__name__)
+_LOGGER = logging.getLogger(__name__)
 
 AGENT: Final = f"meshd/{__version__}"
 
@@ -357,7 +357,7 @@ class LinkServer:
         if quiet:
             fmt += " (and %d more since the last report)"
             args = (*args, quiet)
-        log.warning(fmt, *args)
+        _LOGGER.warning(fmt, *args)
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
@@ -420,7 +420,7 @@ class LinkServer:
             quiet = self._log_limit.allow(("refused", source))
             if quiet is not None:
                 more = f" (and {quiet} more from there since the last report)" if quiet else ""
-                log.info("link from %s refused: %s%s", address, exc, more)
+                _LOGGER.info("link from %s refused: %s%s", address, exc, more)
             await _abandon(writer)
             return
         except BaseException:
@@ -442,7 +442,7 @@ class LinkServer:
                     pass  # the session ended while the handler ran; nothing to report
                 except Exception:
                     # a handler bug closes one session, not the server
-                    log.exception("session handler failed for %s", address)
+                    _LOGGER.exception("session handler failed for %s", address)
                     await session.close(CloseReason.INTERNAL_ERROR)
             await session.wait_closed()
         finally:

@@ -83,7 +83,7 @@ from meshd.link.messages import (
 )
 from meshd.link.streams import IncomingStream, OutgoingStream, iter_chunks
 
-log = logging.getLogger(__name__)
+_LOGGER = logging.getLogger(__name__)
 
 M = TypeVar("M", bound=Message)
 R = TypeVar("R", bound=Message)
@@ -253,6 +253,9 @@ class LinkSession:
         self._ping_seq = 0
         self._error: LinkError | None = None
         self._done = asyncio.Event()
+        # The cut-off for a peer that does not take our close frame; cancelled once the
+        # transport has closed by itself (see wait_closed).
+        self._abort_timer: asyncio.TimerHandle | None = None
         self._started = False
         transport = writer.transport
         transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
@@ -301,6 +304,8 @@ class LinkSession:
             self._writer.transport.abort()
         except OSError:
             pass
+        if self._abort_timer is not None:
+            self._abort_timer.cancel()
         assert self._error is not None
         return self._error
 
@@ -515,7 +520,7 @@ class LinkSession:
             CloseReason.GOING_AWAY,
             CloseReason.PAIRING_COMPLETE,
         ):
-            log.info("link to %s closed: %s", self.peer.fingerprint_hex[:16], error)
+            _LOGGER.info("link to %s closed: %s", self.peer.fingerprint_hex[:16], error)
         # close() also seals after a remote protocol error (our direction is intact).
         farewell = b""
         with contextlib.suppress(LinkError):
@@ -530,7 +535,7 @@ class LinkSession:
             # transport.close() flushes what is buffered (the close frame) first; a peer
             # that does not take it within CLOSE_GRACE is cut off.
             self._writer.close()
-            asyncio.get_running_loop().call_later(CLOSE_GRACE, transport.abort)
+            self._abort_timer = asyncio.get_running_loop().call_later(CLOSE_GRACE, transport.abort)
         for future in self._pending.values():
             if not future.done():
                 future.set_exception(self._closed_error())
@@ -618,7 +623,7 @@ class LinkSession:
     def _on_unknown(self, message: UnknownMessage, rid: int) -> None:
         """A type this version does not know: answer it if it is a request, else drop it."""
         if rid == 0:
-            log.debug("ignoring unknown one-way message %r", message.type)
+            _LOGGER.debug("ignoring unknown one-way message %r", message.type)
         elif rid % 2 == self._peer_rid_parity:
             self._control_reply(
                 Error(ErrorCode.UNSUPPORTED, f"unknown request type {message.type!r}"), rid
@@ -659,14 +664,14 @@ class LinkSession:
                     return
                 # e.g. a stream the handler sent was aborted: the request still gets
                 # its answer, so the requester never waits on it.
-                log.info("handler for %s gave up: %s", message.TYPE, exc)
+                _LOGGER.info("handler for %s gave up: %s", message.TYPE, exc)
                 reply = Error(ErrorCode.INTERNAL, f"handler gave up: {exc}")
             except Exception:
                 # a handler bug answers "internal", never kills the link
-                log.exception("handler for %s failed", message.TYPE)
+                _LOGGER.exception("handler for %s failed", message.TYPE)
                 reply = Error(ErrorCode.INTERNAL, "internal error")
             if reply is None or reply.KIND is not Kind.RESPONSE:
-                log.error("handler for %s returned %r, not a response", message.TYPE, reply)
+                _LOGGER.error("handler for %s returned %r, not a response", message.TYPE, reply)
                 reply = Error(ErrorCode.INTERNAL, "handler returned no response")
             with contextlib.suppress(LinkError):
                 await self._send(reply, rid)
@@ -678,17 +683,17 @@ class LinkSession:
             message = await self._oneway.get()
             handler = self.router.handler(type(message))
             if handler is None:
-                log.debug("no handler for %s; dropped", message.TYPE)
+                _LOGGER.debug("no handler for %s; dropped", message.TYPE)
                 continue
             try:
                 await handler(self, message)
             except LinkError:
                 if self.closed:
                     return
-                log.warning("handler for %s raised", message.TYPE, exc_info=True)
+                _LOGGER.warning("handler for %s raised", message.TYPE, exc_info=True)
             except Exception:
                 # one bad handler call must not end the session
-                log.exception("handler for %s failed", message.TYPE)
+                _LOGGER.exception("handler for %s failed", message.TYPE)
 
     async def _heartbeat_loop(self) -> None:
         cfg = self.config
@@ -767,7 +772,7 @@ class LinkSession:
             reason = str(exc)
         except Exception:
             # a stream handler bug aborts that stream only
-            log.exception("stream handler for %s failed", incoming.kind)
+            _LOGGER.exception("stream handler for %s failed", incoming.kind)
             reason = "receiver failed"
         if not incoming.finished:
             # The handler stopped early: tell the sender, forget the stream.

@@ -1,36 +1,41 @@
 """The mesh part of a daemon: builds every mesh component and wires them together.
 
-One ``MeshNode`` per daemon. It owns the identity and trust store, the peer
-registry, zeroconf discovery, the link server and outbound connections, the receiver
-(serves compiles to trusted offloaders) and the offloader (the compile lane's remote
-runner plus the scheduler-backed placer). The daemon only calls ``start``, ``stop``
-and the query methods the API needs.
+One ``MeshNode`` per daemon. It holds no rules of its own; each role lives in its
+module and this one only connects them:
+
+* security/: the identity, the trust store, pairing;
+* peering/: the registry, zeroconf discovery and our advert, sessions
+  (``Connections``), and the introductions peers exchange when one opens;
+* serving/: the receiver (request handlers, remote-job bookkeeping, status pusher);
+* dispatch/: the offloader (the compile lane's remote runner) and the placer;
+* content/: the content store, blob exchange and the pruner of unused builds.
+
+The daemon calls ``start`` and ``stop``; the API sees this node only as a
+``MeshControl`` (meshd/api/mesh_control.py), whose members are at the end.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from meshd.address import parse_host_port
+from meshd.config import DEFAULT_HEARTBEAT, DEFAULT_PEER_LISTEN
 from meshd.jobs.engine import Engine
-from meshd.jobs.events import Event, LaneStatusChanged
 from meshd.jobs.model import LaneName
 from meshd.link import LinkServer, LinkSession, Router, SessionConfig
-from meshd.link.limits import PROTOCOL_VERSION
-from meshd.link.messages import LaneStatus, NodeInfo
 from meshd.mesh.content.artifacts import MAX_ARTIFACT_BYTES
 from meshd.mesh.content.blobs import BLOB_STREAM, BlobExchange
-from meshd.mesh.content.bundle import prune_workdirs
+from meshd.mesh.content.pruner import DEFAULT_BUILD_TTL, Pruner
 from meshd.mesh.content.store import ContentStore
 from meshd.mesh.dispatch.offloader import RemoteCompileRunner
 from meshd.mesh.dispatch.placer import MeshPlacer
-from meshd.mesh.peering.connections import Connections, SessionHooks, split_address
-from meshd.mesh.peering.discovery import AdvertInfo, Discovery
+from meshd.mesh.peering.advert import follow_compile_lane, receiver_advert
+from meshd.mesh.peering.connections import Connections, SessionHooks, sync_registry_trust
+from meshd.mesh.peering.discovery import Discovery
+from meshd.mesh.peering.introductions import Introductions
 from meshd.mesh.peering.registry import Registry
 from meshd.mesh.security.identity import Identity, load_or_create
 from meshd.mesh.security.pairing import PairingCode, PairingReceiver, pair_join
@@ -39,18 +44,12 @@ from meshd.mesh.serving.receiver import Receiver
 from meshd.toolchain.tools import Toolchain
 from meshd.version_policy import VersionPolicy
 
-_LOGGER = logging.getLogger(__name__)
-
-# Work directories a receiver keeps for warm rebuilds, and blobs, live this long unused.
-DEFAULT_BUILD_TTL = 7 * 24 * 3600.0
-PRUNE_INTERVAL = 3600.0
-
 
 @dataclass(frozen=True)
 class MeshSettings:
     name: str
-    listen_host: str = "0.0.0.0"  # noqa: S104 - a receiver serves its LAN; tests pass 127.0.0.1
-    listen_port: int = 6056
+    listen_host: str = DEFAULT_PEER_LISTEN.host  # a receiver serves its LAN; tests: 127.0.0.1
+    listen_port: int = DEFAULT_PEER_LISTEN.port
     receiver: bool = True
     offload: bool = True
     mdns: bool = True
@@ -58,7 +57,7 @@ class MeshSettings:
     static_peers: tuple[str, ...] = ()
     version_policy: VersionPolicy = VersionPolicy.RELEASE
     include_local: bool = True
-    heartbeat: float = 5.0
+    heartbeat: float = DEFAULT_HEARTBEAT
     build_ttl: float = DEFAULT_BUILD_TTL
 
 
@@ -74,15 +73,23 @@ class MeshNode:
     ) -> None:
         self.settings = settings
         self.engine = engine
+        self._esphome_version = esphome_version
+        env = toolchain.environ()
+        # security
         self.identity: Identity = load_or_create(data_dir)
         self.trust = TrustStore.open(data_dir)
-        self.registry = Registry(
-            is_trusted=lambda fp: self.trust.get(fp) is not None,
-            own_fingerprint=self.identity.fingerprint_hex,
+        # A pairing changes the trust store from the link side: the registry (and so
+        # `meshd peers`) must show the new offloader as trusted at once.
+        self.pairing = PairingReceiver(
+            self.identity,
+            self.trust,
+            name=settings.name,
+            on_paired=lambda _peer: self.connections.trust_changed(),
         )
+        # content
         self.store = ContentStore(data_dir / "mesh" / "cas")
         self.builds_root = data_dir / "mesh" / "builds"
-        self._esphome_version = esphome_version
+        self.pruner = Pruner(self.builds_root, self.store, ttl=settings.build_ttl)
         self.router = Router()
         self.blobs = BlobExchange(
             self.store,
@@ -90,29 +97,11 @@ class MeshNode:
             accept_unrequested=lambda s: self.receiver.may_send_work(s),
         )
         self.router.on_stream(BLOB_STREAM, self.blobs.on_stream)
-        env = toolchain.environ()
-        self.receiver = Receiver(
-            engine,
-            self.trust,
-            self.blobs,
-            self.builds_root,
-            accepts_builds=settings.receiver,
-            esphome_version=esphome_version,
-            env=env,
+        # peering
+        self.registry = Registry(
+            is_trusted=lambda fp: self.trust.get(fp) is not None,
+            own_fingerprint=self.identity.fingerprint_hex,
         )
-        self.receiver.register(self.router)
-        self.offloader = RemoteCompileRunner(
-            toolchain,
-            self.blobs,
-            self._session_for,
-            data_dir / "mesh" / "outgoing",
-            esphome_version=esphome_version,
-            on_duration=self.registry.record_compile,
-            env=env,
-        )
-        self.offloader.register(self.router)
-        self.router.on(LaneStatus, self._on_lane_status)
-        self.router.on(NodeInfo, self._on_node_info)
         session_config = SessionConfig(
             heartbeat_interval=settings.heartbeat, dead_after=settings.heartbeat * 3
         )
@@ -127,7 +116,14 @@ class MeshNode:
             dial=settings.offload,
             on_connecting_change=engine.reschedule,
         )
-        self.pairing = PairingReceiver(self.identity, self.trust, name=settings.name)
+        self.introductions = Introductions(
+            self.registry,
+            name=settings.name,
+            accepts_builds=settings.receiver,
+            esphome_version=esphome_version,
+            on_introduced=self.connections.introduced,
+        )
+        self.introductions.register(self.router)
         self.server = LinkServer(
             self.identity,
             authorize=self.trust.authorizer(),
@@ -137,6 +133,29 @@ class MeshNode:
             pairing_router=self.pairing.router,
             config=session_config,
         )
+        self.discovery: Discovery | None = None
+        # serving
+        self.receiver = Receiver(
+            engine,
+            self.trust,
+            self.blobs,
+            self.builds_root,
+            accepts_builds=settings.receiver,
+            esphome_version=esphome_version,
+            env=env,
+        )
+        self.receiver.register(self.router)
+        # dispatch
+        self.offloader = RemoteCompileRunner(
+            toolchain,
+            self.blobs,
+            self._session_for,
+            data_dir / "mesh" / "outgoing",
+            esphome_version=esphome_version,
+            on_duration=self.registry.record_compile,
+            env=env,
+        )
+        self.offloader.register(self.router)
         self.placer: MeshPlacer | None = None
         if settings.offload:
             self.placer = MeshPlacer(
@@ -147,32 +166,24 @@ class MeshNode:
                 connecting=self.connections.connecting,
             )
             engine.use_mesh(self.placer, self.offloader)
-        self.discovery: Discovery | None = None
-        self._heard: dict[str, set[str]] = {}
         self._unlisten: list[Callable[[], None]] = []
-        self._pruner: asyncio.Task[None] | None = None
 
     # -- life cycle -----------------------------------------------------------------------
 
     async def start(self) -> None:
-        await self.receiver.cancel_orphans()
-        self.registry.sync_trust({p.fingerprint for p in self.trust.list()})
+        await self.receiver.start()
+        sync_registry_trust(self.registry, self.trust)
         self._unlisten.append(self.registry.add_listener(lambda _c: self.engine.reschedule()))
-        self._unlisten.append(self.engine.bus.add_listener(self._on_engine_event))
         await self.server.start(self.settings.listen_host, self.settings.listen_port)
         if self.settings.mdns:
-            lane = self.engine.lane_status(LaneName.COMPILE)
             advert = None
             if self.settings.receiver:
-                advert = AdvertInfo(
+                advert = receiver_advert(
                     fingerprint=self.identity.fingerprint_hex,
                     name=self.settings.name,
                     port=self.server.port,
-                    protocol=PROTOCOL_VERSION,
                     esphome_version=self._esphome_version(),
-                    accepts_builds=True,
-                    idle=lane.idle,
-                    idle_since=lane.idle_since,
+                    lane=self.engine.lane_status(LaneName.COMPILE),
                 )
             self.discovery = Discovery(
                 self.registry,
@@ -180,28 +191,51 @@ class MeshNode:
                 advertise=advert,
                 browse=self.settings.offload,
             )
+            self._unlisten.append(follow_compile_lane(self.engine.bus, self.discovery))
             await self.discovery.start()
         await self.connections.start()
         if self.placer is not None:
             self.placer.ready = True
             self.engine.reschedule()
-        self._pruner = asyncio.create_task(self._prune_loop(), name="mesh-prune")
+        self.pruner.start()
 
     async def stop(self) -> None:
         for unlisten in self._unlisten:
             unlisten()
-        if self._pruner is not None:
-            self._pruner.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._pruner
+        await self.pruner.stop()
         if self.discovery is not None:
             await self.discovery.stop()  # goodbye first: peers stop choosing us
         await self.receiver.stop()
         await self.connections.stop()
         await self.server.close()
+        await self.introductions.stop()
         self.trust.close()
 
-    # -- queries for the API ------------------------------------------------------------
+    # -- wiring ---------------------------------------------------------------------------
+
+    def _session_for(self, fingerprint: str) -> LinkSession | None:
+        return self.connections.session_for(fingerprint)
+
+    def _opened(self, session: LinkSession) -> None:
+        self.receiver.attach(session)
+        self.introductions.opened(session)
+
+    def _closed(self, session: LinkSession) -> None:
+        self.introductions.closed(session)
+        self.receiver.detach(session)
+        self.offloader.session_lost(session)
+        self.blobs.forget(session)
+        self.engine.reschedule()
+
+    # -- MeshControl: what the API may ask ------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        return self.settings.name
+
+    @property
+    def fingerprint(self) -> str:
+        return self.identity.fingerprint_hex
 
     @property
     def port(self) -> int:
@@ -222,6 +256,9 @@ class MeshNode:
 
     def peers(self) -> list[dict[str, Any]]:
         return self.registry.snapshot()
+
+    def trusted(self) -> list[TrustedPeer]:
+        return self.trust.list()
 
     def trust_peer(
         self,
@@ -251,80 +288,10 @@ class MeshNode:
         return self.pairing.open(ttl)
 
     async def join(self, address: str, code: str) -> TrustedPeer:
-        host, port = split_address(address)
-        peer = await pair_join(host, port, code, self.identity, self.trust, name=self.settings.name)
-        self.trust.note_address(peer.fingerprint, address)
+        target = parse_host_port(address)
+        peer = await pair_join(
+            target.host, target.port, code, self.identity, self.trust, name=self.settings.name
+        )
+        self.trust.note_address(peer.fingerprint, str(target))
         self.connections.trust_changed()
         return peer
-
-    # -- wiring ---------------------------------------------------------------------------
-
-    def _session_for(self, fingerprint: str) -> LinkSession | None:
-        return self.connections.session_for(fingerprint)
-
-    def _opened(self, session: LinkSession) -> None:
-        self.receiver.attach(session)
-        asyncio.create_task(self._introduce(session))  # noqa: RUF006 - ends with the session
-
-    async def _introduce(self, session: LinkSession) -> None:
-        with contextlib.suppress(Exception):
-            await session.send(
-                NodeInfo(
-                    name=self.settings.name,
-                    esphome_version=self._esphome_version(),
-                    accepts_builds=self.settings.receiver,
-                )
-            )
-
-    def _heard_from(self, session: LinkSession, what: str) -> None:
-        fingerprint = session.peer.fingerprint_hex
-        heard = self._heard.setdefault(fingerprint, set())
-        heard.add(what)
-        if heard >= {"node_info", "lane_status"}:
-            self.connections.introduced(fingerprint)
-
-    def _closed(self, session: LinkSession) -> None:
-        self._heard.pop(session.peer.fingerprint_hex, None)
-        self.receiver.detach(session)
-        self.offloader.session_lost(session)
-        self.blobs.forget(session)
-        self.engine.reschedule()
-
-    async def _on_lane_status(self, session: LinkSession, message: LaneStatus) -> None:
-        self.registry.link_status(
-            session.peer.fingerprint_hex,
-            idle=message.idle,
-            idle_since=message.idle_since,
-            running=message.running,
-            queued=message.queued,
-            esphome_version=message.esphome_version or None,
-        )
-        self._heard_from(session, "lane_status")
-
-    async def _on_node_info(self, session: LinkSession, message: NodeInfo) -> None:
-        self.registry.link_hello(
-            session.peer.fingerprint_hex,
-            name=message.name,
-            protocol=session.peer.version,
-            esphome_version=message.esphome_version or None,
-            accepts_builds=message.accepts_builds,
-        )
-        self._heard_from(session, "node_info")
-
-    def _on_engine_event(self, event: Event) -> None:
-        if not isinstance(event, LaneStatusChanged) or event.snapshot.lane is not LaneName.COMPILE:
-            return
-        if self.discovery is not None:
-            self.discovery.update_lane(event.snapshot.idle, event.snapshot.idle_since)
-
-    async def _prune_loop(self) -> None:
-        while True:
-            removed = await asyncio.to_thread(
-                prune_workdirs, self.builds_root, self.settings.build_ttl
-            )
-            if removed:
-                _LOGGER.info("removed %d build directories unused for the TTL", len(removed))
-            blobs, size = await asyncio.to_thread(self.store.prune, self.settings.build_ttl)
-            if blobs:
-                _LOGGER.info("removed %d content blobs (%d bytes) unused for the TTL", blobs, size)
-            await asyncio.sleep(PRUNE_INTERVAL)

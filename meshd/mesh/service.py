@@ -12,8 +12,9 @@ from meshd.mesh.node import MeshNode, MeshSettings
 from meshd.toolchain.tools import Toolchain
 
 # The mesh advertises and schedules by esphome version; wait this long for the
-# daemon's `esphome version` probe before starting without it (it fills in later for
-# scheduling; the mDNS advert then says "unknown" until the next start).
+# daemon's `esphome version` probe before starting without it. A receiver must not be
+# invisible because esphome is slow to import: it advertises "unknown" meanwhile, and
+# the advert is updated when the probe answers (scheduling reads the version live).
 VERSION_WAIT = 60.0
 
 
@@ -31,6 +32,8 @@ class MeshService:
         version_known: Callable[[], Awaitable[object]],
     ) -> None:
         self._version_known = version_known
+        self._esphome_version = esphome_version
+        self._late_version: asyncio.Task[None] | None = None
         self.node = MeshNode(
             data_dir,
             engine,
@@ -43,6 +46,20 @@ class MeshService:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._version_known(), VERSION_WAIT)
         await self.node.start()
+        if not self._esphome_version():
+            self._late_version = asyncio.create_task(
+                self._advertise_version_when_known(), name="mesh-late-esphome-version"
+            )
+
+    async def _advertise_version_when_known(self) -> None:
+        await self._version_known()
+        version = self._esphome_version()
+        if version and self.node.discovery is not None:
+            self.node.discovery.update_advert(esphome_version=version)
 
     async def stop(self) -> None:
+        if self._late_version is not None:
+            self._late_version.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._late_version
         await self.node.stop()

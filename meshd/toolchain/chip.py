@@ -61,10 +61,17 @@ def parse_chip(line: str) -> str | None:
     return None
 
 
-async def detect_chip(toolchain: Toolchain, port: str, log: Callable[[str], None]) -> str:
+async def detect_chip(
+    toolchain: Toolchain,
+    port: str,
+    log: Callable[[str], None],
+    *,
+    on_start: Callable[[int], None] | None,
+) -> str:
     """Run ``esptool chip-id`` on ``port`` and return the chip name it reports.
 
-    Cancellation kills esptool's process group and propagates.
+    Cancellation kills esptool's process group and propagates; ``on_start`` gets the
+    group (see :meth:`Toolchain.run`).
     """
     found: list[str] = []
     failure = FailureCollector()
@@ -77,7 +84,8 @@ async def detect_chip(toolchain: Toolchain, port: str, log: Callable[[str], None
         if chip is not None and not found:
             found.append(chip)
 
-    result = await toolchain.run(toolchain.esptool_argv("--port", port, "chip-id"), on_line=on_line)
+    argv = toolchain.esptool_argv("--port", port, "chip-id")
+    result = await toolchain.run(argv, on_line=on_line, on_start=on_start)
     if found:
         return found[0]
     raise ChipError(
@@ -86,10 +94,15 @@ async def detect_chip(toolchain: Toolchain, port: str, log: Callable[[str], None
 
 
 async def verify_chip(
-    toolchain: Toolchain, port: str, expected: str, log: Callable[[str], None]
+    toolchain: Toolchain,
+    port: str,
+    expected: str,
+    log: Callable[[str], None],
+    *,
+    on_start: Callable[[int], None] | None,
 ) -> str:
     """Detect the chip on ``port``; raise ``ChipMismatch`` unless it is ``expected``."""
-    found = await detect_chip(toolchain, port, log)
+    found = await detect_chip(toolchain, port, log, on_start=on_start)
     if normalise_chip(found) != normalise_chip(expected):
         raise ChipMismatch(expected, found)
     log(f"verify-chip: {found} on {port} matches the build ({expected})")

@@ -39,16 +39,17 @@ async def invoke_esphome(
     args: list[str],
     *,
     log: Callable[[str], None],
+    on_start: Callable[[int], None] | None,
     progress: Callable[[float], None] | None = None,
     parser: ProgressParser | None = None,
-    on_process: Callable[[int], None] | None = None,
 ) -> list[str]:
     """Run ``esphome ARGS``; log every cleaned line; return them all.
 
+    ``on_start`` gets esphome's process group (see :meth:`Toolchain.run`).
+
     Raises ``ToolMissing`` when the command cannot start and ``EsphomeFailed`` on a
     non-zero exit. Progress from ``parser`` is forwarded to ``progress``, never
-    backwards, and completes at 1.0 on success. ``on_process`` gets the process group
-    (pass a job's ``JobContext.on_process``: its orphans are then killed after a crash).
+    backwards, and completes at 1.0 on success.
     """
     report = Monotonic(progress) if progress is not None else None
     failure = FailureCollector()
@@ -66,7 +67,7 @@ async def invoke_esphome(
 
     argv = toolchain.esphome_argv(*args)
     log("$ " + " ".join(argv))
-    result = await toolchain.run(argv, on_line=on_line, on_start=on_process)
+    result = await toolchain.run(argv, on_line=on_line, on_start=on_start)
     if result.returncode != 0:
         headline = f"esphome {args[0]} failed (exit status {result.returncode})"
         raise EsphomeFailed(failure.summary(headline), result.returncode, lines)
@@ -80,6 +81,7 @@ async def validate_config(
     config: Path,
     *,
     log: Callable[[str], None],
+    on_start: Callable[[int], None] | None,
     show_secrets: bool = False,
 ) -> str:
     """``esphome config CFG``: the validated configuration as YAML text.
@@ -90,7 +92,7 @@ async def validate_config(
     args = ["config", str(config)]
     if show_secrets:
         args.append("--show-secrets")
-    lines = await invoke_esphome(toolchain, args, log=log)
+    lines = await invoke_esphome(toolchain, args, log=log, on_start=on_start)
     yaml_lines = [line for line in lines if not _LOG_LINE_RE.match(line)]
     return "\n".join(yaml_lines).strip("\n") + "\n"
 
@@ -105,13 +107,13 @@ async def create_bundle(
     config: Path,
     *,
     log: Callable[[str], None],
+    on_start: Callable[[int], None] | None,
     output: Path | None = None,
-    on_process: Callable[[int], None] | None = None,
 ) -> Path:
     """``esphome bundle CFG -o OUT``: pack the config and everything it includes."""
     target = output if output is not None else default_bundle_path(config)
     await invoke_esphome(
-        toolchain, ["bundle", str(config), "-o", str(target)], log=log, on_process=on_process
+        toolchain, ["bundle", str(config), "-o", str(target)], log=log, on_start=on_start
     )
     if not target.is_file():
         raise EsphomeFailed(f"esphome bundle reported success but wrote no {target}", 0, [])
@@ -119,8 +121,14 @@ async def create_bundle(
 
 
 async def list_bundle_files(
-    toolchain: Toolchain, config: Path, *, log: Callable[[str], None]
+    toolchain: Toolchain,
+    config: Path,
+    *,
+    log: Callable[[str], None],
+    on_start: Callable[[int], None] | None,
 ) -> list[str]:
     """``esphome bundle CFG --list-only``: the files a bundle would carry, relative paths."""
-    lines = await invoke_esphome(toolchain, ["bundle", str(config), "--list-only"], log=log)
+    lines = await invoke_esphome(
+        toolchain, ["bundle", str(config), "--list-only"], log=log, on_start=on_start
+    )
     return [line[2:] for line in lines if line.startswith("  ") and line.strip()]

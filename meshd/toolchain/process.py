@@ -32,6 +32,8 @@ DEFAULT_KILL_GRACE = 5.0
 # Tool output lines longer than this are cut: a runaway line must not grow memory.
 MAX_LINE = 64 * 1024
 READ_CHUNK = 64 * 1024
+# Lines kept for a failure's message: enough to show a compiler error and its context.
+TAIL_LINES = 40
 _LINE_BREAK = re.compile(rb"\r\n|\r|\n")
 
 
@@ -97,7 +99,7 @@ async def run_process(
     cwd: str | os.PathLike[str] | None = None,
     env: Mapping[str, str] | None = None,
     kill_grace: float = DEFAULT_KILL_GRACE,
-    tail_lines: int = 40,
+    tail_lines: int = TAIL_LINES,
     on_start: Callable[[int], None] | None = None,
 ) -> ProcessResult:
     """Run ``argv`` to completion, calling ``on_line`` for each line of stdout+stderr.

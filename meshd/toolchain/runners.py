@@ -73,9 +73,9 @@ async def run_esphome(
             toolchain,
             args,
             log=ctx.log,
+            on_start=ctx.on_process,
             progress=ctx.progress,
             parser=progress,
-            on_process=ctx.on_process,
         )
     except ToolMissing as exc:
         message = f"esphome command not found: {exc} (set --esphome to the esphome CLI)"
@@ -127,7 +127,9 @@ class UploadRunner:
         expected = expected_chip(record)
         if wanted and expected is not None:
             try:
-                await verify_chip(self.toolchain, device, expected, ctx.log)
+                await verify_chip(
+                    self.toolchain, device, expected, ctx.log, on_start=ctx.on_process
+                )
             except ToolMissing as exc:
                 raise JobFailed(f"esptool not found for verify-chip: {exc}") from exc
             except ChipError as exc:

@@ -71,13 +71,16 @@ class Toolchain:
         argv: Sequence[str],
         *,
         on_line: Callable[[str], None],
+        on_start: Callable[[int], None] | None,
         cwd: str | os.PathLike[str] | None = None,
-        on_start: Callable[[int], None] | None = None,
     ) -> ProcessResult:
         """Run ``argv`` in its own process group; a missing program raises ``ToolMissing``.
 
-        ``on_start`` gets the group id at once (``JobContext.on_process``), so a restart
-        after a crash can kill what this run left behind."""
+        ``on_start`` receives the group id as soon as the process exists. A job passes
+        its ``JobContext.on_process`` so the engine records the group and a restart
+        after a crash of the daemon can kill it; ``None`` is for runs outside a job
+        (the version probe), and must be said explicitly.
+        """
         try:
             return await run_process(
                 argv,

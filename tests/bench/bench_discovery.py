@@ -21,7 +21,6 @@ import argparse
 import asyncio
 import json
 import platform
-import secrets
 import statistics
 import time
 from pathlib import Path
@@ -31,28 +30,22 @@ import pytest
 
 from meshd.mesh.peering.discovery import MIN_UPDATE_INTERVAL, AdvertInfo, Discovery
 from meshd.mesh.peering.registry import Registry
+from tests.support.fingerprints import random_fingerprint
+from tests.support.waits import until_notified
 
 RESULTS = Path(__file__).parent / "results" / "discovery.json"
 
 
 async def _until(registry: Registry, predicate: Any, timeout: float = 30.0) -> float:
     """Wait for ``predicate``; return the monotonic time it first held."""
-    changed = asyncio.Event()
-    remove = registry.add_listener(lambda _c: changed.set())
-    try:
-        async with asyncio.timeout(timeout):
-            while not predicate():
-                changed.clear()
-                await changed.wait()
-        return time.monotonic()
-    finally:
-        remove()
+    await until_notified(registry.add_listener, predicate, timeout=timeout)
+    return time.monotonic()
 
 
 async def one_run(lane_changes: int) -> tuple[float, list[float]]:
     registry = Registry()
     browser = Discovery(registry, interfaces=["127.0.0.1"])
-    fingerprint = secrets.token_hex(32)
+    fingerprint = random_fingerprint()
     info = AdvertInfo(fingerprint, "bench", 7420, 1, "2026.6.5", idle=True, idle_since=1.0)
     advertiser = Discovery(Registry(), interfaces=["127.0.0.1"], advertise=info, browse=False)
     await browser.start()

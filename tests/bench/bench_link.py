@@ -35,8 +35,8 @@ if str(ROOT) not in sys.path:
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey  # noqa: E402
 
 from meshd.link import IncomingStream, LinkServer, LinkSession, Router, connect  # noqa: E402
-from meshd.link.connection import NEED_DATA, Connection, Role  # noqa: E402
 from meshd.link.limits import DEFAULT_CHUNK_SIZE  # noqa: E402
+from tests.support.connection_pair import ConnectionPair  # noqa: E402
 
 LOOPBACK = "127.0.0.1"
 RESULTS = Path(__file__).resolve().parent / "results" / "link.json"
@@ -106,21 +106,7 @@ async def bench_sink(_session: LinkSession, stream: IncomingStream) -> None:
 def sans_io_handshake() -> float:
     """Seconds for one in-memory handshake (both sides' CPU work, no sockets)."""
     start = time.perf_counter()
-    i = Connection(Role.INITIATOR, Ed25519PrivateKey.generate())
-    r = Connection(Role.RESPONDER, Ed25519PrivateKey.generate())
-    r.receive_data(i.initiate())
-    r.next_event()
-    i.receive_data(r.data_to_send())
-    i.next_event()
-    i.accept_peer()
-    r.receive_data(i.data_to_send())
-    r.next_event()
-    r.accept_peer()
-    r.next_event()
-    i.receive_data(r.data_to_send())
-    event = i.next_event()
-    if event is NEED_DATA:
-        raise RuntimeError("handshake did not finish")
+    ConnectionPair().handshake()
     return time.perf_counter() - start
 
 

@@ -34,14 +34,14 @@ import pytest
 from meshd.jobs.model import JobStatus, JobType
 from meshd.jobs.options import JobOptions
 from tests.mesh.nodes import host_yaml, start_node, stop_node, trust
+from tests.support.waits import until_async
 
 RESULTS = Path(__file__).parent / "results" / "mesh.json"
 
 
 async def _until(predicate: Any, timeout: float = 60.0) -> float:
-    async with asyncio.timeout(timeout):
-        while not predicate():
-            await asyncio.sleep(0.001)
+    """Wait for ``predicate`` (polled each millisecond); return when it first held."""
+    await until_async(predicate, timeout=timeout, interval=0.001)
     return time.perf_counter()
 
 

@@ -7,11 +7,11 @@ Heartbeats are short so a dead peer is noticed within a couple of seconds.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from typing import Any
 
 from tests.daemon.conftest import Meshd, MeshdFactory, meshd  # noqa: F401 - fixture
+from tests.support.waits import poll_until
 
 HEARTBEAT = "0.5"
 WAIT = 60.0  # safety net, not a speed assertion
@@ -33,14 +33,7 @@ def peers(daemon: Meshd) -> list[dict[str, Any]]:
 
 
 def until(what: str, check: Callable[[], Any], timeout: float = WAIT) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
+    return poll_until(check, timeout=timeout, what=what, interval=0.1)
 
 
 def peer(daemon: Meshd, fingerprint: str, **fields: Any) -> dict[str, Any] | None:
@@ -57,7 +50,7 @@ def wait_peer(daemon: Meshd, fingerprint: str, **fields: Any) -> dict[str, Any]:
         found: dict[str, Any] = until(
             f"peer {fingerprint[:12]} with {fields}", lambda: peer(daemon, fingerprint, **fields)
         )
-    except AssertionError as exc:
+    except TimeoutError as exc:
         raise AssertionError(f"{exc}; peers now: {peers(daemon)}\n{daemon.log()}") from None
     return found
 

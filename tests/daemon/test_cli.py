@@ -221,6 +221,18 @@ def test_missing_device_and_bad_requests(daemon: Meshd, tmp_path: Path) -> None:
         {"type": "rename", "configuration": str(config), "new_name": "../x"},
     )
     assert status == 400 and body["error"]["code"] == "invalid_name"
+    # Addresses go through the one HOST:PORT parser, with its reasons.
+    fingerprint = "ab" * 32
+    status, body = _http(daemon, "POST", "/trust", {"fingerprint": fingerprint, "address": "desk"})
+    assert status == 400 and body["error"]["code"] == "invalid_address"
+    assert "expected HOST:PORT" in body["error"]["message"]
+    status, body = _http(daemon, "POST", "/pair/join", {"address": "::1:6056", "code": "x"})
+    assert status == 400 and body["error"]["code"] == "invalid_pairing"
+    assert "brackets" in body["error"]["message"]
+    status, body = _http(
+        daemon, "POST", "/trust", {"fingerprint": fingerprint, "address": " [::1]:6056 "}
+    )
+    assert status == 201 and body["trusted"]["addresses"] == ["[::1]:6056"]
     _still_serving(daemon)
 
 

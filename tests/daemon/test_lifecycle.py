@@ -7,13 +7,14 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.daemon.conftest import REPO, MeshdFactory, host_config, pid_alive
+from tests.support.daemon import REPO, MeshdFactory, host_config
+from tests.support.pids import pid_alive
+from tests.support.waits import poll_until
 
 WAIT = 60.0  # a safety net against hangs
 
@@ -28,10 +29,7 @@ def test_sigterm_during_compile_then_restart_finishes_everything(
     chain = daemon.cli_json("install", str(long), "--device", "127.0.0.1", "--detach")
     behind = daemon.cli_json("compile", str(other), "--detach")
     daemon.wait_status(chain["compile"], "running")
-    deadline = time.monotonic() + WAIT
-    while not pid_file.exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    compile_pid = int(pid_file.read_text())
+    compile_pid = int(poll_until(lambda: pid_file.exists() and pid_file.read_text(), what="pid"))
 
     assert daemon.terminate() == 0, daemon.log()
     assert not pid_alive(compile_pid), "the compile's process group survived SIGTERM"

@@ -10,7 +10,8 @@ from meshd.jobs import events
 from meshd.jobs.engine import Engine
 from meshd.jobs.events import Event, JobEvent
 from meshd.jobs.model import Job, JobStatus, JobType
-from tests.jobs.gated import GatedRunner, gone
+from tests.jobs.gated import GatedRunner
+from tests.support.pids import gone
 
 WAIT = 20.0  # a safety net against hangs, not a speed assertion
 

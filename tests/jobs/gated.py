@@ -88,23 +88,3 @@ class GatedRunner:
         )
         if result.returncode != 0:
             raise JobFailed(f"exit code {result.returncode}")
-
-
-def pid_alive(pid: int) -> bool:
-    """True while ``pid`` exists and is not a zombie."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
-
-
-async def gone(*pids: int, timeout: float = 5.0) -> bool:
-    """True once every pid is dead; signals are delivered asynchronously."""
-    try:
-        async with asyncio.timeout(timeout):
-            while any(pid_alive(pid) for pid in pids):
-                await asyncio.sleep(0.01)
-    except TimeoutError:
-        return False
-    return True

@@ -10,10 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from meshd.db import DB_FILENAME
 from meshd.jobs.engine import Engine
 from meshd.jobs.model import Job, JobStatus, JobType
 from meshd.jobs.options import SCHEMA_VERSION, JobOptions
-from meshd.jobs.store import DB_FILENAME, JobStore
+from meshd.jobs.store import JobStore
 from tests.jobs.conftest import Harness, all_runners
 from tests.jobs.gated import GatedRunner
 

@@ -12,11 +12,13 @@ from pathlib import Path
 
 import pytest
 
+from meshd.db import DB_FILENAME
 from meshd.jobs.engine import Engine
 from meshd.jobs.model import Job, JobStatus, JobType
-from meshd.jobs.store import DB_FILENAME, JobStore
+from meshd.jobs.store import JobStore
 from tests.jobs.conftest import Harness, all_runners
-from tests.jobs.gated import GatedRunner, gone, pid_alive
+from tests.jobs.gated import GatedRunner
+from tests.support.pids import gone, pid_alive
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -10,9 +10,7 @@ from meshd.jobs import events
 from meshd.jobs.engine import EngineStopped, InvalidJob, UnknownJob
 from meshd.jobs.model import JobStatus, JobType, LaneName
 from tests.jobs.conftest import Harness
-from tests.jobs.gated import gone
-
-C, U, Q, R = JobStatus.COMPLETED, JobStatus.RUNNING, JobStatus.QUEUED, JobStatus.CANCELLED
+from tests.support.pids import gone
 
 
 async def test_install_chain_holds_upload_until_compile_completes(harness: Harness) -> None:
@@ -27,8 +25,8 @@ async def test_install_chain_holds_upload_until_compile_completes(harness: Harne
     gate.release(compile_job.id)
     await harness.started(upload_job)
     gate.release(upload_job.id)
-    await harness.status(upload_job, C)
-    assert eng.get(compile_job.id).status is C
+    await harness.status(upload_job, JobStatus.COMPLETED)
+    assert eng.get(compile_job.id).status is JobStatus.COMPLETED
     assert harness.types_for(upload_job) == [
         events.JOB_QUEUED,
         events.JOB_STARTED,
@@ -50,17 +48,19 @@ async def test_upload_runs_while_another_compile_runs_to_completion(harness: Har
 
     second_compile, second_upload = eng.install("b.yaml", "10.0.0.6")
     await harness.started(second_compile)
-    assert eng.get(first_upload.id).status is U
+    assert eng.get(first_upload.id).status is JobStatus.RUNNING
     gate.release(second_compile.id)
-    await harness.status(second_compile, C)
-    assert eng.get(first_upload.id).status is U, "the compile had to wait for the upload"
+    await harness.status(second_compile, JobStatus.COMPLETED)
+    assert eng.get(first_upload.id).status is JobStatus.RUNNING, (
+        "the compile had to wait for the upload"
+    )
 
     # The second upload (another device) runs alongside the first.
     await harness.started(second_upload)
     gate.release(first_upload.id)
     gate.release(second_upload.id)
-    await harness.status(first_upload, C)
-    await harness.status(second_upload, C)
+    await harness.status(first_upload, JobStatus.COMPLETED)
+    await harness.status(second_upload, JobStatus.COMPLETED)
 
 
 async def test_cancel_queued_compile_cascades_and_no_upload_ever_starts(harness: Harness) -> None:
@@ -68,15 +68,15 @@ async def test_cancel_queued_compile_cascades_and_no_upload_ever_starts(harness:
     blocker = eng.submit(JobType.COMPILE, "other.yaml")
     await harness.started(blocker)
     compile_job, upload_job = eng.install("a.yaml", "10.0.0.5")
-    assert eng.get(compile_job.id).status is Q
+    assert eng.get(compile_job.id).status is JobStatus.QUEUED
 
     cancelled = await eng.cancel(compile_job.id)
-    assert cancelled.status is R
-    assert eng.get(upload_job.id).status is R
+    assert cancelled.status is JobStatus.CANCELLED
+    assert eng.get(upload_job.id).status is JobStatus.CANCELLED
     assert "prerequisite" in (eng.get(upload_job.id).error or "")
 
     gate.release(blocker.id)
-    await harness.status(blocker, C)
+    await harness.status(blocker, JobStatus.COMPLETED)
     await asyncio.sleep(0.2)  # give a wrongly released upload the chance to start
     assert not gate.ever_started(compile_job.id)
     assert not gate.ever_started(upload_job.id)
@@ -89,8 +89,8 @@ async def test_cancel_running_compile_kills_process_group_and_cascades(harness: 
     pid, grandchild = gate.pids(compile_job.id)
 
     await eng.cancel(compile_job.id)
-    assert eng.get(compile_job.id).status is R
-    assert eng.get(upload_job.id).status is R
+    assert eng.get(compile_job.id).status is JobStatus.CANCELLED
+    assert eng.get(upload_job.id).status is JobStatus.CANCELLED
     assert await gone(pid, grandchild)
     assert not gate.ever_started(upload_job.id)
 
@@ -102,7 +102,7 @@ async def test_cancel_escalates_to_sigkill_after_grace(harness: Harness) -> None
     await harness.started(job)
     pid, grandchild = gate.pids(job.id)
     await eng.cancel(job.id)
-    assert eng.get(job.id).status is R
+    assert eng.get(job.id).status is JobStatus.CANCELLED
     assert await gone(pid, grandchild)
 
 
@@ -111,7 +111,7 @@ async def test_failed_compile_cancels_its_upload(harness: Harness) -> None:
     compile_job, upload_job = eng.install("a.yaml", "10.0.0.5")
     await harness.started(compile_job)
     gate.release(compile_job.id, code=3)
-    await harness.status(upload_job, R)
+    await harness.status(upload_job, JobStatus.CANCELLED)
     assert eng.get(compile_job.id).status is JobStatus.FAILED
     assert eng.get(compile_job.id).error == "exit code 3"
     assert not gate.ever_started(upload_job.id)
@@ -122,15 +122,15 @@ async def test_supersede_cancels_both_halves_of_the_old_chain(harness: Harness) 
     old_compile, old_upload = eng.install("a.yaml", "10.0.0.5")
     await harness.started(old_compile)
     new_compile, new_upload = eng.install("a.yaml", "10.0.0.5")
-    await harness.status(old_compile, R)
-    assert eng.get(old_upload.id).status is R
+    await harness.status(old_compile, JobStatus.CANCELLED)
+    assert eng.get(old_upload.id).status is JobStatus.CANCELLED
     assert "superseded" in (eng.get(old_compile.id).error or "")
 
     await harness.started(new_compile)
     gate.release(new_compile.id)
     await harness.started(new_upload)
     gate.release(new_upload.id)
-    await harness.status(new_upload, C)
+    await harness.status(new_upload, JobStatus.COMPLETED)
     assert not gate.ever_started(old_upload.id)
 
 
@@ -142,11 +142,11 @@ async def test_supersede_with_a_terminal_half_does_not_raise(harness: Harness) -
     await harness.started(upload_job)
     # The compile is completed, the upload running: a new compile supersedes only it.
     newer = eng.submit(JobType.COMPILE, "a.yaml")
-    await harness.status(upload_job, R)
-    assert eng.get(compile_job.id).status is C
+    await harness.status(upload_job, JobStatus.CANCELLED)
+    assert eng.get(compile_job.id).status is JobStatus.COMPLETED
     await harness.started(newer)
     gate.release(newer.id)
-    await harness.status(newer, C)
+    await harness.status(newer, JobStatus.COMPLETED)
 
 
 async def test_supersede_leaves_other_configurations_alone(harness: Harness) -> None:
@@ -154,11 +154,11 @@ async def test_supersede_leaves_other_configurations_alone(harness: Harness) -> 
     a = eng.submit(JobType.COMPILE, "a.yaml")
     await harness.started(a)
     b = eng.submit(JobType.COMPILE, "b.yaml")
-    assert eng.get(a.id).status is U
+    assert eng.get(a.id).status is JobStatus.RUNNING
     gate.release(a.id)
     await harness.started(b)
     gate.release(b.id)
-    await harness.status(b, C)
+    await harness.status(b, JobStatus.COMPLETED)
 
 
 async def test_build_jobs_never_supersede_a_clean(harness: Harness) -> None:
@@ -166,14 +166,14 @@ async def test_build_jobs_never_supersede_a_clean(harness: Harness) -> None:
     clean = eng.submit(JobType.CLEAN, "a.yaml")
     await harness.started(clean)
     compile_job, upload_job = eng.install("a.yaml", "10.0.0.5")
-    assert eng.get(clean.id).status is U
+    assert eng.get(clean.id).status is JobStatus.RUNNING
     gate.release(clean.id)
     await harness.started(compile_job)  # FIFO: the build runs after the clean
     gate.release(compile_job.id)
     await harness.started(upload_job)
     gate.release(upload_job.id)
-    await harness.status(upload_job, C)
-    assert eng.get(clean.id).status is C
+    await harness.status(upload_job, JobStatus.COMPLETED)
+    assert eng.get(clean.id).status is JobStatus.COMPLETED
 
 
 async def test_clean_cancels_its_configuration_chain_only(harness: Harness) -> None:
@@ -182,16 +182,16 @@ async def test_clean_cancels_its_configuration_chain_only(harness: Harness) -> N
     await harness.started(a_compile)
     b_compile, b_upload = eng.install("b.yaml", "10.0.0.6")
     clean = eng.submit(JobType.CLEAN, "a.yaml")
-    await harness.status(a_compile, R)
-    assert eng.get(a_upload.id).status is R
-    assert eng.get(b_compile.id).status is Q
+    await harness.status(a_compile, JobStatus.CANCELLED)
+    assert eng.get(a_upload.id).status is JobStatus.CANCELLED
+    assert eng.get(b_compile.id).status is JobStatus.QUEUED
     await harness.started(b_compile)
     gate.release(b_compile.id)
     await harness.started(clean)
     gate.release(clean.id)
     await harness.started(b_upload)
     gate.release(b_upload.id)
-    await harness.status(b_upload, C)
+    await harness.status(b_upload, JobStatus.COMPLETED)
 
 
 async def test_reset_cancels_every_active_job_on_both_lanes(harness: Harness) -> None:
@@ -206,10 +206,10 @@ async def test_reset_cancels_every_active_job_on_both_lanes(harness: Harness) ->
 
     reset = eng.submit(JobType.RESET_BUILD_ENV, "/configs")
     for job in (a_upload, b_compile, b_upload, c):
-        await harness.status(job, R)
+        await harness.status(job, JobStatus.CANCELLED)
     await harness.started(reset)
     gate.release(reset.id)
-    await harness.status(reset, C)
+    await harness.status(reset, JobStatus.COMPLETED)
     assert not gate.ever_started(c.id)
 
 
@@ -221,13 +221,13 @@ async def test_build_gate_holds_uploads_during_same_config_clean(harness: Harnes
     free_upload = eng.submit(JobType.UPLOAD, "b.yaml", "10.0.0.6")
     await harness.started(free_upload)
     await asyncio.sleep(0.2)
-    assert eng.get(gated_upload.id).status is Q
+    assert eng.get(gated_upload.id).status is JobStatus.QUEUED
     assert not gate.ever_started(gated_upload.id)
     gate.release(clean.id)
     await harness.started(gated_upload)
     gate.release(gated_upload.id)
     gate.release(free_upload.id)
-    await harness.status(gated_upload, C)
+    await harness.status(gated_upload, JobStatus.COMPLETED)
 
 
 async def test_build_gate_holds_every_upload_during_reset(harness: Harness) -> None:
@@ -236,11 +236,11 @@ async def test_build_gate_holds_every_upload_during_reset(harness: Harness) -> N
     await harness.started(reset)
     upload = eng.submit(JobType.UPLOAD, "b.yaml", "10.0.0.6")
     await asyncio.sleep(0.2)
-    assert eng.get(upload.id).status is Q
+    assert eng.get(upload.id).status is JobStatus.QUEUED
     gate.release(reset.id)
     await harness.started(upload)
     gate.release(upload.id)
-    await harness.status(upload, C)
+    await harness.status(upload, JobStatus.COMPLETED)
 
 
 async def test_never_two_uploads_to_one_device(harness: Harness) -> None:
@@ -251,12 +251,12 @@ async def test_never_two_uploads_to_one_device(harness: Harness) -> None:
     await harness.started(first)
     await harness.started(other)
     await asyncio.sleep(0.2)
-    assert eng.get(second.id).status is Q
+    assert eng.get(second.id).status is JobStatus.QUEUED
     gate.release(first.id)
     await harness.started(second)
     gate.release(second.id)
     gate.release(other.id)
-    await harness.status(second, C)
+    await harness.status(second, JobStatus.COMPLETED)
 
 
 async def test_upload_slots_bound_concurrency(harness: Harness) -> None:
@@ -265,15 +265,15 @@ async def test_upload_slots_bound_concurrency(harness: Harness) -> None:
     for job in uploads[:4]:
         await harness.started(job)
     await asyncio.sleep(0.2)
-    assert [eng.get(j.id).status for j in uploads[4:]] == [Q, Q]
+    assert [eng.get(j.id).status for j in uploads[4:]] == [JobStatus.QUEUED, JobStatus.QUEUED]
     assert len(eng.lane_status(LaneName.UPLOAD).running) == 4
     gate.release(uploads[0].id)
     await harness.started(uploads[4])  # FIFO: the oldest waiting upload goes next
-    assert eng.get(uploads[5].id).status is Q
+    assert eng.get(uploads[5].id).status is JobStatus.QUEUED
     for job in uploads:
         gate.release(job.id)
     for job in uploads:
-        await harness.status(job, C)
+        await harness.status(job, JobStatus.COMPLETED)
 
 
 async def test_compile_lane_is_fifo_with_one_slot(harness: Harness) -> None:
@@ -282,7 +282,7 @@ async def test_compile_lane_is_fifo_with_one_slot(harness: Harness) -> None:
     order = []
     for job in jobs:
         await harness.started(job)
-        assert sum(eng.get(j.id).status is U for j in jobs) == 1
+        assert sum(eng.get(j.id).status is JobStatus.RUNNING for j in jobs) == 1
         order.append(job.id)
         gate.release(job.id)
     assert order == [j.id for j in jobs]
@@ -293,8 +293,8 @@ async def test_cancel_of_terminal_job_is_a_no_op_and_unknown_ids_raise(harness: 
     job = eng.submit(JobType.COMPILE, "a.yaml")
     await harness.started(job)
     gate.release(job.id)
-    await harness.status(job, C)
-    assert (await eng.cancel(job.id)).status is C
+    await harness.status(job, JobStatus.COMPLETED)
+    assert (await eng.cancel(job.id)).status is JobStatus.COMPLETED
     with pytest.raises(UnknownJob):
         await eng.cancel("0123456789ab")
 
@@ -307,9 +307,9 @@ async def test_invalid_jobs_are_refused_before_anything_changes(harness: Harness
         eng.submit(JobType.UPLOAD, "a.yaml")
     with pytest.raises(InvalidJob, match="new name"):
         eng.submit(JobType.RENAME, "a.yaml")
-    assert eng.get(running.id).status is U  # nothing was superseded
+    assert eng.get(running.id).status is JobStatus.RUNNING  # nothing was superseded
     harness.gate.release(running.id)
-    await harness.status(running, C)
+    await harness.status(running, JobStatus.COMPLETED)
 
 
 async def test_lane_is_released_before_terminal_event(harness: Harness) -> None:
@@ -328,7 +328,7 @@ async def test_lane_is_released_before_terminal_event(harness: Harness) -> None:
     busy = eng.lane_status(LaneName.COMPILE)
     assert not busy.idle and busy.running == (job.id,) and busy.idle_since is None
     gate.release(job.id)
-    await harness.status(job, C)
+    await harness.status(job, JobStatus.COMPLETED)
     assert len(seen) == 1 and seen[0].idle
     assert seen[0].idle_since is not None and seen[0].idle_since >= (before.idle_since or 0)
     lane_events = [e for e in harness.events if isinstance(e, events.LaneStatusChanged)]
@@ -369,7 +369,7 @@ async def test_logs_go_to_one_file_per_job(harness: Harness) -> None:
     job = eng.submit(JobType.COMPILE, "a.yaml")
     await harness.started(job)
     gate.release(job.id)
-    await harness.status(job, C)
+    await harness.status(job, JobStatus.COMPLETED)
     lines = list(eng.logs.read_lines(job.id))
     assert "building" in lines and "exit 0" in lines
     assert lines[-1] == "completed"
@@ -392,7 +392,7 @@ async def test_progress_events_are_throttled(harness: Harness) -> None:
     assert progress[-1] == 1.0
     await harness.started(job)
     harness.gate.release(job.id)
-    await harness.status(job, C)
+    await harness.status(job, JobStatus.COMPLETED)
 
 
 async def test_stopped_engine_refuses_work(harness: Harness) -> None:

@@ -12,10 +12,8 @@ from meshd.link.connection import (
     TRANSITIONS,
     Connection,
     ConnectionClosed,
-    Established,
     Input,
     MessageReceived,
-    PeerAuthenticated,
     Role,
     State,
 )
@@ -32,34 +30,18 @@ from meshd.link.framing import FrameSealer
 from meshd.link.handshake import Mode
 from meshd.link.limits import MAX_FRAME, MAX_HANDSHAKE_FRAME, MAX_NONCE
 from meshd.link.messages import HaveQuery, LogLine, Ping, StreamChunk
+from tests.support.connection_pair import ConnectionPair
 
 
-def pair(
-    mode: Mode = Mode.NORMAL,
-) -> tuple[Connection, Connection, bytes, bytes, bytes, bytes]:
-    """Run a handshake in memory; returns (initiator, responder, hs1, hs2, hs3, hello)."""
-    i = Connection(Role.INITIATOR, Ed25519PrivateKey.generate(), mode=mode)
-    r = Connection(Role.RESPONDER, Ed25519PrivateKey.generate())
-    hs1 = i.initiate()
-    r.receive_data(hs1)
-    assert r.next_event() is NEED_DATA
-    hs2 = r.data_to_send()
-    i.receive_data(hs2)
-    assert isinstance(i.next_event(), PeerAuthenticated)
-    i.accept_peer()
-    hs3 = i.data_to_send()
-    r.receive_data(hs3)
-    assert isinstance(r.next_event(), PeerAuthenticated)
-    r.accept_peer()
-    assert isinstance(r.next_event(), Established)
-    hello = r.data_to_send()
-    i.receive_data(hello)
-    assert isinstance(i.next_event(), Established)
-    return i, r, hs1, hs2, hs3, hello
+def established(mode: Mode = Mode.NORMAL) -> tuple[Connection, Connection]:
+    """An initiator and a responder after a full handshake in memory."""
+    pair = ConnectionPair(mode)
+    pair.handshake()
+    return pair.initiator, pair.responder
 
 
 def test_both_sides_agree() -> None:
-    i, r, *_ = pair()
+    i, r = established()
     assert i.session_id == r.session_id and len(i.session_id) == 32
     assert i.established is not None and r.established is not None
     assert i.established.public_key == r._identity_public
@@ -68,7 +50,7 @@ def test_both_sides_agree() -> None:
 
 
 def test_messages_flow_both_ways() -> None:
-    i, r, *_ = pair()
+    i, r = established()
     r.receive_data(i.send(HaveQuery((b"x" * 32,)), rid=1) + i.send(Ping(2)))
     assert r.next_event() == MessageReceived(HaveQuery((b"x" * 32,)), 1)
     assert r.next_event() == MessageReceived(Ping(2), 0)
@@ -78,7 +60,7 @@ def test_messages_flow_both_ways() -> None:
 
 
 def test_pairing_mode_is_carried_to_both_sides() -> None:
-    i, r, *_ = pair(Mode.PAIRING)
+    i, r = established(Mode.PAIRING)
     assert i.established is not None and r.established is not None
     assert i.established.mode is r.established.mode is Mode.PAIRING
 
@@ -99,31 +81,26 @@ def test_transition_table_is_data_and_refuses_unknown_inputs() -> None:
 
 
 def test_responder_refusal_reaches_initiator_as_trust_refused() -> None:
-    i = Connection(Role.INITIATOR, Ed25519PrivateKey.generate())
-    r = Connection(Role.RESPONDER, Ed25519PrivateKey.generate())
-    r.receive_data(i.initiate())
-    r.next_event()
-    i.receive_data(r.data_to_send())
-    i.next_event()
-    i.accept_peer()
-    r.receive_data(i.data_to_send())
-    r.next_event()
+    pair = ConnectionPair()
+    i, r = pair.initiator, pair.responder
+    pair.hs1()
+    pair.hs2()
+    pair.hs3()
     r.refuse_peer(CloseReason.UNTRUSTED, "not trusted")
     assert r.state is State.CLOSED
     i.receive_data(r.data_to_send())
     with pytest.raises(TrustRefused) as info:
         i.next_event()
     assert info.value.reason is CloseReason.UNTRUSTED
+    assert info.value.by_peer  # the responder refused: callers tell this from our own refusal
     assert "not trusted" in str(info.value)
 
 
 def test_initiator_refusal_sends_nothing() -> None:
-    i = Connection(Role.INITIATOR, Ed25519PrivateKey.generate())
-    r = Connection(Role.RESPONDER, Ed25519PrivateKey.generate())
-    r.receive_data(i.initiate())
-    r.next_event()
-    i.receive_data(r.data_to_send())
-    i.next_event()
+    pair = ConnectionPair()
+    i = pair.initiator
+    pair.hs1()
+    pair.hs2()
     i.refuse_peer(CloseReason.UNTRUSTED)
     assert i.data_to_send() == b""  # no HS3: our identity never left
     assert i.state is State.CLOSED
@@ -166,7 +143,7 @@ def expect_fatal(conn: Connection, data: bytes, error: type[LinkError]) -> LinkE
 
 
 def test_replayed_frame() -> None:
-    i, r, *_ = pair()
+    i, r = established()
     frame = i.send(Ping(1))
     r.receive_data(frame)
     assert r.next_event() == MessageReceived(Ping(1), 0)
@@ -174,20 +151,20 @@ def test_replayed_frame() -> None:
 
 
 def test_reordered_frames() -> None:
-    i, r, *_ = pair()
+    i, r = established()
     first, second = i.send(Ping(1)), i.send(Ping(2))
     expect_fatal(r, second + first, RemoteProtocolError)
 
 
 def test_dropped_frame() -> None:
-    i, r, *_ = pair()
+    i, r = established()
     i.send(Ping(1))
     expect_fatal(r, i.send(Ping(2)), RemoteProtocolError)
 
 
 @pytest.mark.parametrize("position", [0, 3, 4, 10, -1])
 def test_flipped_bit(position: int) -> None:
-    i, r, *_ = pair()
+    i, r = established()
     frame = bytearray(i.send(LogLine("job", "a line of output")))
     frame[position] ^= 0x01
     error = expect_fatal(r, bytes(frame), RemoteProtocolError)
@@ -195,7 +172,7 @@ def test_flipped_bit(position: int) -> None:
 
 
 def test_truncated_frame() -> None:
-    i, r, *_ = pair()
+    i, r = established()
     frame = i.send(LogLine("job", "a line of output"))
     r.receive_data(frame[:-5])
     assert r.next_event() is NEED_DATA
@@ -204,20 +181,20 @@ def test_truncated_frame() -> None:
 
 
 def test_clean_eof_is_connection_closed() -> None:
-    _, r, *_ = pair()
+    _, r = established()
     r.receive_data(b"")
     event = r.next_event()
     assert event == ConnectionClosed(int(CloseReason.CONNECTION_LOST), "connection lost", True)
 
 
 def test_oversize_length_prefix_fails_before_buffering() -> None:
-    _, r, *_ = pair()
+    _, r = established()
     error = expect_fatal(r, struct.pack(">I", MAX_FRAME + 1), RemoteProtocolError)
     assert "exceeds" in str(error)
 
 
 def test_max_frame_itself_is_accepted() -> None:
-    i, r, *_ = pair()
+    i, r = established()
     sealer_limit_chunk = StreamChunk(1, bytes(512 * 1024))
     r.receive_data(i.send(sealer_limit_chunk))
     assert isinstance(r.next_event(), MessageReceived)
@@ -251,12 +228,10 @@ def test_swapped_ephemeral_key_fails_authentication() -> None:
 
 
 def test_tampered_hs3_fails() -> None:
-    i = Connection(Role.INITIATOR, Ed25519PrivateKey.generate())
-    r = Connection(Role.RESPONDER, Ed25519PrivateKey.generate())
-    r.receive_data(i.initiate())
-    r.next_event()
-    i.receive_data(r.data_to_send())
-    i.next_event()
+    pair = ConnectionPair()
+    i, r = pair.initiator, pair.responder
+    pair.hs1()
+    pair.hs2()
     i.accept_peer()
     hs3 = bytearray(i.data_to_send())
     hs3[20] ^= 0x80
@@ -264,7 +239,7 @@ def test_tampered_hs3_fails() -> None:
 
 
 def test_nonce_counter_exhaustion_is_refused() -> None:
-    i, _r, *_ = pair()
+    i, _r = established()
     assert i._sealer is not None
     i._sealer.counter = MAX_NONCE + 1
     with pytest.raises(LocalProtocolError):
@@ -272,6 +247,7 @@ def test_nonce_counter_exhaustion_is_refused() -> None:
 
 
 def test_hello_twice_is_a_protocol_error() -> None:
-    _i, r, _hs1, _hs2, _hs3, hello = pair()
+    pair = ConnectionPair()
+    r, hello = pair.responder, pair.handshake().hello
     # Replaying the responder's own hello towards it fails authentication (wrong key).
     expect_fatal(r, hello, RemoteProtocolError)

@@ -19,7 +19,7 @@ from meshd.mesh.security.identity import (
     load_or_create,
     parse_fingerprint,
 )
-from meshd.mesh.security.trust import MAX_ADDRESSES, Role, TrustStore
+from meshd.mesh.security.trust import MAX_ADDRESSES, Permission, TrustStore
 
 
 def test_identity_created_once_with_mode_0600(tmp_path: Path) -> None:
@@ -138,5 +138,5 @@ def test_authorizer_checks_roles(tmp_path: Path) -> None:
         assert not store.authorizer()(candidate)
         store.add(peer.fingerprint, may_build_for_me=True)
         assert store.authorizer()(candidate)
-        assert store.authorizer(Role.BUILD_FOR_ME)(candidate)
-        assert not store.authorizer(Role.SEND_WORK)(candidate)
+        assert store.authorizer(Permission.BUILD_FOR_ME)(candidate)
+        assert not store.authorizer(Permission.SEND_WORK)(candidate)

@@ -120,6 +120,24 @@ async def start_node(
     return Node(name, data_dir, engine, mesh)
 
 
+def mesh_tasks_left() -> list[asyncio.Task[object]]:
+    """Unfinished tasks running code of the mesh or the link (none may outlive a stop)."""
+    left = []
+    for task in asyncio.all_tasks():
+        code = getattr(task.get_coro(), "cr_code", None)
+        filename = code.co_filename if code is not None else ""
+        if not task.done() and ("/meshd/mesh/" in filename or "/meshd/link/" in filename):
+            left.append(task)
+    return left
+
+
+async def assert_no_mesh_tasks_left() -> None:
+    # Sockets may need a loop turn or two to finish closing; tasks may not linger.
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert mesh_tasks_left() == []
+
+
 async def stop_node(node: Node) -> None:
     await node.mesh.stop()
     await node.engine.stop()

@@ -42,8 +42,10 @@ from meshd.mesh.peering.discovery import (
     instance_label,
     parse_advert,
 )
-from meshd.mesh.peering.registry import ChangeKind, MdnsAdvert, PeerChange, PeerInfo, Registry
+from meshd.mesh.peering.registry import ChangeKind, MdnsAdvert, PeerChange, PeerRecord, Registry
+from tests.support.fingerprints import random_fingerprint
 from tests.support.mesh_netns import loopback_multicast_works, mesh_net, netns_permitted
+from tests.support.waits import until_notified
 
 LOOPBACK = "127.0.0.1"
 REPO = Path(__file__).resolve().parents[2]
@@ -54,10 +56,6 @@ requires_loopback_multicast = pytest.mark.skipif(
     reason="multicast sent out 127.0.0.1 does not loop back here; run the suite with "
     "scripts/test (a private netns with `ip link set lo multicast on`)",
 )
-
-
-def fp() -> str:
-    return secrets.token_hex(32)
 
 
 def props(**kw: str | bytes | None) -> dict[bytes, bytes | None]:
@@ -77,7 +75,7 @@ def test_instance_label_is_dns_safe_and_carries_the_fingerprint() -> None:
 
 
 def test_txt_round_trips_through_the_parser() -> None:
-    f = fp()
+    f = random_fingerprint()
     advert = AdvertInfo(f, "desk", 7420, 1, "2026.6.5", idle=True, idle_since=1_700_000_000.123)
     txt = build_txt(advert)
     assert txt["idle_since"] == "1700000000123"  # epoch milliseconds
@@ -101,7 +99,9 @@ def test_txt_round_trips_through_the_parser() -> None:
 
 
 def test_busy_txt_has_no_idle_since() -> None:
-    txt = build_txt(AdvertInfo(fp(), "d", 1, 1, "2026.6.5", idle=False, idle_since=5.0))
+    txt = build_txt(
+        AdvertInfo(random_fingerprint(), "d", 1, 1, "2026.6.5", idle=False, idle_since=5.0)
+    )
     assert txt["idle"] == "0" and "idle_since" not in txt
 
 
@@ -219,7 +219,7 @@ async def nodes() -> AsyncIterator[NodeFactory]:
 
 def advert_info(name: str = "receiver", **kw: Any) -> AdvertInfo:
     base: dict[str, Any] = {
-        "fingerprint": fp(),
+        "fingerprint": random_fingerprint(),
         "name": name,
         "port": 7420,
         "protocol": 1,
@@ -232,20 +232,13 @@ def advert_info(name: str = "receiver", **kw: Any) -> AdvertInfo:
 
 async def until(registry: Registry, predicate: Callable[[], bool], what: str) -> None:
     """Wait for ``predicate`` to hold, re-checking on every registry change."""
-    changed = asyncio.Event()
-    remove = registry.add_listener(lambda _c: changed.set())
     try:
-        async with asyncio.timeout(WAIT):
-            while not predicate():
-                changed.clear()
-                await changed.wait()
-    except TimeoutError:
-        pytest.fail(f"timed out waiting for {what}; registry: {registry.snapshot()}")
-    finally:
-        remove()
+        await until_notified(registry.add_listener, predicate, timeout=WAIT, what=what)
+    except TimeoutError as exc:
+        pytest.fail(f"{exc}; registry: {registry.snapshot()}")
 
 
-def peer(registry: Registry, fingerprint: str) -> PeerInfo:
+def peer(registry: Registry, fingerprint: str) -> PeerRecord:
     info = registry.get(fingerprint)
     assert info is not None, f"{fingerprint[:8]} not in {registry.snapshot()}"
     return info
@@ -351,7 +344,7 @@ async def test_goodbye_removes_the_peer(nodes: NodeFactory) -> None:
 async def test_a_silent_peer_goes_stale_after_its_ttl(nodes: NodeFactory) -> None:
     """No goodbye (crash, partition): expired records + an unanswered re-query remove it."""
     _, registry = await nodes(stale_check_interval=0.5)
-    f = fp()
+    f = random_fingerprint()
     zc = AsyncZeroconf(interfaces=[LOOPBACK])
     info = AsyncServiceInfo(
         SERVICE_TYPE,
@@ -396,18 +389,23 @@ async def test_hostile_adverts_are_dropped_without_exceptions(
     caplog.set_level(logging.WARNING, logger="meshd.mesh.peering.discovery")
     _, registry = await nodes()
 
-    bad_fp = fp()
+    bad_fp = random_fingerprint()
     hostile: dict[str, dict[str, str]] = {
         "no-fp": {"proto": "1", "name": "nofp"},
         "bad-fp": {"fp": "zz" * 32, "proto": "1"},
-        "bad-proto": {"fp": fp(), "proto": "1e3"},
-        "neg-since": {"fp": fp(), "proto": "1", "idle": "1", "idle_since": "-5"},
-        "huge-since": {"fp": fp(), "proto": "1", "idle": "1", "idle_since": "9" * 40},
-        "bad-idle": {"fp": fp(), "proto": "1", "idle": "yes"},
-        "huge-name": {"fp": fp(), "proto": "1", "name": "n" * 200},
+        "bad-proto": {"fp": random_fingerprint(), "proto": "1e3"},
+        "neg-since": {"fp": random_fingerprint(), "proto": "1", "idle": "1", "idle_since": "-5"},
+        "huge-since": {
+            "fp": random_fingerprint(),
+            "proto": "1",
+            "idle": "1",
+            "idle_since": "9" * 40,
+        },
+        "bad-idle": {"fp": random_fingerprint(), "proto": "1", "idle": "yes"},
+        "huge-name": {"fp": random_fingerprint(), "proto": "1", "name": "n" * 200},
         "huge-txt": {"fp": bad_fp, "proto": "1", **{f"pad{i}": "x" * 240 for i in range(6)}},
     }
-    good_fp = fp()
+    good_fp = random_fingerprint()
     zc = AsyncZeroconf(interfaces=[LOOPBACK])
     infos = [
         AsyncServiceInfo(
@@ -453,7 +451,7 @@ async def test_registry_cap_holds_against_an_advert_flood(nodes: NodeFactory) ->
             SERVICE_TYPE,
             f"flood{i}-{secrets.token_hex(3)}.{SERVICE_TYPE}",
             port=7420,
-            properties={"fp": fp(), "proto": "1"},
+            properties={"fp": random_fingerprint(), "proto": "1"},
             parsed_addresses=[LOOPBACK],
         )
         for i in range(8)
@@ -483,7 +481,7 @@ class NodeProc:
     """One tests/mesh/discovery_node.py inside a host namespace."""
 
     def __init__(self, prefix: list[str], ip: str, name: str, log_dir: Path) -> None:
-        self.fp = fp()
+        self.fp = random_fingerprint()
         self.name = name
         self.stderr_path = log_dir / f"{name}.stderr"
         self._stderr = self.stderr_path.open("w")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import secrets
 from dataclasses import replace
 
 import pytest
@@ -20,6 +19,8 @@ from meshd.mesh.peering.registry import (
     PeerSource,
     Registry,
 )
+from tests.support.clock import FakeClock
+from tests.support.fingerprints import random_fingerprint
 
 SNAPSHOT_KEYS = {
     "fingerprint",
@@ -43,18 +44,6 @@ SNAPSHOT_KEYS = {
 }
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def fp() -> str:
-    return secrets.token_hex(32)
-
-
 def advert(fingerprint: str, name: str = "desk", **kw: object) -> MdnsAdvert:
     base = MdnsAdvert(
         instance=f"{name}-{fingerprint[:8]}._meshd._tcp.local.",
@@ -71,12 +60,12 @@ def advert(fingerprint: str, name: str = "desk", **kw: object) -> MdnsAdvert:
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
+def clock() -> FakeClock:
+    return FakeClock()
 
 
 @pytest.fixture
-def reg(clock: Clock) -> Registry:
+def reg(clock: FakeClock) -> Registry:
     return Registry(clock=clock)
 
 
@@ -90,7 +79,7 @@ def changes(reg: Registry) -> list[PeerChange]:
 def test_mdns_advert_creates_a_record_with_every_field(
     reg: Registry, changes: list[PeerChange]
 ) -> None:
-    f = fp()
+    f = random_fingerprint()
     assert reg.mdns_seen(advert(f))
     [snap] = reg.snapshot()
     assert set(snap) == SNAPSHOT_KEYS
@@ -119,9 +108,9 @@ def test_mdns_advert_creates_a_record_with_every_field(
 
 
 def test_refresh_without_change_is_not_announced_but_moves_last_seen(
-    reg: Registry, changes: list[PeerChange], clock: Clock
+    reg: Registry, changes: list[PeerChange], clock: FakeClock
 ) -> None:
-    f = fp()
+    f = random_fingerprint()
     reg.mdns_seen(advert(f))
     clock.now += 5
     reg.mdns_seen(advert(f))
@@ -131,7 +120,7 @@ def test_refresh_without_change_is_not_announced_but_moves_last_seen(
 
 
 def test_lane_change_from_txt_is_announced(reg: Registry, changes: list[PeerChange]) -> None:
-    f = fp()
+    f = random_fingerprint()
     reg.mdns_seen(advert(f))
     reg.mdns_seen(advert(f, idle=False, idle_since=None))
     info = reg.get(f)
@@ -140,7 +129,7 @@ def test_lane_change_from_txt_is_announced(reg: Registry, changes: list[PeerChan
 
 
 def test_addresses_follow_dhcp_newest_first_deduplicated_bounded(reg: Registry) -> None:
-    f = fp()
+    f = random_fingerprint()
     reg.mdns_seen(advert(f, addresses=("10.0.0.5:7420",)))
     reg.mdns_seen(advert(f, addresses=("10.0.0.9:7420",)))
     assert reg.addresses(f) == ["10.0.0.9:7420", "10.0.0.5:7420"]
@@ -154,7 +143,7 @@ def test_addresses_follow_dhcp_newest_first_deduplicated_bounded(reg: Registry) 
 
 
 def test_goodbye_removes_an_mdns_only_peer(reg: Registry, changes: list[PeerChange]) -> None:
-    f = fp()
+    f = random_fingerprint()
     a = advert(f)
     reg.mdns_seen(a)
     reg.mdns_gone(a.instance)
@@ -163,7 +152,7 @@ def test_goodbye_removes_an_mdns_only_peer(reg: Registry, changes: list[PeerChan
 
 
 def test_goodbye_keeps_a_static_peer(reg: Registry) -> None:
-    f = fp()
+    f = random_fingerprint()
     a = advert(f)
     reg.add_static(f, "192.168.1.20:7420")
     reg.mdns_seen(a)
@@ -175,7 +164,7 @@ def test_goodbye_keeps_a_static_peer(reg: Registry) -> None:
 
 
 def test_goodbye_keeps_a_connected_peer_until_the_link_drops(reg: Registry) -> None:
-    f = fp()
+    f = random_fingerprint()
     a = advert(f)
     reg.mdns_seen(a)
     reg.link_up(f)
@@ -192,14 +181,14 @@ def test_goodbye_of_an_unknown_instance_is_harmless(reg: Registry) -> None:
 
 
 def test_instance_reclaimed_by_another_fingerprint_ends_the_old_claim(reg: Registry) -> None:
-    old, new = fp(), fp()
+    old, new = random_fingerprint(), random_fingerprint()
     reg.mdns_seen(advert(old, instance="x._meshd._tcp.local."))
     reg.mdns_seen(advert(new, instance="x._meshd._tcp.local."))
     assert old not in reg and new in reg
 
 
 def test_link_state_wins_over_unauthenticated_adverts(reg: Registry) -> None:
-    f = fp()
+    f = random_fingerprint()
     reg.mdns_seen(advert(f, idle=True, idle_since=500.0, name="desk"))
     reg.link_up(f, address="10.0.0.5:7420")
     reg.link_status(f, idle=False, idle_since=None, running=1, queued=2)
@@ -212,7 +201,7 @@ def test_link_state_wins_over_unauthenticated_adverts(reg: Registry) -> None:
 
 
 def test_link_down_records_the_error_and_forgets_link_lane_state(reg: Registry) -> None:
-    f = fp()
+    f = random_fingerprint()
     reg.add_static(f, "192.168.1.20:7420", name="server")
     reg.link_up(f, source=PeerSource.STATIC)
     reg.link_status(f, idle=True, idle_since=900.0, running=0, queued=0)
@@ -229,7 +218,7 @@ def test_link_down_records_the_error_and_forgets_link_lane_state(reg: Registry) 
 def test_inbound_peer_unknown_before_is_added_on_link_up(
     reg: Registry, changes: list[PeerChange]
 ) -> None:
-    f = fp()
+    f = random_fingerprint()
     assert reg.link_up(f, address="10.0.0.7:51234")
     info = reg.get(f)
     assert info is not None
@@ -238,7 +227,7 @@ def test_inbound_peer_unknown_before_is_added_on_link_up(
 
 
 def test_hello_and_status_push_fill_the_record(reg: Registry) -> None:
-    f = fp()
+    f = random_fingerprint()
     reg.link_up(f, source=PeerSource.STATIC, address="10.0.0.7:7420")
     reg.link_hello(f, name="builder", protocol=1, esphome_version="2026.6.5", accepts_builds=True)
     reg.link_status(f, idle=True, idle_since=1234.5, running=0, queued=0)
@@ -249,7 +238,7 @@ def test_hello_and_status_push_fill_the_record(reg: Registry) -> None:
 
 
 def test_busy_status_drops_idle_since(reg: Registry) -> None:
-    f = fp()
+    f = random_fingerprint()
     reg.link_up(f)
     reg.link_status(f, idle=False, idle_since=1234.5, running=1, queued=0)
     info = reg.get(f)
@@ -257,9 +246,9 @@ def test_busy_status_drops_idle_since(reg: Registry) -> None:
 
 
 def test_trust_changes_are_applied_and_announced(
-    clock: Clock,
+    clock: FakeClock,
 ) -> None:
-    trusted_fp, other = fp(), fp()
+    trusted_fp, other = random_fingerprint(), random_fingerprint()
     reg = Registry(clock=clock, is_trusted=lambda f: f == trusted_fp)
     seen: list[PeerChange] = []
     reg.add_listener(seen.append)
@@ -276,7 +265,7 @@ def test_trust_changes_are_applied_and_announced(
 
 
 def test_compile_durations_are_bounded(reg: Registry) -> None:
-    f = fp()
+    f = random_fingerprint()
     reg.link_up(f)
     for i in range(RECENT_COMPILES + 5):
         reg.record_compile(f, float(i))
@@ -287,7 +276,7 @@ def test_compile_durations_are_bounded(reg: Registry) -> None:
 
 
 def test_views_feed_the_scheduler(reg: Registry) -> None:
-    older, newer = fp(), fp()
+    older, newer = random_fingerprint(), random_fingerprint()
     for f, since in ((older, 100.0), (newer, 200.0)):
         reg.mdns_seen(advert(f, name=f[:4], idle_since=since))
         reg.set_trusted(f, True)
@@ -308,7 +297,7 @@ def test_a_failing_listener_does_not_stop_the_others(reg: Registry) -> None:
 
     reg.add_listener(broken)
     reg.add_listener(seen.append)
-    reg.mdns_seen(advert(fp()))
+    reg.mdns_seen(advert(random_fingerprint()))
     assert len(seen) == 1
 
 
@@ -316,55 +305,55 @@ def test_removed_listener_is_not_called(reg: Registry) -> None:
     seen: list[PeerChange] = []
     remove = reg.add_listener(seen.append)
     remove()
-    reg.mdns_seen(advert(fp()))
+    reg.mdns_seen(advert(random_fingerprint()))
     assert seen == []
 
 
 # -- the cap ---------------------------------------------------------------------------
 
 
-def test_cap_refuses_an_mdns_flood(clock: Clock) -> None:
+def test_cap_refuses_an_mdns_flood(clock: FakeClock) -> None:
     reg = Registry(clock=clock)
-    first = [fp() for _ in range(MAX_PEERS)]
+    first = [random_fingerprint() for _ in range(MAX_PEERS)]
     for f in first:
         assert reg.mdns_seen(advert(f, name=f[:6]))
-    flood = [fp() for _ in range(100)]
+    flood = [random_fingerprint() for _ in range(100)]
     assert not any(reg.mdns_seen(advert(f, name=f[:6])) for f in flood)
     assert len(reg) == MAX_PEERS
     assert set(reg.fingerprints()) == set(first)  # first come stays, nothing displaced
 
 
-def test_cap_lets_a_verified_peer_evict_an_unimportant_one(clock: Clock) -> None:
+def test_cap_lets_a_verified_peer_evict_an_unimportant_one(clock: FakeClock) -> None:
     reg = Registry(clock=clock, max_peers=3)
-    trusted, stale, fresh = fp(), fp(), fp()
+    trusted, stale, fresh = random_fingerprint(), random_fingerprint(), random_fingerprint()
     reg.mdns_seen(advert(trusted, name="t"))
     reg.set_trusted(trusted, True)
     clock.now += 1
     reg.mdns_seen(advert(stale, name="s"))
     clock.now += 1
     reg.mdns_seen(advert(fresh, name="f"))
-    newcomer = fp()
+    newcomer = random_fingerprint()
     assert reg.link_up(newcomer, source=PeerSource.STATIC, address="10.0.0.8:7420")
     assert set(reg.fingerprints()) == {trusted, fresh, newcomer}
 
 
-def test_cap_refuses_a_verified_peer_when_nothing_is_evictable(clock: Clock) -> None:
+def test_cap_refuses_a_verified_peer_when_nothing_is_evictable(clock: FakeClock) -> None:
     reg = Registry(clock=clock, max_peers=2)
     for _ in range(2):
-        f = fp()
+        f = random_fingerprint()
         reg.add_static(f, "10.0.0.1:7420")
-    assert not reg.link_up(fp())
-    assert not reg.add_static(fp(), "10.0.0.2:7420")
+    assert not reg.link_up(random_fingerprint())
+    assert not reg.add_static(random_fingerprint(), "10.0.0.2:7420")
     assert len(reg) == 2
 
 
-def test_room_frees_up_after_removal(clock: Clock) -> None:
+def test_room_frees_up_after_removal(clock: FakeClock) -> None:
     reg = Registry(clock=clock, max_peers=1)
-    a = advert(fp())
+    a = advert(random_fingerprint())
     reg.mdns_seen(a)
-    assert not reg.mdns_seen(advert(fp()))
+    assert not reg.mdns_seen(advert(random_fingerprint()))
     reg.mdns_gone(a.instance)
-    assert reg.mdns_seen(advert(fp()))
+    assert reg.mdns_seen(advert(random_fingerprint()))
 
 
 def test_own_fingerprint_is_never_a_peer() -> None:

@@ -15,7 +15,8 @@ from meshd.jobs.placement import ReasonCode
 from meshd.link.messages import CompileReject, CompileRequest
 from tests.mesh.nodes import Node, host_yaml, start_node, stop_node, trust
 
-C, F, X, R = JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.RUNNING
+# Every status a job can end in: wait for the end, then assert which.
+ENDED = tuple(status for status in JobStatus if status.terminal)
 
 
 @pytest.fixture
@@ -45,14 +46,14 @@ async def test_install_compiles_remotely_and_flashes_locally(
     pi, desktop = pair
     cfg = config(tmp_path)
     compile_job, upload_job = pi.engine.install(str(cfg), "192.0.2.10")
-    done = await pi.wait_status(upload_job.id, C, F, X)
-    assert done.status is C, pi.engine.get(compile_job.id).error
+    done = await pi.wait_status(upload_job.id, *ENDED)
+    assert done.status is JobStatus.COMPLETED, pi.engine.get(compile_job.id).error
     compiled = pi.engine.get(compile_job.id)
     assert compiled.runner == desktop.fingerprint
     assert compiled.reason_code == ReasonCode.IDLE_RECEIVER
     # The receiver ran it as its own job, tagged with the offloader, and never re-offloads it.
     remote = desktop.engine.jobs_where(lambda j: j.options.remote_job == compile_job.id)
-    assert len(remote) == 1 and remote[0].status is C
+    assert len(remote) == 1 and remote[0].status is JobStatus.COMPLETED
     assert remote[0].options.offloader == pi.fingerprint
     assert remote[0].options.offloader_name == "pi" and remote[0].options.force_local
     # The flash ran on the Pi, with the firmware the desktop built.
@@ -72,10 +73,10 @@ async def test_second_compile_sends_only_what_changed(
     cfg = config(tmp_path)
     (cfg.parent / "secrets.yaml").write_text("wifi_password: hunter2\n")
     first = pi.engine.submit(JobType.COMPILE, str(cfg))
-    assert (await pi.wait_status(first.id, C, F, X)).status is C
+    assert (await pi.wait_status(first.id, *ENDED)).status is JobStatus.COMPLETED
     cfg.write_text(cfg.read_text() + "# edited\n")
     second = pi.engine.submit(JobType.COMPILE, str(cfg))
-    assert (await pi.wait_status(second.id, C, F, X)).status is C
+    assert (await pi.wait_status(second.id, *ENDED)).status is JobStatus.COMPLETED
     first_log = "\n".join(pi.engine.logs.read_lines(first.id))
     second_log = "\n".join(pi.engine.logs.read_lines(second.id))
     assert "sent 3 of 3 bundle files" in first_log  # manifest, YAML, secrets
@@ -91,16 +92,16 @@ async def test_cancel_during_remote_compile_cancels_there_and_never_flashes(
 
     def remote_running() -> list[object]:
         return desktop.engine.jobs_where(
-            lambda j: j.options.remote_job == compile_job.id and j.status is R
+            lambda j: j.options.remote_job == compile_job.id and j.status is JobStatus.RUNNING
         )
 
     async with asyncio.timeout(60):
         while not remote_running():
             await asyncio.sleep(0.02)
     await pi.engine.cancel(compile_job.id)
-    assert pi.engine.get(upload_job.id).status is X
+    assert pi.engine.get(upload_job.id).status is JobStatus.CANCELLED
     remote_id = desktop.engine.jobs_where(lambda j: j.options.remote_job == compile_job.id)[0].id
-    assert (await desktop.wait_status(remote_id, C, F, X)).status is X
+    assert (await desktop.wait_status(remote_id, *ENDED)).status is JobStatus.CANCELLED
     assert pi.uploads(cfg) == []
 
 
@@ -112,10 +113,10 @@ async def test_compile_error_on_the_receiver_is_a_normal_failure(
     cfg.parent.mkdir(parents=True)
     cfg.write_text("# standin: compile_fail=1\n" + host_yaml("broken"))
     compile_job, upload_job = pi.engine.install(str(cfg), "192.0.2.10")
-    failed = await pi.wait_status(compile_job.id, C, F, X)
-    assert failed.status is F and failed.runner == desktop.fingerprint
+    failed = await pi.wait_status(compile_job.id, *ENDED)
+    assert failed.status is JobStatus.FAILED and failed.runner == desktop.fingerprint
     assert "reroute" not in "\n".join(pi.engine.logs.read_lines(compile_job.id)).lower()
-    assert (await pi.wait_status(upload_job.id, C, F, X)).status is X
+    assert (await pi.wait_status(upload_job.id, *ENDED)).status is JobStatus.CANCELLED
 
 
 async def test_receiver_lane_status_reaches_the_offloader(
@@ -125,7 +126,7 @@ async def test_receiver_lane_status_reaches_the_offloader(
     before = await pi.wait_peer(desktop.fingerprint, idle=True)
     job = desktop.engine.submit(JobType.COMPILE, str(config(tmp_path, compile_seconds=1)))
     await pi.wait_peer(desktop.fingerprint, idle=False)
-    await desktop.wait_status(job.id, C)
+    await desktop.wait_status(job.id, JobStatus.COMPLETED)
     after = await pi.wait_peer(desktop.fingerprint, idle=True)
     assert after["idle_since"] > before["idle_since"]  # type: ignore[operator]
     assert after["esphome_version"] == "2026.6.5" and after["name"] == "desktop"
@@ -182,15 +183,15 @@ async def test_lost_receiver_reroutes_to_another(tmp_path: Path) -> None:
         await pi.wait_peer(second.fingerprint, connected=True, idle=True)
         cfg = config(tmp_path, compile_seconds=30)
         compile_job, upload_job = pi.engine.install(str(cfg), "192.0.2.10")
-        job = await pi.wait_status(compile_job.id, R)
+        job = await pi.wait_status(compile_job.id, JobStatus.RUNNING)
         assert job.runner == first.fingerprint
         async with asyncio.timeout(60):
-            while not first.engine.jobs_where(lambda j: j.status is R):
+            while not first.engine.jobs_where(lambda j: j.status is JobStatus.RUNNING):
                 await asyncio.sleep(0.02)
         cfg.write_text(host_yaml("kitchen", compile_seconds=0.2))  # faster the second time
         await stop_node(first)  # gone mid-build
-        done = await pi.wait_status(upload_job.id, C, F, X)
-        assert done.status is C
+        done = await pi.wait_status(upload_job.id, *ENDED)
+        assert done.status is JobStatus.COMPLETED
         rerouted = pi.engine.get(compile_job.id)
         assert rerouted.runner == second.fingerprint
         assert rerouted.options.excluded_receivers == (first.fingerprint,)
@@ -217,7 +218,7 @@ async def test_supersede_clean_and_reset_cancel_an_offloaded_compile_there(
         return desk.engine.jobs_where(lambda j: j.options.remote_job == job_id)
 
     async with asyncio.timeout(60):
-        while not [j for j in remote_of(compile_job.id) if j.status is R]:
+        while not [j for j in remote_of(compile_job.id) if j.status is JobStatus.RUNNING]:
             await asyncio.sleep(0.02)
     if trigger == "supersede":
         newer = pi.engine.submit(JobType.COMPILE, str(cfg))
@@ -225,10 +226,10 @@ async def test_supersede_clean_and_reset_cancel_an_offloaded_compile_there(
         newer = pi.engine.submit(JobType.CLEAN, str(cfg))
     else:
         newer = pi.engine.submit(JobType.RESET_BUILD_ENV, str(cfg.parent))
-    assert (await pi.wait_status(compile_job.id, C, F, X)).status is X
-    assert pi.engine.get(upload_job.id).status is X
+    assert (await pi.wait_status(compile_job.id, *ENDED)).status is JobStatus.CANCELLED
+    assert pi.engine.get(upload_job.id).status is JobStatus.CANCELLED
     (remote,) = remote_of(compile_job.id)
-    assert (await desk.wait_status(remote.id, C, F, X)).status is X
+    assert (await desk.wait_status(remote.id, *ENDED)).status is JobStatus.CANCELLED
     if trigger == "supersede":
         cfg.write_text(host_yaml("kitchen", compile_seconds=0.2))
     await pi.engine.cancel(newer.id)  # a 30 s compile need not run to the end here

@@ -14,10 +14,11 @@ from pathlib import Path
 
 import pytest
 
+from meshd.db import DB_FILENAME
 from meshd.jobs.model import Job, JobStatus, JobType
-from meshd.jobs.store import DB_FILENAME, JobStore
+from meshd.jobs.store import JobStore
 from meshd.mesh.security.identity import Identity
-from meshd.mesh.security.trust import Role, TrustStore
+from meshd.mesh.security.trust import Permission, TrustStore
 
 GOOD = 3
 
@@ -166,13 +167,13 @@ def test_bad_trust_row_is_quarantined_and_never_grants_anything(tmp_path: Path, 
         listed = store.list()
         assert [p.fingerprint for p in listed] == [other.fingerprint.hex()]
         assert not store.is_trusted(victim.public_key)
-        assert not store.is_trusted(victim.public_key, Role.BUILD_FOR_ME)
-        assert store.is_trusted(other.public_key, Role.SEND_WORK)
+        assert not store.is_trusted(victim.public_key, Permission.BUILD_FOR_ME)
+        assert store.is_trusted(other.public_key, Permission.SEND_WORK)
         [(fingerprint, reason)] = store.quarantined()
         assert reason and (fingerprint or "").lower() == victim.fingerprint.hex()
         # Trusting it again works: the operator's fix is the ordinary command.
         store.add(victim.fingerprint, public_key=victim.public_key, may_send_work=True)
-        assert store.is_trusted(victim.public_key, Role.SEND_WORK)
+        assert store.is_trusted(victim.public_key, Permission.SEND_WORK)
 
 
 def test_bad_trust_row_found_by_get_is_quarantined(tmp_path: Path) -> None:

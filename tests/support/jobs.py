@@ -12,15 +12,21 @@ from meshd.jobs.runner import JobContext, JobFailed, Runner
 
 @dataclass
 class Recorder:
-    """A job plus every log line and progress value its runner reported."""
+    """A job plus every log line, progress value and process group its runner reported."""
 
     job: Job
     lines: list[str] = field(default_factory=list)
     progress: list[float] = field(default_factory=list)
+    processes: list[int] = field(default_factory=list)
 
     @property
     def ctx(self) -> JobContext:
-        return JobContext(job=self.job, log=self.lines.append, progress=self.progress.append)
+        return JobContext(
+            job=self.job,
+            log=self.lines.append,
+            progress=self.progress.append,
+            on_process=self.processes.append,
+        )
 
     @property
     def text(self) -> str:

@@ -27,16 +27,20 @@ environment variables (which win)::
     # standin: compile_fail=1          STANDIN_COMPILE_FAIL  (a compiler error)
     # standin: upload_fail=1           STANDIN_UPLOAD_FAIL   (connection refused)
     # standin: invalid=1               STANDIN_INVALID       (a Failed config block)
-
+    # standin: ignore_sigterm=1        STANDIN_IGNORE_SIGTERM (a compile slow to stop:
+                                       only the SIGKILL after the grace period ends it)
     # standin: link_seconds=2          STANDIN_LINK_SECONDS  (silent, after "Linking")
     # standin: grandchild_seconds=60   STANDIN_GRANDCHILD_SECONDS (a silent child in our group)
     # standin: firmware_bytes=4000000  STANDIN_FIRMWARE_BYTES (pad the image: big artifacts)
     # standin: ota_port=3232           STANDIN_OTA_PORT (flash a real OTA endpoint, below)
 
-``STANDIN_ESPHOME_VERSION`` sets the version (default 2026.6.5). Every upload appends
+``STANDIN_ESPHOME_VERSION`` sets the version (default 2026.6.5); with
+``STANDIN_VERSION_GATE`` set, ``version`` answers only once that file exists. Every upload appends
 ``{"device", "config", "firmware", "sha256"}`` to ``<data_dir>/standin-uploads.jsonl``
 so a test can see what was "flashed". ``STANDIN_PID_FILE`` (if set) receives the pid
-of a running compile, so a test can check it was killed.
+of a running compile, so a test can check it was killed. ``STANDIN_CHILD_PID_FILE`` (if
+set) makes a compile start a long-sleeping child in its process group first, as
+esphome starts PlatformIO, and receives that child's pid.
 
 Every build is unique: the image carries a random build id, so two compiles of one
 YAML give two digests and a test can tell which build a device received. Each compile
@@ -64,6 +68,7 @@ import os
 import re
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -210,6 +215,9 @@ def load(path_text: str) -> Config:
 
 
 def cmd_version(_args: argparse.Namespace) -> int:
+    gate = os.environ.get("STANDIN_VERSION_GATE")
+    while gate and not Path(gate).exists():  # a slow esphome: answers once the file exists
+        time.sleep(0.05)
     out(f"Version: {VERSION}")
     return 0
 
@@ -247,6 +255,19 @@ def _storage_json(config: Config) -> dict[str, Any]:
 
 def compile_config(config: Config) -> int:
     seconds = float(config.setting("compile_seconds", "0"))
+    if config.flag("ignore_sigterm"):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    child_pid_file = os.environ.get("STANDIN_CHILD_PID_FILE")
+    if child_pid_file:
+        # Like PlatformIO under esphome: same process group. Its stdio is not the pipe,
+        # so a successful compile still ends when the stand-in exits.
+        child = subprocess.Popen(
+            [sys.executable, "-c", "import time; time.sleep(3600)"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        Path(child_pid_file).write_text(str(child.pid), encoding="utf-8")
     if os.environ.get("STANDIN_PID_FILE"):
         Path(os.environ["STANDIN_PID_FILE"]).write_text(str(os.getpid()), encoding="utf-8")
     log("INFO", "Generating C++ source...")

@@ -36,7 +36,9 @@ def project(tmp_path: Path) -> Path:
 
 
 async def test_list_bundle_files(project: Path, offline_toolchain: Toolchain) -> None:
-    files = await list_bundle_files(offline_toolchain, project, log=lambda _line: None)
+    files = await list_bundle_files(
+        offline_toolchain, project, log=lambda _line: None, on_start=None
+    )
     assert {"bundled.yaml", "extra.yaml", "secrets.yaml"} <= set(files)
 
 
@@ -44,14 +46,18 @@ async def test_create_bundle_packs_config_and_includes(
     project: Path, offline_toolchain: Toolchain, tmp_path: Path
 ) -> None:
     lines: list[str] = []
-    out = await create_bundle(offline_toolchain, project, log=lines.append)
+    out = await create_bundle(offline_toolchain, project, log=lines.append, on_start=None)
     assert out == default_bundle_path(project) and out.name == "bundled.esphomebundle.tar.gz"
     with tarfile.open(out) as archive:
         names = set(archive.getnames())
     assert {"bundled.yaml", "extra.yaml", "manifest.json"} <= names
     assert any("Bundle created" in line for line in lines)
     elsewhere = await create_bundle(
-        offline_toolchain, project, log=lines.append, output=tmp_path / "out" / "b.tar.gz"
+        offline_toolchain,
+        project,
+        log=lines.append,
+        on_start=None,
+        output=tmp_path / "out" / "b.tar.gz",
     )
     assert elsewhere.is_file()
 

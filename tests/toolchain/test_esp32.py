@@ -123,7 +123,9 @@ async def test_config_helper_returns_validated_yaml(
     esp32_project: Esp32Project, offline_toolchain: Toolchain
 ) -> None:
     lines: list[str] = []
-    text = await validate_config(offline_toolchain, esp32_project.config, log=lines.append)
+    text = await validate_config(
+        offline_toolchain, esp32_project.config, log=lines.append, on_start=None
+    )
     assert "variant: ESP32S3" in text
     assert "port: 3232" in text
     assert "INFO" not in text
@@ -136,7 +138,7 @@ async def test_config_helper_raises_with_the_validation_error(
     config = tmp_path / "broken.yaml"
     config.write_text(ESP32_YAML.replace("variant: esp32s3", "variant: esp99"))
     with pytest.raises(EsphomeFailed) as info:
-        await validate_config(offline_toolchain, config, log=lambda _line: None)
+        await validate_config(offline_toolchain, config, log=lambda _line: None, on_start=None)
     assert "esp99" in str(info.value).lower() and info.value.returncode != 0
 
 
@@ -190,7 +192,7 @@ def test_esptool_image_info_and_merge_bin(esp32_project: Esp32Project, tmp_path:
 async def test_detect_chip_over_tcp_socket(loopback_toolchain: Toolchain) -> None:
     with MockBootloader("esp32c6", pty=False) as mock:
         assert mock.port.startswith("socket://127.0.0.1:")
-        found = await detect_chip(loopback_toolchain, mock.port, lambda _line: None)
+        found = await detect_chip(loopback_toolchain, mock.port, lambda _line: None, on_start=None)
     assert normalise_chip(found) == "ESP32C6"
 
 
@@ -203,6 +205,7 @@ async def test_serial_upload_verifies_chip_and_flashes(
         failed = await run_job(make_runners(loopback_toolchain)[JobType.UPLOAD], rec)
     assert failed is None, failed
     assert any("verify-chip: ESP32-S3" in line for line in rec.lines)
+    assert len(rec.processes) == 2, "esptool's and esphome's groups are both recorded"
     for offset in ("0x00000000", "0x00008000", "0x00010000"):
         assert any(line.startswith("Wrote ") and f"at {offset}" in line for line in rec.lines)
     assert any("Hash of data verified" in line for line in rec.lines)
@@ -243,7 +246,10 @@ async def test_clean_removes_the_build_tree(tmp_path: Path, offline_toolchain: T
     config = tmp_path / "cleanme.yaml"
     config.write_text(ESP32_YAML)
     await invoke_esphome(
-        offline_toolchain, ["compile", "--only-generate", str(config)], log=lambda _l: None
+        offline_toolchain,
+        ["compile", "--only-generate", str(config)],
+        log=lambda _l: None,
+        on_start=None,
     )
     build = load_storage(config).build_path
     assert build is not None and build.is_dir()
@@ -268,7 +274,7 @@ async def test_reset_build_env_wipes_builds_and_the_platformio_core(
     config = project / "resetme.yaml"
     config.write_text(ESP32_YAML)
     await invoke_esphome(
-        toolchain, ["compile", "--only-generate", str(config)], log=lambda _l: None
+        toolchain, ["compile", "--only-generate", str(config)], log=lambda _l: None, on_start=None
     )
     rec = make_job(JobType.RESET_BUILD_ENV, project)
     assert await run_job(make_runners(toolchain)[JobType.RESET_BUILD_ENV], rec) is None

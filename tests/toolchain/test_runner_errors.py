@@ -15,6 +15,7 @@ from meshd.toolchain.tools import Toolchain
 from tests.support.host_device import free_port, write_host_project
 from tests.support.jobs import make_job, run_job
 from tests.support.ota_emulator import RESPONSE_ERROR_UPDATE_PREPARE, OtaEmulator
+from tests.support.pids import gone
 
 BAD_SCHEMA = """\
 esphome:
@@ -171,18 +172,4 @@ async def test_cancel_kills_the_esphome_process_group(tmp_path: Path) -> None:
     with pytest.raises(asyncio.CancelledError):
         await task
     for pid in map(int, pidfile.read_text().split()):
-        assert await _gone(pid), f"process {pid} survived the cancel"
-
-
-async def _gone(pid: int, timeout: float = 3.0) -> bool:
-    """True once ``pid`` no longer runs (absent, or a zombie waiting for init to reap it)."""
-    status = Path(f"/proc/{pid}/status")
-    for _ in range(int(timeout / 0.05)):
-        try:
-            state = next(x for x in status.read_text().splitlines() if x.startswith("State:"))
-        except FileNotFoundError:
-            return True
-        if "Z" in state.split()[1]:
-            return True
-        await asyncio.sleep(0.05)
-    return False
+        assert await gone(pid), f"process {pid} survived the cancel"

@@ -32,6 +32,11 @@ from meshd.toolchain.storage import (
 # before a byte is pulled.
 MAX_ARTIFACT_BYTES = 128 * 1024 * 1024
 MAX_ARTIFACT_FILES = 32
+# The manifest of MAX_ARTIFACT_FILES entries is a few KiB; a receiver announcing more
+# is refused before the offloader pulls it.
+MAX_ARTIFACT_MANIFEST_BYTES = 1024 * 1024
+# Roles are short words ("app", "storage", ...); a longer one is not a role.
+MAX_ROLE_LENGTH = 32
 
 # Files whose JSON holds absolute paths into the data directory.
 _JSON_ROLES = frozenset({"storage", "idedata"})
@@ -89,7 +94,7 @@ class ArtifactManifest:
                         f"(max {MAX_ARTIFACT_BYTES})"
                     )
                 role = raw.get("role")
-                if not isinstance(role, str) or len(role) > 32:
+                if not isinstance(role, str) or len(role) > MAX_ROLE_LENGTH:
                     raise BundleRejected("artifact has a bad role")
                 files.append(
                     Artifact(

@@ -41,7 +41,11 @@ from meshd.link.messages import (
     JobState,
     LogLine,
 )
-from meshd.mesh.content.artifacts import ArtifactManifest, materialise_artifacts
+from meshd.mesh.content.artifacts import (
+    MAX_ARTIFACT_MANIFEST_BYTES,
+    ArtifactManifest,
+    materialise_artifacts,
+)
 from meshd.mesh.content.blobs import BlobExchange
 from meshd.mesh.content.bundle import BundleRejected, read_bundle
 from meshd.mesh.content.store import ContentError
@@ -57,8 +61,6 @@ FETCH_TIMEOUT = 300.0
 # A cancel is best effort: if the receiver does not take it this fast, the session's
 # loss cancels the job there anyway.
 CANCEL_TIMEOUT = 5.0
-# An artifact manifest lists at most 32 files (PROTOCOL.md 12.5); 1 MiB is generous.
-MAX_MANIFEST_BYTES = 1024 * 1024
 
 _LOST = object()
 
@@ -77,7 +79,7 @@ def _accepted(answer: object, fingerprint: str) -> CompileAccept:
 
 def _manifest_digest(reply: ArtifactReply) -> str:
     """The artifact manifest's digest, once its announced size is within bounds."""
-    if reply.manifest_size > MAX_MANIFEST_BYTES:
+    if reply.manifest_size > MAX_ARTIFACT_MANIFEST_BYTES:
         raise BundleRejected(f"artifact manifest of {reply.manifest_size} bytes")
     return reply.manifest_digest.hex()
 
@@ -205,7 +207,7 @@ class RemoteCompileRunner:
         archive = self.work_dir / f"{ctx.job.id}.esphomebundle.tar.gz"
         try:
             await create_bundle(
-                self.toolchain, config, log=ctx.log, output=archive, on_process=ctx.on_process
+                self.toolchain, config, log=ctx.log, on_start=ctx.on_process, output=archive
             )
             manifest = await asyncio.to_thread(read_bundle, archive, self.blobs.store)
         except EsphomeFailed as exc:

@@ -1,10 +1,17 @@
 """Keeps one link session per peer: dials trusted receivers, adopts inbound sessions.
 
-Targets are the trusted peers that may build for us and whose address we know (from
-mDNS, from the trust store, or a static ``--peer``). Each target gets a dial task
-with capped exponential backoff. A registry change for that peer (mDNS saw it again,
-at a new address perhaps) cuts the wait short. A trust refusal stops the retries
-until the trust store changes, so an untrusted peer is never hammered.
+What to dial is a :class:`DialTarget`: a trusted peer that may build for us, by
+fingerprint (dialled at every address we know for it: mDNS, the trust store), or a
+static ``--peer HOST:PORT`` (its identity is learnt in the handshake, then checked
+against the trust store). Every target gets one dial loop with capped, jittered
+exponential backoff; a registry change for that peer (mDNS saw it again, at a new
+address perhaps) cuts the wait short.
+
+The loop acts on exception types, never on message text. ``TrustRefused`` with
+``by_peer`` False means our own trust check refused the key: the loop ends and the
+target is left alone until the trust store changes, so an untrusted peer is never
+hammered. Refused by the peer (it does not trust us yet) or unreachable: retry later,
+with ``last_error`` saying what to do about it.
 
 Sessions are symmetric, so a pair of nodes needs only one. When two exist (both
 sides dialled at once, or an inbound session meets an outbound one) both nodes keep
@@ -18,12 +25,13 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
 
+from meshd.address import AddressError, HostPort, parse_host_port
 from meshd.link import (
     CloseReason,
+    LinkClosed,
     LinkError,
     LinkSession,
     PeerCandidate,
@@ -34,7 +42,8 @@ from meshd.link import (
 )
 from meshd.mesh.peering.registry import PeerSource, Registry
 from meshd.mesh.security.identity import Identity
-from meshd.mesh.security.trust import Role, TrustStore
+from meshd.mesh.security.trust import Permission, TrustStore
+from meshd.mesh.tasks import TaskSet
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -44,6 +53,9 @@ BACKOFF_MAX = 60.0
 # its lane is (node_info + lane_status, sent at once on open); a peer that never does
 # stops holding the scheduler back after this long.
 INTRODUCTION_TIMEOUT = 10.0
+# The close reason meshd uses for exactly one thing: dropping the second session of a
+# pair. Such an end is orderly, so it leaves no ``last_error`` behind.
+DUPLICATE = CloseReason.NORMAL
 
 
 @dataclass(frozen=True)
@@ -52,8 +64,45 @@ class SessionHooks:
     closed: Callable[[LinkSession], None]
 
 
+@dataclass(frozen=True)
+class DialTarget:
+    """Whom one dial loop tries to reach: a trusted peer or a static address (one of)."""
+
+    fingerprint: str | None = None
+    """A trusted peer, dialled at every address the registry and trust store know."""
+    address: HostPort | None = None
+    """A static ``--peer``: whoever answers there, if the trust store trusts its key."""
+
+    def __post_init__(self) -> None:
+        if (self.fingerprint is None) == (self.address is None):
+            raise ValueError("a dial target is a fingerprint or an address, not both")
+
+    @classmethod
+    def peer(cls, fingerprint: str) -> DialTarget:
+        return cls(fingerprint=fingerprint)
+
+    @classmethod
+    def static(cls, address: str | HostPort) -> DialTarget:
+        return cls(address=address if isinstance(address, HostPort) else parse_host_port(address))
+
+    @property
+    def key(self) -> str:
+        """How logs, kicks and the connecting set name this target."""
+        return self.fingerprint if self.fingerprint is not None else str(self.address)
+
+    @property
+    def label(self) -> str:
+        """The short form for logs and task names."""
+        return self.fingerprint[:12] if self.fingerprint is not None else str(self.address)
+
+
 def _refused_by_peer(own_fingerprint: str, exc: Exception) -> str:
     return f"it does not trust this node yet (there: meshd trust {own_fingerprint}): {exc}"
+
+
+def _orderly(error: LinkError) -> bool:
+    """A session end that is no error worth showing: a duplicate dropped by either side."""
+    return isinstance(error, LinkClosed) and error.reason is DUPLICATE
 
 
 async def _backoff_wait(kick: asyncio.Event, backoff: float) -> float:
@@ -65,11 +114,27 @@ async def _backoff_wait(kick: asyncio.Event, backoff: float) -> float:
     return min(backoff * 2, BACKOFF_MAX)
 
 
-def split_address(address: str) -> tuple[str, int]:
-    host, _, port = address.rpartition(":")
-    if not host or not port.isdigit():
-        raise ValueError(f"not a HOST:PORT address: {address!r}")
-    return host.strip("[]"), int(port)
+class _Handshake:
+    """The trust decision of one dial attempt, and whose key it saw."""
+
+    def __init__(self, target: DialTarget, trust: TrustStore) -> None:
+        self._target = target
+        self._trust = trust
+        self.seen: str | None = None
+
+    def authorize(self, candidate: PeerCandidate) -> bool:
+        self.seen = candidate.fingerprint_hex
+        if self._target.fingerprint is not None and self.seen != self._target.fingerprint:
+            return False  # another key answers at this address now
+        return self._trust.is_trusted(candidate.public_key, Permission.BUILD_FOR_ME)
+
+
+def sync_registry_trust(registry: Registry, trust: TrustStore) -> set[str]:
+    """Give the registry every trusted peer, with the name and addresses trust knows."""
+    peers = trust.list()
+    trusted = {p.fingerprint for p in peers}
+    registry.sync_trust(trusted, {p.fingerprint: (p.name, p.addresses) for p in peers})
+    return trusted
 
 
 class Connections:
@@ -82,7 +147,7 @@ class Connections:
         hooks: SessionHooks,
         *,
         session_config: SessionConfig,
-        static_peers: tuple[str, ...] = (),
+        static_peers: Iterable[str | HostPort] = (),
         dial: bool = True,
         on_connecting_change: Callable[[], None] = lambda: None,
     ) -> None:
@@ -92,22 +157,21 @@ class Connections:
         self.router = router
         self.hooks = hooks
         self.session_config = session_config
-        self.static_peers = static_peers
+        self.static_targets = tuple(DialTarget.static(a) for a in static_peers)
         self.dial_enabled = dial
         self._me = identity.fingerprint_hex
         self._sessions: dict[str, LinkSession] = {}
-        self._dialers: dict[str, asyncio.Task[None]] = {}
-        self._static_dialers: dict[str, asyncio.Task[None]] = {}
+        self._dialers: dict[DialTarget, asyncio.Task[None]] = {}
         self._kicks: dict[str, asyncio.Event] = {}
-        self._refused: set[str] = set()
-        # Peers (by fingerprint, or static address) whose first dial since start or the
-        # last trust change has not finished: the scheduler waits for them briefly.
+        self._refused: set[DialTarget] = set()
+        # Targets (by key) whose first dial since start or the last trust change has
+        # not finished: the scheduler waits for them briefly.
         self._first_attempts: set[str] = set()
         self._awaiting_intro: dict[str, str] = {}  # fingerprint -> first-attempt key
+        self._intro_timers: dict[str, asyncio.TimerHandle] = {}
         self._on_connecting_change = on_connecting_change
-        self._watchers: set[asyncio.Task[None]] = set()
+        self._closers = TaskSet("connections")
         self._wake = asyncio.Event()
-        self._static_kick = asyncio.Event()
         self._supervisor: asyncio.Task[None] | None = None
         self._closing = False
         self._unlisten = registry.add_listener(self._on_registry_change)
@@ -122,36 +186,20 @@ class Connections:
         """Is a trusted receiver still on its first connection attempt?"""
         return bool(self._first_attempts)
 
-    def _attempt_started(self, key: str) -> None:
-        self._first_attempts.add(key)
-        self._on_connecting_change()
+    def dialling(self) -> set[DialTarget]:
+        """The targets with a running dial loop."""
+        return {t for t, task in self._dialers.items() if not task.done()}
 
     def introduced(self, fingerprint: str) -> None:
         """The peer's node_info and lane_status arrived: the scheduler can judge it now."""
+        timer = self._intro_timers.pop(fingerprint, None)
+        if timer is not None:
+            timer.cancel()
         key = self._awaiting_intro.pop(fingerprint, None)
+        timer = self._intro_timers.pop(fingerprint, None)
+        if timer is not None:
+            timer.cancel()
         if key is not None:
-            self._attempt_finished(key)
-
-    def _await_introduction(self, fingerprint: str, key: str) -> None:
-        if key not in self._first_attempts:
-            return
-        self._awaiting_intro[fingerprint] = key
-        asyncio.get_running_loop().call_later(INTRODUCTION_TIMEOUT, self.introduced, fingerprint)
-
-    def _attempt_finished(self, key: str) -> None:
-        if key in self._first_attempts:
-            self._first_attempts.discard(key)
-            self._on_connecting_change()
-
-    def _spawn_dial(self, key: str, dial: Any, name: str) -> asyncio.Task[None]:
-        """Start a dial loop; ``key`` counts as connecting from now until its first pass ends."""
-        self._attempt_started(key)
-        return asyncio.create_task(self._first_attempt_bounded(key, dial), name=name)
-
-    async def _first_attempt_bounded(self, key: str, dial: Any) -> None:
-        try:
-            await dial
-        finally:
             self._attempt_finished(key)
 
     async def start(self) -> None:
@@ -159,32 +207,30 @@ class Connections:
         # with mDNS off nothing else would ever wake the supervisor.
         self._spawn_dialers()
         self._supervisor = asyncio.create_task(self._supervise(), name="mesh-dialer")
-        for address in self.static_peers:
-            self._static_dialers[address] = self._spawn_dial(
-                address, self._dial_static(address), f"dial-{address}"
-            )
 
     def trust_changed(self) -> None:
         """The trust store changed: retry refused peers, drop sessions no longer trusted."""
         self._refused.clear()
-        trusted = {p.fingerprint for p in self.trust.list()}
-        self.registry.sync_trust(trusted)
+        trusted = sync_registry_trust(self.registry, self.trust)
         for fingerprint, session in list(self._sessions.items()):
             if fingerprint not in trusted:
-                asyncio.create_task(session.close(CloseReason.UNTRUSTED, "trust withdrawn"))  # noqa: RUF006
+                self._closers.spawn(
+                    session.close(CloseReason.UNTRUSTED, "trust withdrawn"),
+                    name=f"untrust-{fingerprint[:12]}",
+                )
         for kick in self._kicks.values():
             kick.set()
-        self._static_kick.set()
-        self._wake.set()
+        # Now, not on the supervisor's next turn: a newly trusted receiver must count
+        # as connecting before the scheduler next looks, or a compile falls back local.
+        self._spawn_dialers()
 
     async def stop(self) -> None:
         self._closing = True
         self._unlisten()
-        tasks = [
-            t
-            for t in (self._supervisor, *self._dialers.values(), *self._static_dialers.values())
-            if t is not None
-        ]
+        for timer in self._intro_timers.values():
+            timer.cancel()
+        self._intro_timers.clear()
+        tasks = [t for t in (self._supervisor, *self._dialers.values()) if t is not None]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -193,13 +239,34 @@ class Connections:
             *(s.close(CloseReason.GOING_AWAY, "meshd stopping") for s in sessions),
             return_exceptions=True,
         )
-        if self._watchers:
-            await asyncio.gather(*self._watchers, return_exceptions=True)
+        await self._closers.wait()
 
     async def accept(self, session: LinkSession) -> None:
         """``LinkServer`` on_session: adopt an inbound session until it ends."""
         self.registry.link_up(session.peer.fingerprint_hex, source=PeerSource.INBOUND)
         await self._adopt(session)
+
+    # -- the connecting set ----------------------------------------------------------------
+
+    def _attempt_started(self, key: str) -> None:
+        self._first_attempts.add(key)
+        self._on_connecting_change()
+
+    def _attempt_finished(self, key: str) -> None:
+        if key in self._first_attempts:
+            self._first_attempts.discard(key)
+            self._on_connecting_change()
+
+    def _await_introduction(self, fingerprint: str, key: str) -> None:
+        if key not in self._first_attempts:
+            return
+        self._awaiting_intro[fingerprint] = key
+        old = self._intro_timers.pop(fingerprint, None)
+        if old is not None:
+            old.cancel()
+        self._intro_timers[fingerprint] = asyncio.get_running_loop().call_later(
+            INTRODUCTION_TIMEOUT, self.introduced, fingerprint
+        )
 
     # -- adopting sessions ----------------------------------------------------------------
 
@@ -209,18 +276,19 @@ class Connections:
         if current is not None and current is not session:
             keep_outbound = self._me < fingerprint
             if outbound != keep_outbound:
-                await session.close(CloseReason.NORMAL, "duplicate session")
+                await session.close(DUPLICATE, "duplicate session")
                 return
-            await current.close(CloseReason.NORMAL, "duplicate session")
+            # Replace it before closing it, so its end does not count as a disconnect.
+            self._sessions[fingerprint] = session
+            await current.close(DUPLICATE, "duplicate session")
         self._sessions[fingerprint] = session
         self.hooks.opened(session)
         error = await session.wait_closed()
         self.introduced(fingerprint)  # it never will now
         if self._sessions.get(fingerprint) is session:
             del self._sessions[fingerprint]
-            message = None if "duplicate" in str(error) else str(error)
             if not self._closing:
-                self.registry.link_down(fingerprint, message)
+                self.registry.link_down(fingerprint, None if _orderly(error) else str(error))
         self.hooks.closed(session)
 
     # -- dialling ---------------------------------------------------------------------------
@@ -231,14 +299,14 @@ class Connections:
             self._kicks[fingerprint].set()
         self._wake.set()
 
-    def _targets(self) -> list[str]:
-        targets = []
-        for peer in self.trust.list():
-            if not peer.allows(Role.BUILD_FOR_ME) or peer.fingerprint in self._refused:
-                continue
-            if self._addresses(peer.fingerprint):
-                targets.append(peer.fingerprint)
-        return targets
+    def _targets(self) -> list[DialTarget]:
+        """Static peers always; trusted builders with a known address when dialling is on."""
+        targets = list(self.static_targets)
+        if self.dial_enabled:
+            for peer in self.trust.list():
+                if peer.allows(Permission.BUILD_FOR_ME) and self._addresses(peer.fingerprint):
+                    targets.append(DialTarget.peer(peer.fingerprint))
+        return [t for t in targets if t not in self._refused]
 
     def _addresses(self, fingerprint: str) -> list[str]:
         known = list(self.registry.addresses(fingerprint))
@@ -247,6 +315,16 @@ class Connections:
             known += [a for a in peer.addresses if a not in known]
         return known
 
+    def _addresses_of(self, target: DialTarget) -> list[str | HostPort]:
+        if target.address is not None:
+            return [target.address]
+        assert target.fingerprint is not None
+        return list(self._addresses(target.fingerprint))
+
+    def _builds_for_me(self, fingerprint: str) -> bool:
+        peer = self.trust.get(fingerprint)
+        return peer is not None and peer.allows(Permission.BUILD_FOR_ME)
+
     async def _supervise(self) -> None:
         while True:
             await self._wake.wait()
@@ -254,119 +332,112 @@ class Connections:
             self._spawn_dialers()
 
     def _spawn_dialers(self) -> None:
-        """A dial task for every target without one (synchronous: marks them connecting)."""
-        if self.dial_enabled and not self._closing:
-            for fingerprint in self._targets():
-                task = self._dialers.get(fingerprint)
-                if task is None or task.done():
-                    self._kicks[fingerprint] = asyncio.Event()
-                    self._dialers[fingerprint] = self._spawn_dial(
-                        fingerprint, self._dial_peer(fingerprint), f"dial-{fingerprint[:12]}"
-                    )
+        """A dial loop for every target without one (synchronous: marks them connecting)."""
+        if self._closing:
+            return
+        for target in self._targets():
+            task = self._dialers.get(target)
+            if task is None or task.done():
+                self._kicks[target.key] = asyncio.Event()
+                self._attempt_started(target.key)
+                self._dialers[target] = asyncio.create_task(
+                    self._run_dial(target), name=f"dial-{target.label}"
+                )
 
-    async def _connect(
-        self, address: str, authorize: Callable[[PeerCandidate], bool]
-    ) -> LinkSession:
-        host, port = split_address(address)
+    async def _run_dial(self, target: DialTarget) -> None:
+        """``target`` counts as connecting from its spawn until its first pass ends."""
+        try:
+            await self._dial(target)
+        finally:
+            self._attempt_finished(target.key)
+
+    async def _connect(self, address: HostPort, handshake: _Handshake) -> LinkSession:
         return await connect(
-            host,
-            port,
+            address.host,
+            address.port,
             self.identity,
-            authorize=authorize,
+            authorize=handshake.authorize,
             router=self.router,
             config=self.session_config,
         )
 
-    async def _dial_peer(self, fingerprint: str) -> None:
+    async def _dial(self, target: DialTarget) -> None:
+        """The one dial loop: reach ``target``, hold its session, redial when it ends."""
         backoff = BACKOFF_START
-        kick = self._kicks[fingerprint]
-        expected = bytes.fromhex(fingerprint)
-        verdict: dict[str, bool] = {}
-
-        def authorize(candidate: PeerCandidate) -> bool:
-            verdict["ours"] = candidate.fingerprint == expected and self.trust.is_trusted(
-                candidate.public_key, Role.BUILD_FOR_ME
-            )
-            return verdict["ours"]
-
+        kick = self._kicks[target.key]
+        known = target.fingerprint  # a static peer's is learnt in the handshake
         while not self._closing:
-            existing = self.session_for(fingerprint)
+            existing = self.session_for(known) if known is not None else None
             if existing is not None:
                 await existing.wait_closed()
                 backoff = BACKOFF_START
                 continue
-            peer = self.trust.get(fingerprint)
-            if peer is None or not peer.allows(Role.BUILD_FOR_ME):
-                return
-            for address in self._addresses(fingerprint):
-                verdict.clear()
+            if target.fingerprint is not None and not self._builds_for_me(target.fingerprint):
+                return  # no longer trusted to build for us; a trust change may bring it back
+            for text in self._addresses_of(target):
+                handshake = _Handshake(target, self.trust)
                 try:
-                    session = await self._connect(address, authorize)
+                    address = text if isinstance(text, HostPort) else parse_host_port(text)
+                    session = await self._connect(address, handshake)
                 except TrustRefused as exc:
-                    if verdict.get("ours") is False:
-                        # We refused its key (not the one trusted): wait for trust to change.
-                        self._refused.add(fingerprint)
-                        self.registry.set_error(fingerprint, f"key not trusted here: {exc}")
-                        _LOGGER.warning("not retrying %s: %s", fingerprint[:12], exc)
+                    known = handshake.seen or known
+                    if not exc.by_peer:
+                        self._refused_here(target, handshake.seen, exc)
                         return
-                    # It refused us: likely its operator has not run `meshd trust` yet.
-                    self.registry.set_error(fingerprint, _refused_by_peer(self._me, exc))
-                    continue
-                except (LinkError, OSError, ValueError) as exc:
-                    self.registry.set_error(fingerprint, f"{address}: {exc}")
-                    continue
-                self.trust.note_address(fingerprint, address)
-                self.registry.link_up(fingerprint, address=address)
-                self._await_introduction(fingerprint, fingerprint)
-                await self._adopt(session, outbound=True)
-                backoff = BACKOFF_START
-                break
+                    self._refused_there(target, handshake.seen, exc)
+                except (LinkError, OSError, AddressError) as exc:
+                    self._unreachable(target, text, exc)
+                else:
+                    known = session.peer.fingerprint_hex
+                    self._connected(target, session, str(address))
+                    await self._adopt(session, outbound=True)
+                    backoff = BACKOFF_START
+                    break
             else:
-                self._attempt_finished(fingerprint)
+                self._attempt_finished(target.key)
                 backoff = await _backoff_wait(kick, backoff)
 
-    async def _dial_static(self, address: str) -> None:
-        """A ``--peer HOST:PORT``: its identity is learnt in the handshake, then verified."""
-        backoff = BACKOFF_START
-        seen: dict[str, Any] = {}
+    # -- what a dial attempt leaves in the registry ----------------------------------------
 
-        def authorize(candidate: PeerCandidate) -> bool:
-            seen["fingerprint"] = candidate.fingerprint
-            seen["ours"] = self.trust.is_trusted(candidate.public_key, Role.BUILD_FOR_ME)
-            return bool(seen["ours"])
+    def _connected(self, target: DialTarget, session: LinkSession, address: str) -> None:
+        fingerprint = session.peer.fingerprint_hex
+        if target.address is None:
+            self.trust.note_address(fingerprint, address)
+            self.registry.link_up(fingerprint, address=address)
+        else:
+            self.registry.add_static(fingerprint, address)
+            self.registry.set_trusted(fingerprint, True)
+            self.registry.link_up(fingerprint, source=PeerSource.STATIC, address=address)
+        self._await_introduction(fingerprint, target.key)
 
-        while not self._closing:
-            seen.pop("ours", None)
-            fingerprint = seen.get("fingerprint", b"").hex()
-            if fingerprint and self.session_for(fingerprint) is not None:
-                await self.session_for(fingerprint).wait_closed()  # type: ignore[union-attr]
-                continue
-            try:
-                session = await self._connect(address, authorize)
-            except TrustRefused as exc:
-                fingerprint = seen.get("fingerprint", b"").hex()
-                we_refused = seen.get("ours") is False
-                reason = (
-                    f"key not trusted here (meshd trust {fingerprint})"
-                    if we_refused
-                    else _refused_by_peer(self._me, exc)
-                )
-                if fingerprint:
-                    self.registry.add_static(fingerprint, address)
-                    self.registry.set_error(fingerprint, reason)
-                _LOGGER.warning("static peer %s: %s", address, reason)
-                if we_refused:
-                    backoff = BACKOFF_MAX  # until trust_changed() kicks us
-            except (LinkError, OSError, ValueError) as exc:
-                _LOGGER.info("static peer %s unreachable: %s", address, exc)
-            else:
-                fingerprint = session.peer.fingerprint_hex
-                self.registry.add_static(fingerprint, address)
-                self.registry.set_trusted(fingerprint, True)
-                self.registry.link_up(fingerprint, source=PeerSource.STATIC, address=address)
-                self._await_introduction(fingerprint, address)
-                await self._adopt(session, outbound=True)
-                backoff = BACKOFF_START
-                continue
-            self._attempt_finished(address)
-            backoff = await _backoff_wait(self._static_kick, backoff)
+    def _record(self, target: DialTarget, fingerprint: str | None, error: str) -> None:
+        """Show ``error`` on the peer; a static peer's key enters the registry with it."""
+        if fingerprint is None:
+            return
+        if target.address is not None:
+            self.registry.add_static(fingerprint, str(target.address))
+        self.registry.set_error(fingerprint, error)
+
+    def _refused_here(self, target: DialTarget, seen: str | None, exc: TrustRefused) -> None:
+        """Our trust check refused the key: stop until the trust store changes."""
+        self._refused.add(target)
+        if target.fingerprint is not None:
+            self._record(target, target.fingerprint, f"key not trusted here: {exc}")
+            _LOGGER.warning("not retrying %s: %s", target.label, exc)
+        else:
+            reason = f"key not trusted here (meshd trust {seen})"
+            self._record(target, seen, reason)
+            _LOGGER.warning("static peer %s: %s; waiting for a trust change", target.label, reason)
+
+    def _refused_there(self, target: DialTarget, seen: str | None, exc: TrustRefused) -> None:
+        """The peer refused us: likely its operator has not run `meshd trust` yet."""
+        reason = _refused_by_peer(self._me, exc)
+        self._record(target, target.fingerprint or seen, reason)
+        if target.address is not None:
+            _LOGGER.warning("static peer %s: %s", target.label, reason)
+
+    def _unreachable(self, target: DialTarget, address: str | HostPort, exc: Exception) -> None:
+        if target.fingerprint is not None:
+            self._record(target, target.fingerprint, f"{address}: {exc}")
+        else:
+            _LOGGER.info("static peer %s unreachable: %s", target.label, exc)

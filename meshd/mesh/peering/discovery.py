@@ -38,6 +38,7 @@ import ifaddr
 from zeroconf import BadTypeInNameException, InterfaceChoice, ServiceStateChange, Zeroconf
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
+from meshd.address import format_host_port
 from meshd.mesh.peering.registry import MAX_ADDRESSES, MdnsAdvert, Registry
 
 _LOGGER = logging.getLogger(__name__)
@@ -177,10 +178,6 @@ def _text(value: bytes, what: str, limit: int) -> str:
     return text
 
 
-def _host_port(address: str, port: int) -> str:
-    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
-
-
 def parse_advert(
     instance: str,
     props: Mapping[bytes, bytes | None],
@@ -227,7 +224,7 @@ def parse_advert(
             ipaddress.ip_address(address.split("%", 1)[0])
         except ValueError as err:
             raise AdvertError("an address is not an IP address") from err
-        hosts.append(_host_port(address, port))
+        hosts.append(format_host_port(address, port))
     if not hosts:
         raise AdvertError("no address")
     return MdnsAdvert(

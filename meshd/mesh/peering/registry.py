@@ -109,8 +109,11 @@ class MdnsAdvert:
 
 
 @dataclass(frozen=True)
-class PeerInfo:
-    """An immutable copy of one record; ``to_dict`` is the documented JSON shape."""
+class PeerRecord:
+    """An immutable copy of one record; ``to_dict`` is the documented JSON shape.
+
+    (Not the link's ``PeerInfo``, which is what a handshake proved about a session's peer.)
+    """
 
     fingerprint: str
     name: str
@@ -182,8 +185,8 @@ class _Peer:
     durations: deque[float] = field(default_factory=lambda: deque(maxlen=RECENT_COMPILES))
     instances: list[str] = field(default_factory=list)
 
-    def info(self) -> PeerInfo:
-        return PeerInfo(
+    def info(self) -> PeerRecord:
+        return PeerRecord(
             fingerprint=self.fingerprint,
             name=self.name,
             addresses=tuple(self.addresses),
@@ -259,7 +262,7 @@ class Registry:
     def __contains__(self, fingerprint: object) -> bool:
         return fingerprint in self._peers
 
-    def get(self, fingerprint: str) -> PeerInfo | None:
+    def get(self, fingerprint: str) -> PeerRecord | None:
         peer = self._peers.get(fingerprint)
         return peer.info() if peer else None
 
@@ -313,9 +316,7 @@ class Registry:
                 # called us (an mDNS handler, a link session).
                 _LOGGER.exception("peer registry listener failed on %s", change)
 
-    def _edit(
-        self, fingerprint: str, edit: Callable[[_Peer], None], *, seen: bool = True
-    ) -> bool:
+    def _edit(self, fingerprint: str, edit: Callable[[_Peer], None], *, seen: bool = True) -> bool:
         """Apply ``edit`` to an existing record; announce if anything visible changed.
 
         ``seen``: the change came from the peer itself (an advert, a session event), so

@@ -30,7 +30,7 @@ from cryptography.hazmat.primitives.serialization import (
 from meshd.link.crypto import fingerprint as _fingerprint
 from meshd.link.crypto import raw_public_key
 
-log = logging.getLogger(__name__)
+_LOGGER = logging.getLogger(__name__)
 
 IDENTITY_FILE: Final = "identity.pem"
 
@@ -119,7 +119,7 @@ def load(path: Path) -> Identity:
     """Read an identity file, tightening its permissions if they were too open."""
     mode = stat.S_IMODE(path.stat().st_mode)
     if mode & 0o077:
-        log.warning("identity file %s had mode %o; setting 0600", path, mode)
+        _LOGGER.warning("identity file %s had mode %o; setting 0600", path, mode)
         path.chmod(0o600)
     try:
         key = load_pem_private_key(path.read_bytes(), password=None)
@@ -142,7 +142,7 @@ def _create(path: Path, identity: Identity) -> None:
         try:
             os.link(tmp, path)
         except FileExistsError:
-            log.info("identity %s was created concurrently; using that one", path)
+            _LOGGER.info("identity %s was created concurrently; using that one", path)
         else:
             _fsync_dir(path.parent)
     finally:

@@ -11,8 +11,16 @@ session's transcript hash and both keys, so the proof cannot be replayed or rela
 Then the receiver trusts the joiner with ``may_send_work`` and the joiner trusts the
 receiver with ``may_build_for_me``.
 
-Wrong proofs are logged and rate-limited (exponential backoff, then the window closes);
-expired and used windows refuse pairing handshakes outright.
+Anyone on the LAN can open a pairing-mode session, so the window must survive
+strangers who do not have the code: wrong proofs count *per source address* (an
+IPv6 /64 counts as one), each doubles that source's wait before its next attempt,
+and after MAX_FAILURES that source is shut out for the rest of the window; the
+window itself stays open for everyone else. Only proofs that reach the secret
+check count, and the secret check itself is rate-limited for all sources together
+(GUESS_RATE per second, GUESS_BURST at once), so a stranger with many addresses
+gets a bounded number of guesses per window: a flood can delay a pairing, not burn
+the window or close it. Expired and used windows refuse pairing handshakes outright.
+Warnings about refusals are rate-limited per source, so a flood does not fill the log.
 """
 
 from __future__ import annotations
@@ -20,14 +28,16 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import ipaddress
 import logging
 import re
 import secrets
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final
 
+from meshd.address import format_host_port
 from meshd.link.errors import (
     CloseReason,
     ErrorCode,
@@ -43,7 +53,7 @@ from meshd.link.session import LinkSession, Router
 from meshd.mesh.security.identity import Identity, short_fingerprint
 from meshd.mesh.security.trust import TrustedPeer, TrustStore
 
-log = logging.getLogger(__name__)
+_LOGGER = logging.getLogger(__name__)
 
 DEFAULT_WINDOW: Final = 300.0  # seconds a pairing window stays open
 
@@ -58,14 +68,25 @@ DEFAULT_WINDOW: Final = 300.0  # seconds a pairing window stays open
 PREFIX_CHARS: Final = 20
 
 # Secret bits: 12 base32 characters = 60 bits. The secret can only be guessed online,
-# within one window, at a rate-limited MAX_FAILURES guesses: success odds ~2**-57.
+# within one window, through the rate-limited secret check below: at most
+# GUESS_BURST + GUESS_RATE * ttl guesses, ~3,600 for the longest (1 h) window, so
+# success odds stay below 2**-48 however many addresses the guesser has.
 SECRET_CHARS: Final = 12
 
-# Wrong proofs allowed per window before it closes; each one doubles the wait before
-# the next attempt (BACKOFF, 2*BACKOFF, ...), so a typo costs seconds, a brute force
-# gets nowhere.
+# Wrong proofs one source may send per window before it is shut out; each one
+# doubles that source's wait before its next attempt (BACKOFF, 2*BACKOFF, ...), so a
+# typo costs seconds and a stranger's guesses cost nobody else anything.
 MAX_FAILURES: Final = 5
 BACKOFF: Final = 1.0
+# Secret checks per second for all sources together (a token bucket): far above a
+# person typing a code, far below what would make guessing 60 bits plausible.
+GUESS_RATE: Final = 1.0
+GUESS_BURST: Final = 10
+# Sources remembered per window; beyond it the oldest entry goes (the shared
+# guess rate still bounds what a guesser with many addresses gets).
+MAX_SOURCES: Final = 4096
+# One refusal warning per source per this many seconds.
+WARNING_INTERVAL: Final = 60.0
 
 PROOF_LABEL: Final = b"meshd-link-v1 pair proof"
 _ALPHABET: Final = "abcdefghijklmnopqrstuvwxyz234567"  # RFC 4648 base32, lower case
@@ -118,13 +139,50 @@ def pairing_proof(secret: str, session_id: bytes, joiner_key: bytes, receiver_ke
     return hmac.new(secret.encode("ascii"), message, hashlib.sha256).digest()
 
 
+def source_of(address: str | None) -> str:
+    """Who a peer is for rate limits: the IP of its ``HOST:PORT`` (as the link reports
+    it, also ``[v6]:port``), an IPv4-mapped IPv6 as IPv4, other IPv6 by its /64."""
+    if not address:
+        return "unknown"
+    if address.startswith("["):
+        host = address[1:].partition("]")[0]
+    else:
+        host = address.rpartition(":")[0] or address
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network(f"{ip}/64", strict=False))
+    return str(ip)
+
+
+@dataclass
+class _Source:
+    failures: int = 0
+    retry_at: float = 0.0
+    warned_at: float | None = None
+
+
 @dataclass
 class _Window:
     code: PairingCode
     expires_at: float
+    tokens: float
+    refilled_at: float
     used: bool = False
     failures: int = 0
-    retry_at: float = 0.0
+    sources: dict[str, _Source] = field(default_factory=dict)
+
+    def source(self, key: str) -> _Source:
+        entry = self.sources.get(key)
+        if entry is None:
+            if len(self.sources) >= MAX_SOURCES:
+                self.sources.pop(next(iter(self.sources)))
+            entry = self.sources[key] = _Source()
+        return entry
 
 
 class PairingReceiver:
@@ -143,13 +201,20 @@ class PairingReceiver:
         clock: Callable[[], float] = time.monotonic,
         max_failures: int = MAX_FAILURES,
         backoff: float = BACKOFF,
+        guess_rate: float = GUESS_RATE,
+        guess_burst: int = GUESS_BURST,
+        on_paired: Callable[[TrustedPeer], None] = lambda _peer: None,
     ) -> None:
+        """``on_paired`` is called with the new peer once it is in the trust store."""
+        self._on_paired = on_paired
         self._identity = identity
         self._trust = trust_store
         self._name = name
         self._clock = clock
         self._max_failures = max_failures
         self._backoff = backoff
+        self._guess_rate = guess_rate
+        self._guess_burst = guess_burst
         self._window: _Window | None = None
         self.router = Router()
         self.router.on(PairProof, self.handle_proof)
@@ -157,8 +222,9 @@ class PairingReceiver:
     def open(self, ttl: float = DEFAULT_WINDOW) -> PairingCode:
         """Open a new window (replacing any open one) and return its code."""
         code = PairingCode.new(self._identity.fingerprint)
-        self._window = _Window(code, self._clock() + ttl)
-        log.info("pairing window open for %.0f s", ttl)
+        now = self._clock()
+        self._window = _Window(code, now + ttl, tokens=float(self._guess_burst), refilled_at=now)
+        _LOGGER.info("pairing window open for %.0f s", ttl)
         return code
 
     def close(self) -> None:
@@ -169,20 +235,60 @@ class PairingReceiver:
         window = self._window
         return window is not None and not window.used and self._clock() < window.expires_at
 
+    @property
+    def failures(self) -> int:
+        """Wrong proofs checked against the secret in the current window (all sources)."""
+        return self._window.failures if self._window is not None else 0
+
     def expires_in(self) -> float | None:
         """Seconds left in the open window, None if none is open."""
         if not self.is_open or self._window is None:
             return None
         return self._window.expires_at - self._clock()
 
+    def _warn(self, window: _Window, source: str, message: str, *args: object) -> None:
+        """A warning about ``source``, at most once per WARNING_INTERVAL."""
+        entry = window.source(source)
+        now = self._clock()
+        if entry.warned_at is not None and now - entry.warned_at < WARNING_INTERVAL:
+            return
+        entry.warned_at = now
+        _LOGGER.warning(message, *args)
+
+    def _blocked(self, window: _Window, source: str) -> str | None:
+        """Why ``source`` may not try now (shut out, or backing off), or None."""
+        entry = window.sources.get(source)
+        if entry is None:
+            return None
+        if entry.failures >= self._max_failures:
+            return "too many wrong codes from this address"
+        if self._clock() < entry.retry_at:
+            return "wrong code; wait before trying again"
+        return None
+
+    def _take_guess(self, window: _Window) -> bool:
+        """One token from the window's shared bucket of secret checks, if there is one."""
+        now = self._clock()
+        window.tokens = min(
+            float(self._guess_burst),
+            window.tokens + (now - window.refilled_at) * self._guess_rate,
+        )
+        window.refilled_at = now
+        if window.tokens < 1.0:
+            return False
+        window.tokens -= 1.0
+        return True
+
     def allow_handshake(self, candidate: PeerCandidate) -> bool:
-        """Pairing-mode handshake gate: only while a window is open and not backing off."""
+        """Pairing-mode handshake gate: only while a window is open and this source may try."""
         window = self._window
         if not self.is_open or window is None:
-            log.info("pairing attempt from %s refused: no open window", candidate.address)
+            _LOGGER.info("pairing attempt from %s refused: no open window", candidate.address)
             return False
-        if self._clock() < window.retry_at:
-            log.warning("pairing attempt from %s refused: rate limited", candidate.address)
+        source = source_of(candidate.address)
+        why = self._blocked(window, source)
+        if why is not None:
+            self._warn(window, source, "pairing attempt from %s refused: %s", source, why)
             return False
         return True
 
@@ -194,34 +300,45 @@ class PairingReceiver:
             raise RejectRequest(ErrorCode.FORBIDDEN, "pairing proofs belong in pairing mode")
         if not self.is_open or window is None:
             raise RejectRequest(ErrorCode.PAIRING_FAILED, "pairing window closed or expired")
-        now = self._clock()
-        if now < window.retry_at:
-            raise RejectRequest(ErrorCode.RATE_LIMITED, "too many wrong codes; wait")
+        source = source_of(peer.address)
+        why = self._blocked(window, source)
+        if why is not None:
+            raise RejectRequest(ErrorCode.RATE_LIMITED, why)
+        # Only now does a proof reach the secret: the shared bucket bounds the guesses.
+        if not self._take_guess(window):
+            self._warn(window, source, "pairing proof from %s not checked: rate limited", source)
+            raise RejectRequest(ErrorCode.RATE_LIMITED, "too many pairing attempts; try again")
         expected = pairing_proof(
             window.code.secret, peer.session_id, peer.public_key, self._identity.public_key
         )
         if not hmac.compare_digest(expected, message.proof):
             window.failures += 1
-            window.retry_at = now + self._backoff * 2 ** (window.failures - 1)
-            log.warning(
-                "wrong pairing code from %s (%s), attempt %d of %d",
+            entry = window.source(source)
+            entry.failures += 1
+            entry.retry_at = self._clock() + self._backoff * 2 ** (entry.failures - 1)
+            _LOGGER.warning(
+                "wrong pairing code from %s (%s), attempt %d of %d from that address",
                 peer.address,
                 short_fingerprint(peer.fingerprint),
-                window.failures,
+                entry.failures,
                 self._max_failures,
             )
-            if window.failures >= self._max_failures:
-                log.warning("pairing window closed after %d wrong codes", window.failures)
-                self._window = None
+            if entry.failures >= self._max_failures:
+                _LOGGER.warning(
+                    "pairing: %s shut out for this window after %d wrong codes",
+                    source,
+                    entry.failures,
+                )
             raise RejectRequest(ErrorCode.PAIRING_FAILED, "wrong pairing code")
         window.used = True
-        self._trust.add(
+        trusted = self._trust.add(
             peer.fingerprint,
             public_key=peer.public_key,
             name=message.name,
             may_send_work=True,
         )
-        log.info(
+        self._on_paired(trusted)
+        _LOGGER.info(
             "paired with %s (%s)", message.name or "unnamed", short_fingerprint(peer.fingerprint)
         )
         return PairAccept(self._name)
@@ -249,7 +366,7 @@ async def pair_join(
         nonlocal mismatch
         mismatch = not parsed.matches(candidate.fingerprint)
         if mismatch:
-            log.warning(
+            _LOGGER.warning(
                 "receiver at %s:%d has key %s, which does not match the pairing code",
                 host,
                 port,
@@ -283,11 +400,11 @@ async def pair_join(
             session.peer.fingerprint,
             public_key=session.peer.public_key,
             name=reply.name,
-            addresses=[f"{host}:{port}"],
+            addresses=[format_host_port(host, port)],
             may_build_for_me=True,
         )
         outcome = CloseReason.PAIRING_COMPLETE
     finally:
         await session.close(outcome)
-    log.info("paired with receiver %s at %s:%d", peer.fingerprint[:16], host, port)
+    _LOGGER.info("paired with receiver %s at %s:%d", peer.fingerprint[:16], host, port)
     return peer

@@ -6,8 +6,9 @@ configurations holding Wi-Fi and API secrets, so it needs ``may_build_for_me`` f
 receiver. A peer is identified by its fingerprint (SHA-256 of its Ed25519 key); the
 key itself is remembered once a handshake has shown it.
 
-The job store shares the database file through its own connection, so this module
-creates only ``trust_``-prefixed tables, with ``CREATE TABLE IF NOT EXISTS``.
+The job store shares the database file through its own connection (both opened by
+:func:`meshd.db.connect`), so this module creates only ``trust_``-prefixed tables,
+with ``CREATE TABLE IF NOT EXISTS``.
 Calls are short indexed statements; the daemon may run them on the loop or in a thread
 (the connection is guarded by a lock and not tied to one thread).
 
@@ -34,13 +35,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Self
 
+from meshd.db import connect, database_path
 from meshd.link.crypto import fingerprint as key_fingerprint
 from meshd.link.server import PeerCandidate
 from meshd.mesh.security.identity import parse_fingerprint
 
 _LOGGER = logging.getLogger(__name__)
-
-DB_FILE: Final = "meshd.db"
 
 _FINGERPRINT: Final = re.compile(r"[0-9a-f]{64}")
 
@@ -68,8 +68,8 @@ CREATE TABLE IF NOT EXISTS trust_quarantine (
 """
 
 
-class Role(enum.Enum):
-    """A permission a trusted peer can hold."""
+class Permission(enum.Enum):
+    """A permission a trusted peer can hold (not the link's ``Role``: initiator/responder)."""
 
     SEND_WORK = "may_send_work"
     """It may send me compiles (I am its receiver)."""
@@ -90,15 +90,15 @@ class TrustedPeer:
     updated_at: float
     public_key: bytes | None = None
 
-    def allows(self, role: Role) -> bool:
-        return self.may_send_work if role is Role.SEND_WORK else self.may_build_for_me
+    def allows(self, permission: Permission) -> bool:
+        return self.may_send_work if permission is Permission.SEND_WORK else self.may_build_for_me
 
     @classmethod
     def _from_row(cls, row: sqlite3.Row) -> Self:
         """Decode strictly; BadTrustRow says what is wrong (the caller quarantines)."""
         keys = row.keys()
         missing = {"fingerprint", "public_key", "name", "addresses"} - set(keys)
-        missing |= {r.value for r in Role} - set(keys)
+        missing |= {r.value for r in Permission} - set(keys)
         missing |= {"added_at", "updated_at"} - set(keys)
         if missing:
             raise BadTrustRow(f"columns missing: {', '.join(sorted(missing))}")
@@ -122,7 +122,7 @@ class TrustedPeer:
         if not isinstance(addresses, list) or not all(isinstance(a, str) for a in addresses):
             raise BadTrustRow("addresses are not a list of text")
         flags = {}
-        for role in Role:
+        for role in Permission:
             value = row[role.value]
             if isinstance(value, bool) or value not in (0, 1) or not isinstance(value, int):
                 raise BadTrustRow(f"{role.value} is {value!r:.60}, not 0 or 1")
@@ -141,8 +141,8 @@ class TrustedPeer:
             fingerprint=fingerprint,
             name=name,
             addresses=tuple(addresses),
-            may_send_work=flags[Role.SEND_WORK.value],
-            may_build_for_me=flags[Role.BUILD_FOR_ME.value],
+            may_send_work=flags[Permission.SEND_WORK.value],
+            may_build_for_me=flags[Permission.BUILD_FOR_ME.value],
             added_at=stamps["added_at"],
             updated_at=stamps["updated_at"],
             public_key=public_key,
@@ -186,18 +186,16 @@ class TrustStore:
         self.path = path
         self._clock = clock
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db = connect(path)
         self._db.row_factory = sqlite3.Row
         with self._lock:
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA busy_timeout=5000")
             self._db.executescript(_SCHEMA)
 
     @classmethod
     def open(cls, data_dir: Path) -> Self:
         """The store in ``data_dir/meshd.db`` (directory created if missing)."""
         data_dir.mkdir(parents=True, exist_ok=True)
-        return cls(data_dir / DB_FILE)
+        return cls(database_path(data_dir))
 
     def close(self) -> None:
         with self._lock:
@@ -266,7 +264,7 @@ class TrustStore:
         )
         return None
 
-    def is_trusted(self, public_key: bytes, role: Role | None = None) -> bool:
+    def is_trusted(self, public_key: bytes, role: Permission | None = None) -> bool:
         """Whether this key is trusted at all (``role=None``) or for ``role``."""
         peer = self.get(key_fingerprint(public_key))
         if peer is None:
@@ -381,7 +379,7 @@ class TrustStore:
 
     # -- link integration -------------------------------------------------------------
 
-    def authorizer(self, role: Role | None = None) -> Callable[[PeerCandidate], bool]:
+    def authorizer(self, role: Permission | None = None) -> Callable[[PeerCandidate], bool]:
         """A link ``Authorizer``: accept peers in the store (holding ``role`` if given).
 
         A session is shared by both directions, so the daemon normally accepts any

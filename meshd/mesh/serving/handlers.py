@@ -1,0 +1,181 @@
+"""The receiver's answers to an offloader's requests: have_query, blob_request,
+compile_request, cancel and artifact_request (protocol/PROTOCOL.md, "A remote compile").
+
+Everything an offloader sends is hostile input until checked: the session must belong
+to a peer trusted to send work, the bundle manifest is size-capped and validated, and
+every file it names must already be in the content store. A compile that passes is
+materialised in a stable work directory per offloader and configuration (so
+PlatformIO stays warm) and queued on this node's own compile lane like any local job,
+forced local so it is never offloaded onward. :class:`RemoteJobs` then owns it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+from meshd.jobs.engine import Engine
+from meshd.jobs.model import JobStatus, JobType, LaneName
+from meshd.jobs.options import JobOptions
+from meshd.link import LinkSession, RejectRequest, Router
+from meshd.link.errors import ErrorCode
+from meshd.link.messages import (
+    ArtifactReply,
+    ArtifactRequest,
+    BlobReply,
+    BlobRequest,
+    Cancel,
+    CompileAccept,
+    CompileReject,
+    CompileRequest,
+    HaveQuery,
+    HaveReply,
+    Message,
+)
+from meshd.mesh.content.artifacts import collect_artifacts
+from meshd.mesh.content.blobs import BlobExchange
+from meshd.mesh.content.bundle import BundleManifest, BundleRejected, materialise
+from meshd.mesh.security.trust import Permission, TrustStore
+from meshd.mesh.serving.remote_jobs import RemoteJobs
+from meshd.toolchain.storage import ArtifactError, FlashMethod
+
+_LOGGER = logging.getLogger(__name__)
+
+# A bundle manifest lists at most a few thousand files; more is not a manifest.
+MAX_MANIFEST_BYTES = 1024 * 1024
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
+
+
+def _dirname(text: str) -> str:
+    return _UNSAFE.sub("_", text)[:64] or "config"
+
+
+class RequestHandlers:
+    def __init__(
+        self,
+        engine: Engine,
+        trust: TrustStore,
+        blobs: BlobExchange,
+        jobs: RemoteJobs,
+        builds_root: Path,
+        *,
+        accepts_builds: bool,
+        stopping: Callable[[], bool],
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        self.engine = engine
+        self.trust = trust
+        self.blobs = blobs
+        self.jobs = jobs
+        self.builds_root = builds_root
+        self.accepts_builds = accepts_builds
+        self._stopping = stopping
+        self._env = env
+
+    def register(self, router: Router) -> None:
+        router.on(HaveQuery, self._on_have_query)
+        router.on(CompileRequest, self._on_compile)
+        router.on(Cancel, self._on_cancel)
+        router.on(ArtifactRequest, self._on_artifacts)
+        router.on(BlobRequest, self._on_blob_request)
+
+    def may_send_work(self, session: LinkSession) -> bool:
+        peer = self.trust.get(session.peer.fingerprint_hex)
+        return peer is not None and peer.allows(Permission.SEND_WORK)
+
+    def _require_offloader(self, session: LinkSession) -> None:
+        if not self.may_send_work(session):
+            raise RejectRequest(ErrorCode.FORBIDDEN, "this node does not accept work from you")
+
+    async def _on_have_query(self, session: LinkSession, message: HaveQuery) -> HaveReply:
+        self._require_offloader(session)
+        wanted = [d.hex() for d in message.digests]
+        missing = self.blobs.store.missing(wanted)
+        return HaveReply(tuple(bytes.fromhex(d) for d in missing))
+
+    async def _on_blob_request(self, session: LinkSession, message: BlobRequest) -> BlobReply:
+        self._require_offloader(session)
+        await self.blobs.push(session, [d.hex() for d in message.digests])
+        return BlobReply(len(message.digests))
+
+    async def _on_compile(self, session: LinkSession, message: CompileRequest) -> Message:
+        def reject(reason: str, text: str) -> CompileReject:
+            _LOGGER.info("rejected compile %s: %s (%s)", message.job_id, reason, text)
+            return CompileReject(message.job_id, reason, text)
+
+        if not self.may_send_work(session):
+            return reject("forbidden", "this receiver does not accept work from you")
+        if self._stopping():
+            return reject("shutting_down", "this receiver is shutting down")
+        if not self.accepts_builds:
+            return reject("busy", "this node does not accept builds (--no-receiver)")
+        await self.blobs.settle(session)
+        digest = message.bundle_digest.hex()
+        if message.bundle_size > MAX_MANIFEST_BYTES:
+            return reject("invalid", f"bundle manifest of {message.bundle_size} bytes is too large")
+        if not self.blobs.store.has(digest):
+            return reject("missing_content", "the bundle manifest was never received")
+        try:
+            raw = json.loads(self.blobs.store.path(digest).read_bytes())
+            manifest = BundleManifest.from_wire(raw)
+        except (BundleRejected, ValueError) as exc:
+            return reject("invalid", f"bundle refused: {exc}")
+        missing = self.blobs.store.missing([f.digest for f in manifest.files])
+        if missing:
+            return reject("missing_content", f"{len(missing)} bundle files were never received")
+
+        offloader = session.peer.fingerprint_hex
+        workdir = self.builds_root / offloader[:16] / _dirname(Path(manifest.config_filename).stem)
+        config_path = workdir / manifest.config_filename
+        # The offloader superseded its own earlier compile of this configuration: end
+        # that one before its work directory changes under it.
+        for job in self.engine.active_jobs():
+            if job.configuration == str(config_path.resolve()):
+                await self.engine.cancel(job.id)
+        try:
+            config = await asyncio.to_thread(materialise, manifest, self.blobs.store, workdir)
+        except (BundleRejected, OSError) as exc:
+            return reject("invalid", f"cannot unpack bundle: {exc}")
+        peer = self.trust.get(offloader)
+        job = self.engine.submit(
+            JobType.COMPILE,
+            str(config),
+            options=JobOptions(
+                force_local=True,
+                offloader=offloader,
+                offloader_name=peer.name if peer and peer.name else offloader[:16],
+                remote_job=message.job_id,
+            ),
+        )
+        position = self.engine.lane_status(LaneName.COMPILE).queued
+        await self.jobs.adopt(session, message.job_id, job)
+        return CompileAccept(message.job_id, position=position)
+
+    async def _on_cancel(self, session: LinkSession, message: Cancel) -> None:
+        await self.jobs.cancel(session, message.job_id, message.reason)
+
+    async def _on_artifacts(self, session: LinkSession, message: ArtifactRequest) -> ArtifactReply:
+        self._require_offloader(session)
+        job = self.jobs.find(session, message.job_id)
+        if job is None or job.status is not JobStatus.COMPLETED:
+            raise RejectRequest(ErrorCode.NOT_FOUND, f"no completed compile {message.job_id}")
+        method = FlashMethod(message.method)
+        try:
+            manifest = await asyncio.to_thread(
+                collect_artifacts,
+                Path(job.configuration),
+                method,
+                self.blobs.store,
+                include_elf=message.elf,
+                env=self._env,
+            )
+        except ArtifactError as exc:
+            raise RejectRequest(ErrorCode.NOT_FOUND, str(exc)) from None
+        data = json.dumps(manifest.to_wire()).encode()
+        digest = self.blobs.store.put_bytes(data)
+        return ArtifactReply(message.job_id, bytes.fromhex(digest), len(data))
