@@ -74,8 +74,10 @@ def _ours(pgid: int, identity: str) -> bool:
     """
     if _is_running(pgid, identity):
         return True
-    if process_identity(pgid) is not None:
-        return False  # another live process owns that pid now: a different group
+    current = process_identity(pgid)
+    if current is not None and current != identity:
+        return False  # another process owns that pid now: a different group
+    # Gone, or our leader's zombie not reaped yet: whatever is left in the group is ours.
     return bool(group_members(pgid))
 
 

@@ -29,6 +29,7 @@ environment variables (which win)::
     # standin: invalid=1               STANDIN_INVALID       (a Failed config block)
     # standin: ignore_sigterm=1        STANDIN_IGNORE_SIGTERM (a compile slow to stop:
                                        only the SIGKILL after the grace period ends it)
+    # standin: chatter_bytes=100000    STANDIN_CHATTER_BYTES (warnings: a long log)
     # standin: link_seconds=2          STANDIN_LINK_SECONDS  (silent, after "Linking")
     # standin: grandchild_seconds=60   STANDIN_GRANDCHILD_SECONDS (a silent child in our group)
     # standin: firmware_bytes=4000000  STANDIN_FIRMWARE_BYTES (pad the image: big artifacts)
@@ -290,9 +291,12 @@ def compile_config(config: Config) -> int:
             _append_json(Path(os.environ["STANDIN_JOURNAL"]), {**record, "at": time.time()})
     log("INFO", f"Compiling app... Build path: {config.build_path}")
     out(f"Processing {config.name} (platform: {config.platform})")
+    chatter = int(config.setting("chatter_bytes", "0")) // OBJECTS
     for index in range(OBJECTS):
         time.sleep(seconds / OBJECTS)
         out(f"Compiling .pioenvs/{config.name}/src/unit{index:02d}.o")
+        for _ in range(chatter // 100):
+            out(f"src/unit{index:02d}.cpp: warning: " + "w" * 80)
         if config.flag("compile_fail") and index == OBJECTS // 2:
             out(f"src/unit{index:02d}.cpp:1:1: error: stand-in compile failure")
             out(f"*** [.pioenvs/{config.name}/src/unit{index:02d}.o] Error 1")

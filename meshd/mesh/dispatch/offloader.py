@@ -77,6 +77,15 @@ def _accepted(answer: object, fingerprint: str) -> CompileAccept:
     raise ReceiverLost(f"receiver answered {getattr(answer, 'TYPE', answer)!r}", fingerprint)
 
 
+def _raise_local_failure(arrivals: list[asyncio.Future[None]]) -> None:
+    """Raise the ``LocalWriteError`` one of ``arrivals`` failed with, if any did."""
+    for arrival in arrivals:
+        if arrival.done() and not arrival.cancelled():
+            error = arrival.exception()
+            if isinstance(error, LocalWriteError):
+                raise error
+
+
 def _manifest_digest(reply: ArtifactReply) -> str:
     """The artifact manifest's digest, once its announced size is within bounds."""
     if reply.manifest_size > MAX_ARTIFACT_MANIFEST_BYTES:
@@ -260,11 +269,23 @@ class RemoteCompileRunner:
             return
         arrivals = self.blobs.expect(session, digests)
         try:
-            await session.request(BlobRequest(tuple(bytes.fromhex(d) for d in digests)), BlobReply)
+            try:
+                await session.request(
+                    BlobRequest(tuple(bytes.fromhex(d) for d in digests)), BlobReply
+                )
+            except LinkError:
+                # We may have made the request fail ourselves: a blob we could not
+                # store aborts its stream, and the receiver's sender gives up. Then
+                # the fault is ours, not the receiver's.
+                _raise_local_failure(arrivals)
+                raise
             async with asyncio.timeout(FETCH_TIMEOUT):
                 await asyncio.gather(*arrivals)
         finally:
             self.blobs.done_expecting(session, digests)
+            for arrival in arrivals:
+                if arrival.done() and not arrival.cancelled():
+                    arrival.exception()  # retrieved: no "never retrieved" noise
 
     async def _pull_artifacts(
         self, ctx: JobContext, session: LinkSession, fingerprint: str, config: Path
