@@ -158,7 +158,8 @@ def peers_table(peers: Sequence[dict[str, Any]]) -> Table:
         table.add_column()
         table.add_row("none")
         return table
-    for column in ("NAME", "FINGERPRINT", "ADDRESS", "ESPHOME", "TRUSTED", "LINK", "LANE"):
+    columns = ("NAME", "FINGERPRINT", "ADDRESS", "ESPHOME", "TRUSTED", "LINK", "LAST SEEN", "LANE")
+    for column in columns:
         table.add_column(column)
     for peer in peers:
         if not peer.get("accepts_builds"):
@@ -176,6 +177,7 @@ def peers_table(peers: Sequence[dict[str, Any]]) -> Table:
             str(peer.get("esphome_version") or "?"),
             "yes" if peer.get("trusted") else "no",
             str(link),
+            _age(peer.get("last_seen")) if peer.get("last_seen") else "never",
             lane,
         )
     return table

@@ -68,6 +68,7 @@ def _flashed(devices: OtaDevices) -> list[str]:
     return [hashlib.sha256(i.data).hexdigest() for i in devices.images(0) if i.accepted]
 
 
+@pytest.mark.slow
 def test_receiver_killed_mid_compile(
     meshd: MeshdFactory, tmp_path: Path, device: OtaDevices
 ) -> None:
@@ -95,6 +96,7 @@ def test_receiver_killed_mid_compile(
     assert _flashed(device) == [_last_build(pi, ids["compile"])], "once, with second's build"
 
 
+@pytest.mark.slow
 def test_receiver_killed_mid_artifact_transfer(meshd: MeshdFactory, tmp_path: Path) -> None:
     first, second = _receiver(meshd, "first"), _receiver(meshd, "second")
     pi = _offloader(meshd)
@@ -116,6 +118,7 @@ def test_receiver_killed_mid_artifact_transfer(meshd: MeshdFactory, tmp_path: Pa
     assert [u["sha256"] for u in flashed] == [_last_build(pi, ids["compile"])]
 
 
+@pytest.mark.slow
 def test_sigstopped_receiver_is_given_up_and_cancels_when_it_wakes(
     meshd: MeshdFactory, tmp_path: Path, device: OtaDevices
 ) -> None:
@@ -179,6 +182,7 @@ needs_faketime = pytest.mark.skipif(
 
 
 @needs_faketime
+@pytest.mark.slow
 def test_a_receiver_whose_clock_is_hours_off_does_not_jump_the_queue(
     meshd: MeshdFactory, tmp_path: Path
 ) -> None:
@@ -229,7 +233,7 @@ def _ns_node(meshd: MeshdFactory, net: MeshNet, i: int, name: str, *args: str) -
             "--peer-listen",
             f"{address}:0",
             *args,
-        ),  # fmt: skip
+        ),
         wrap=tuple(net.exec_prefix(i)),
         cli_wrap=tuple(net.exec_prefix(i)),
     )
