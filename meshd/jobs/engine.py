@@ -499,6 +499,12 @@ class Engine:
             _LOGGER.exception("runner for %s crashed", job.id)
             return Result(Outcome.FAILED, f"internal error: {exc!r}")
         if job.id in self._cancel_requested:
+            if job.type is JobType.UPLOAD:
+                # The flash finished before the cancel could stop it: the device runs
+                # the new build, and saying "cancelled" would be a lie about it.
+                self._cancel_requested.discard(job.id)
+                self.logs.append(job.id, "the cancel came too late: the upload had finished")
+                return Result(Outcome.COMPLETED)
             # It finished between the cancel request and the signal: still cancelled,
             # because the user was told it would not flash.
             return Result(Outcome.CANCELLED, job.error)
