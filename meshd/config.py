@@ -56,6 +56,12 @@ DEFAULT_UPLOAD_SLOTS = 4
 # Long enough that a busy Pi on Wi-Fi does not flap, short enough that a receiver that
 # vanished is noticed within half a minute (the mesh declares a peer dead after three).
 DEFAULT_HEARTBEAT = 10.0
+# Armed uploads, kept builds and history: see meshd/jobs/armed.py, meshd/jobs/history.py
+# and meshd/toolchain/archive.py for why these values.
+DEFAULT_ARMED_UPLOAD_TTL = 7 * 86400.0
+DEFAULT_KEPT_BUILDS = 3
+DEFAULT_HISTORY_KEEP = 1000
+DEFAULT_HISTORY_MAX_AGE = 30 * 86400.0
 
 
 class ConfigError(ValueError):
@@ -100,7 +106,8 @@ class Settings:
     mdns_interfaces: tuple[str, ...] = ()
     """Empty: all interfaces."""
     name: str = field(default_factory=socket.gethostname)
-    esphome: tuple[str, ...] = ("esphome",)
+    esphome: tuple[str, ...] = ()
+    """Empty: find it (beside meshd's interpreter, then PATH; ``meshd.toolchain.locate_tool``)."""
     upload_slots: int = DEFAULT_UPLOAD_SLOTS
     receiver: bool = True
     offload: bool = True
@@ -108,6 +115,16 @@ class Settings:
     version_policy: VersionPolicy = DEFAULT_VERSION_POLICY
     include_local: bool = True
     heartbeat: float = DEFAULT_HEARTBEAT
+    armed_upload_ttl: float = DEFAULT_ARMED_UPLOAD_TTL
+    """Seconds an armed upload waits for its device before it fails."""
+    kept_builds: int = DEFAULT_KEPT_BUILDS
+    """Builds kept per configuration for flashing later (0: none)."""
+    history_keep: int = DEFAULT_HISTORY_KEEP
+    """Finished jobs kept (with their logs); older ones are pruned."""
+    history_max_age: float = DEFAULT_HISTORY_MAX_AGE
+    """Seconds after which a finished job is pruned, whatever the count."""
+    metrics_listen: HostPort | None = None
+    """A second, unauthenticated listener serving only ``/metrics`` (for Prometheus)."""
     config_file: Path | None = None
     """The TOML file that was read, if any (for the start-up log)."""
 
@@ -164,6 +181,35 @@ def _positive_float(value: Any) -> float:
     return number
 
 
+def _count(value: Any) -> int:
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{value!r} is not a whole number") from None
+    if number < 0:
+        raise ConfigError(f"{value!r} must be 0 or more")
+    return number
+
+
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def _duration(value: Any) -> float:
+    """Seconds: a number, or a number with a unit (``90s``, ``30m``, ``12h``, ``7d``, ``2w``)."""
+    text = str(value).strip().lower()
+    scale = 1
+    if text and text[-1] in _DURATION_UNITS:
+        scale = _DURATION_UNITS[text[-1]]
+        text = text[:-1]
+    try:
+        seconds = float(text) * scale
+    except ValueError:
+        raise ConfigError(f"{value!r} is not a duration (e.g. 3600, 90m, 12h, 7d)") from None
+    if not seconds > 0 or seconds == float("inf"):
+        raise ConfigError(f"{value!r} must be a positive duration")
+    return seconds
+
+
 def _command(value: Any) -> tuple[str, ...]:
     """A command as an argv prefix: a TOML list as is, a string shell-split."""
     argv = [str(v) for v in value] if isinstance(value, list | tuple) else shlex.split(str(value))
@@ -202,6 +248,11 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "version_policy": _policy,
     "include_local": _bool,
     "heartbeat": _positive_float,
+    "armed_upload_ttl": _duration,
+    "kept_builds": _count,
+    "history_keep": _count,
+    "history_max_age": _duration,
+    "metrics_listen": lambda v: parse_host_port(str(v)),
 }
 
 SETTING_NAMES = tuple(_PARSERS)

@@ -16,9 +16,22 @@ Where the mesh plugs in
   are started after the engine and before the API, and stopped after the API and
   before the engine, so no request reaches a half-started mesh and no remote compile
   is in flight while the engine persists its jobs.
+* The operator's view: :class:`meshd.api.metrics.Metrics` listens to the engine's bus
+  from the start; the status page and ``/metrics`` are API routes; ``--metrics-listen``
+  adds a :class:`~meshd.api.metrics.MetricsServer` service; :mod:`meshd.observe` bridges
+  peer changes onto the bus and reads link bytes for the metrics.
 * :attr:`Daemon.hooks` (:class:`meshd.api.ApiHooks`): ``mesh`` (the mesh as a
   ``MeshControl``: identity, peers, trust, pairing) and ``routes`` (the pairing/trust
   endpoints built on it) for the API.
+
+Where the fleet plugs in
+------------------------
+The device monitor (a service like the mesh) drives armed uploads through two engine
+hooks, both called on the event loop: it sets ``engine.devices_online`` (name →
+address if the device is online now) and calls ``engine.device_seen(name, address)``
+each time a device announces itself. The daemon itself wires ``engine.device_name_of``
+(the name in esphome's build record), ``engine.after_compile`` (keep the firmware in
+:attr:`Daemon.archive`) and ``hooks.builds`` (the kept builds, for the API).
 """
 
 from __future__ import annotations
@@ -28,25 +41,33 @@ import contextlib
 import logging
 import os
 import re
+import shlex
 import signal
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Protocol
 
 from meshd import __version__
 from meshd.api.mesh_routes import mesh_routes
+from meshd.api.metrics import Metrics, MetricsServer, metrics_routes
 from meshd.api.server import ApiServer, load_token, write_api_file
 from meshd.api.state import ApiHooks, NodeFacts
+from meshd.api.ui import ui_routes
 from meshd.config import Settings
 from meshd.db import database_path
 from meshd.jobs.engine import Engine
+from meshd.jobs.history import HistoryLimits
 from meshd.jobs.model import JobType
 from meshd.jobs.runner import Runner
 from meshd.jobs.store import DatabaseUnusable, check_database
 from meshd.mesh.node import MeshSettings
 from meshd.mesh.service import MeshService
+from meshd.observe import bridge_peer_events, link_bytes
 from meshd.sdnotify import Notifier
+from meshd.toolchain.archive import BuildArchive
 from meshd.toolchain.runners import make_runners
-from meshd.toolchain.tools import Toolchain, ToolMissing
+from meshd.toolchain.storage import ArtifactError, load_storage
+from meshd.toolchain.tools import Toolchain, ToolMissing, locate_tool
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -87,18 +108,43 @@ class Daemon:
         self.settings = settings
         self.notifier = notifier or Notifier()
         settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self.toolchain = Toolchain.from_command(settings.esphome)
+        esphome = locate_tool("esphome", settings.esphome)
+        esptool = locate_tool("esptool")
+        self.toolchain = Toolchain(esphome=esphome.command, esptool=esptool.command)
+        self.archive = BuildArchive(settings.data_dir / "artifacts", keep=settings.kept_builds)
+        self.archive.clean_leftovers()
         self.engine = Engine(
             settings.data_dir,
-            runners if runners is not None else make_runners(self.toolchain),
+            runners if runners is not None else make_runners(self.toolchain, archive=self.archive),
             upload_slots=settings.upload_slots,
+            armed_upload_ttl=settings.armed_upload_ttl,
+            history=HistoryLimits(keep=settings.history_keep, max_age=settings.history_max_age),
         )
+        if settings.kept_builds:
+            self.engine.after_compile = self.archive.after_compile
+        self.engine.device_name_of = self._device_name_of
         self.node = NodeFacts(
-            name=settings.name, version=__version__, data_dir=str(settings.data_dir)
+            name=settings.name,
+            version=__version__,
+            data_dir=str(settings.data_dir),
+            esphome=shlex.join(esphome.command),
         )
+        self._esphome_missing = esphome.warning is not None
+        if esphome.warning is not None:
+            self._warn(esphome.warning)
+        elif esptool.warning is not None:
+            self._warn(f"{esptool.warning}: serial uploads will fail")
         self.hooks = ApiHooks()
+        self.hooks.builds = lambda config: [b.to_dict() for b in self.archive.builds(config)]
+        # The operator's view: metrics fed by the bus from the start (restore included),
+        # the status page and /metrics on the API, /metrics alone on --metrics-listen.
+        self.metrics = Metrics(self.engine, self.node, peers=lambda: self.hooks.peers())
+        self.hooks.routes.extend([*ui_routes(), *metrics_routes(self.metrics)])
         self._version_probed = asyncio.Event()
         self.services: list[Service] = self.build_services()
+        if settings.metrics_listen is not None:
+            listen = settings.metrics_listen
+            self.services.append(MetricsServer(self.metrics, listen.host, listen.port))
         self.api = ApiServer(
             self.engine,
             self.node,
@@ -107,6 +153,13 @@ class Daemon:
             hooks=self.hooks,
         )
         self._stop_requested: asyncio.Event | None = None
+
+    def _device_name_of(self, configuration: str) -> str | None:
+        """The ``esphome: name`` of a configuration's last build (esphome's own record)."""
+        try:
+            return load_storage(Path(configuration), self.toolchain.environ()).name
+        except ArtifactError:
+            return None
 
     def build_services(self) -> list[Service]:
         """The mesh, as one service; it also fills the API hooks (identity, peers, routes)."""
@@ -133,6 +186,8 @@ class Daemon:
         )
         self.hooks.mesh = mesh.node
         self.hooks.routes.extend(mesh_routes(mesh.node))
+        self.metrics.link_bytes = link_bytes(mesh.node)
+        bridge_peer_events(mesh.node, self.engine.bus)
         return [mesh]
 
     def request_stop(self) -> None:
@@ -227,10 +282,11 @@ class Daemon:
                 ESPHOME_VERSION_TIMEOUT,
             )
         except ToolMissing as exc:
-            _LOGGER.warning("esphome is not runnable (%s); set --esphome", exc)
+            if not self._esphome_missing:  # "not found" already says it better
+                self._warn(f"esphome cannot be run ({exc}): set --esphome CMD")
             return
         except TimeoutError:
-            _LOGGER.warning("`esphome version` did not answer in %.0f s", ESPHOME_VERSION_TIMEOUT)
+            self._warn(f"`esphome version` did not answer in {ESPHOME_VERSION_TIMEOUT:.0f} s")
             return
         for line in lines:
             match = _VERSION_RE.search(line)
@@ -238,11 +294,15 @@ class Daemon:
                 self.node.esphome_version = match.group(1)
                 _LOGGER.info("esphome %s", self.node.esphome_version)
                 return
-        _LOGGER.warning(
-            "`esphome version` gave no version (exit %s): %s",
-            result.returncode,
-            " | ".join(lines[-5:]),
+        self._warn(
+            f"`esphome version` gave no version (exit {result.returncode}): "
+            + " | ".join(lines[-5:])
         )
+
+    def _warn(self, message: str) -> None:
+        """Log a problem the operator must fix and show it in status and on the page."""
+        _LOGGER.warning("%s", message)
+        self.node.warnings.append(message)
 
 
 def configure_logging(verbose: bool = False) -> None:

@@ -1,4 +1,5 @@
-"""The ``/api/v1`` endpoints: jobs, logs, events, status, peers (see docs/API.md).
+"""The ``/api/v1`` endpoints: jobs, installs, kept builds, logs, events, status, peers
+(see docs/API.md).
 
 Handlers are thin: validate (``validation``), call the engine, answer JSON. Two
 endpoints stream: a job log with ``?follow=1`` (chunked text until the job is
@@ -22,14 +23,24 @@ from meshd.api.validation import (
     CONFIG_RULES_KEY,
     INSTALL,
     ApiError,
+    JobRequest,
     bad_request,
+    parse_installs_request,
     parse_job_request,
     query_bool,
     query_int,
     read_json,
+    resolve_path,
 )
 from meshd.api.wire import EVENTS_HEARTBEAT
-from meshd.jobs.engine import Engine, EngineStopped, InvalidJob, StorageUnavailable, UnknownJob
+from meshd.jobs.engine import (
+    Engine,
+    EngineStopped,
+    InstallSpec,
+    InvalidJob,
+    StorageUnavailable,
+    UnknownJob,
+)
 from meshd.jobs.events import Event, JobEvent
 from meshd.jobs.model import Job, JobStatus, JobType, LaneName
 
@@ -44,6 +55,13 @@ LOG_CHUNK = 64 * 1024
 # events stream and detect a vanished client.
 # Close code for a subscriber that fell behind: "try again later" (RFC 6455 1013).
 WS_OVERFLOW_CLOSE = 1013
+# ``GET /jobs`` without ``limit``: the newest page. A fleet update is ~200 jobs, and the
+# JSON of 200 jobs is ~150 KiB: quick for a Pi to serve and a CLI to render.
+DEFAULT_PAGE = 200
+MAX_PAGE = 1000
+# ``limit=0`` (as clients before paging sent for "all"): the whole retained history,
+# which the history limits bound; served by the same range scan.
+_ALL = 10**9
 
 
 def _engine(request: web.Request) -> Engine:
@@ -76,6 +94,8 @@ async def status(request: web.Request) -> web.Response:
             "name": node.name,
             "fingerprint": hooks.fingerprint(),
             "esphome_version": node.esphome_version,
+            "esphome": node.esphome,
+            "warnings": list(node.warnings),
             "version": __version__,
             "data_dir": node.data_dir,
         },
@@ -110,13 +130,29 @@ def _status_filter(raw: str | None) -> set[JobStatus] | None:
     return wanted
 
 
+def _query_int(request: web.Request, name: str, default: int, low: int, high: int) -> int:
+    if request.query.get(name) is None:
+        return default
+    raw = request.query[name]
+    value = query_int(request, name, default)  # ASCII digits only ("²" is isdigit())
+    if not low <= value <= high:
+        raise bad_request(
+            "invalid_query",
+            f"{name} must be a whole number from {low} to {high}, not {raw!r}",
+            field=name,
+        )
+    return value
+
+
 async def list_jobs(request: web.Request) -> web.Response:
+    """One page of jobs, oldest first; ``next_before`` is the cursor of the older page."""
     wanted = _status_filter(request.query.get("status"))
-    limit = query_int(request, "limit", 0)
-    jobs = [job for job in _engine(request).jobs() if wanted is None or job.status in wanted]
-    if limit:
-        jobs = jobs[-limit:]
-    return web.json_response({"jobs": [job.to_dict() for job in jobs]})
+    limit = _query_int(request, "limit", DEFAULT_PAGE, 0, MAX_PAGE)
+    before = _query_int(request, "before", 0, 1, 2**63 - 1) or None
+    page = _engine(request).page(limit=limit or _ALL, before=before, statuses=wanted)
+    return web.json_response(
+        {"jobs": [job.to_dict() for job in page.jobs], "next_before": page.next_before}
+    )
 
 
 async def get_job(request: web.Request) -> web.Response:
@@ -128,12 +164,15 @@ async def create_job(request: web.Request) -> web.Response:
     # File checks read the disk; keep the loop free for streams and the watchdog.
     job_request = await asyncio.to_thread(parse_job_request, body, request.app[CONFIG_RULES_KEY])
     engine = _engine(request)
+    await _check_build(request, job_request)
     try:
         if job_request.kind == INSTALL:
-            assert job_request.device is not None
             created = list(
                 engine.install(
-                    job_request.configuration, job_request.device, options=job_request.options
+                    job_request.configuration,
+                    job_request.device,
+                    options=job_request.options,
+                    upload_options=job_request.upload_options,
                 )
             )
         else:
@@ -152,6 +191,58 @@ async def create_job(request: web.Request) -> web.Response:
     except StorageUnavailable as exc:
         raise ApiError(507, "no_space", str(exc)) from None
     return web.json_response({"jobs": [job.to_dict() for job in created]}, status=201)
+
+
+async def _check_build(request: web.Request, job_request: JobRequest) -> None:
+    """An upload of a kept build names one that exists (else a 400 now, not a failed job)."""
+    build = job_request.options.build
+    if build is None:
+        return
+    kept = await asyncio.to_thread(request.app[HOOKS_KEY].builds, job_request.configuration)
+    if not any(entry.get("build_id") == build for entry in kept):
+        raise bad_request(
+            "unknown_build",
+            f"no kept build {build!r} of {job_request.configuration} "
+            "(meshd artifacts CONFIG lists them)",
+            field="build",
+        )
+
+
+async def create_installs(request: web.Request) -> web.Response:
+    """Many install chains in one request: all are queued, or none (docs/API.md)."""
+    body = await read_json(request)
+    requests = await asyncio.to_thread(parse_installs_request, body)
+    specs = [InstallSpec(r.configuration, r.device, r.options, r.upload_options) for r in requests]
+    try:
+        chains = _engine(request).install_many(specs)
+    except InvalidJob as exc:
+        raise bad_request("invalid_job", str(exc)) from None
+    except EngineStopped as exc:
+        raise ApiError(503, "shutting_down", str(exc)) from None
+    return web.json_response(
+        {
+            "installs": [
+                {
+                    "configuration": compile_job.configuration,
+                    "compile": compile_job.to_dict(),
+                    "upload": upload_job.to_dict(),
+                }
+                for compile_job, upload_job in chains
+            ],
+            "jobs": [job.to_dict() for chain in chains for job in chain],
+        },
+        status=201,
+    )
+
+
+async def list_artifacts(request: web.Request) -> web.Response:
+    """The kept builds of ``?configuration=PATH`` (with ``&cwd=`` for a relative path)."""
+    raw = request.query.get("configuration", "")
+    if not raw:
+        raise bad_request("invalid_query", "configuration is required", field="configuration")
+    config = str(resolve_path(raw, request.query.get("cwd") or None))
+    builds = await asyncio.to_thread(request.app[HOOKS_KEY].builds, config)
+    return web.json_response({"configuration": config, "builds": builds})
 
 
 async def cancel_job(request: web.Request) -> web.Response:
@@ -285,6 +376,8 @@ def routes(prefix: str) -> list[web.AbstractRouteDef]:
         web.get(f"{prefix}/peers", peers),
         web.get(f"{prefix}/jobs", list_jobs),
         web.post(f"{prefix}/jobs", create_job),
+        web.post(f"{prefix}/installs", create_installs),
+        web.get(f"{prefix}/artifacts", list_artifacts),
         web.get(f"{prefix}/jobs/{{job_id}}", get_job),
         web.post(f"{prefix}/jobs/{{job_id}}/cancel", cancel_job),
         web.get(f"{prefix}/jobs/{{job_id}}/log", job_log),

@@ -43,6 +43,7 @@ from meshd.api.state import (
     ApiHooks,
     NodeFacts,
 )
+from meshd.api.ui import browser_auth
 from meshd.api.validation import CONFIG_RULES_KEY, ApiError, ConfigRules
 from meshd.api.wire import (
     API_FILENAME,
@@ -120,6 +121,9 @@ def token_matches(header: str, expected: str) -> bool:
 @web.middleware
 async def _auth(request: web.Request, handler: Handler) -> web.StreamResponse:
     header = request.headers.get(AUTH_HEADER, "")
+    # No token: the status page's files, its login, or its session cookie (ui.py).
+    if not header and browser_auth(request):
+        return await handler(request)
     if not token_matches(header, request.app[TOKEN_KEY]):
         problem = "missing" if not header else "wrong"
         if header:

@@ -6,6 +6,7 @@ Kept apart from the server and the routes so both can import it without a cycle.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +25,14 @@ class NodeFacts:
     data_dir: str
     esphome_version: str | None = None
     """Filled in once ``esphome version`` has answered (it runs once, at start)."""
+    esphome: str | None = None
+    """The esphome command the daemon runs (found beside its interpreter, on PATH, or set)."""
+    warnings: list[str] = field(default_factory=list)
+    """Problems an operator must fix, e.g. "esphome not found" (``meshd status``, the page)."""
+
+
+def _no_builds(_configuration: str) -> list[dict[str, Any]]:
+    return []
 
 
 @dataclass
@@ -35,11 +44,14 @@ class ApiHooks:
       ``status.node``;
     * ``routes``: extra routes (e.g. pairing, trust), with full paths under
       ``meshd.api.wire.API_PREFIX``, served with the same authentication and JSON errors; add them
-      before the server starts.
+      before the server starts;
+    * ``builds``: the kept builds of a configuration (absolute path), newest first, as
+      JSON objects (``meshd.toolchain.archive.KeptBuild.to_dict``), set by the daemon.
     """
 
     mesh: MeshControl | None = None
     routes: list[web.AbstractRouteDef] = field(default_factory=list)
+    builds: Callable[[str], list[dict[str, Any]]] = _no_builds
 
     def fingerprint(self) -> str | None:
         """This node's identity fingerprint (None without a mesh)."""

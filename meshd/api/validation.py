@@ -30,6 +30,7 @@ from typing import Any, Final
 import yaml
 from aiohttp import web
 
+from meshd.jobs.engine import MAX_INSTALLS
 from meshd.jobs.model import JobType
 from meshd.jobs.options import JobOptions
 
@@ -43,7 +44,15 @@ _NEW_NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,63}$")
 # printable, no spaces, and not starting with '-' (it is passed as an argument).
 _DEVICE_RE = re.compile(r"[A-Za-z0-9_.:/\[\]%@+=,~][\x21-\x7e]{0,254}")
 
-_FIELDS = frozenset({"type", "configuration", "device", "new_name", "local", "cwd"})
+_FIELDS = frozenset(
+    {"type", "configuration", "device", "new_name", "local", "cwd"}
+    | {"when_online", "device_name", "build"}
+)
+# A kept build's id is the id of the compile that made it (``meshd.toolchain.archive``).
+_BUILD_ID_RE = re.compile(r"^[0-9a-f]{12}$")
+# ``POST /api/v1/installs``: the body, and each entry of its ``installs`` list.
+_INSTALLS_FIELDS = frozenset({"installs", "cwd", "local", "when_online"})
+_INSTALL_ITEM_FIELDS = frozenset({"configuration", "device", "device_name", "when_online", "local"})
 
 # Request bodies are flat objects; nesting deeper than this is not a meshd request,
 # and Python's JSON parser would otherwise recurse into a RecursionError (a 500).
@@ -266,6 +275,8 @@ class JobRequest:
     configuration: str
     device: str | None = None
     options: JobOptions = field(default_factory=JobOptions)
+    upload_options: JobOptions = field(default_factory=JobOptions)
+    """For ``install``: the options of its upload (``when_online``, ``device_name``)."""
 
 
 class _SyntaxLoader(yaml.SafeLoader):
@@ -375,10 +386,13 @@ def parse_job_request(body: Any, rules: ConfigRules | None = None) -> JobRequest
     cwd = _string(body, "cwd")
     local = optional_bool(body, "local", False)
     device = _string(body, "device")
-    if kind in (JobType.UPLOAD.value, INSTALL) and device is None:
+    flashes = kind in (JobType.UPLOAD.value, INSTALL)
+    waiting = _waiting_options(body, kind, flashes)
+    if flashes and device is None and not waiting.when_online:
         raise bad_request(
             "missing_device",
-            f"{kind} needs a device (an IP address or hostname for OTA, or a serial port)",
+            f"{kind} needs a device (an IP address or hostname for OTA, or a serial port), "
+            "or when_online to use the address the device announces",
             field="device",
         )
     if device is not None and not _DEVICE_RE.fullmatch(device):
@@ -388,8 +402,21 @@ def parse_job_request(body: Any, rules: ConfigRules | None = None) -> JobRequest
             "'device' must be a host name, an IP address or a serial port path",
             field="device",
         )
+    build = _string(body, "build")
+    if build is not None:
+        if kind != JobType.UPLOAD.value:
+            raise bad_request("invalid_field", "'build' is only for an upload", field="build")
+        if not _BUILD_ID_RE.match(build):
+            raise bad_request(
+                "invalid_field", f"'build' must be a kept build's id, not {build!r}", field="build"
+            )
     # Read by the mesh scheduler: never dispatch this compile to a peer.
     options = JobOptions(force_local=local)
+    upload_options = JobOptions()
+    if kind == INSTALL:
+        upload_options = waiting
+    elif kind == JobType.UPLOAD.value:
+        options = replace(waiting, force_local=local, build=build)
 
     if kind == JobType.RESET_BUILD_ENV.value:
         directory = resolve_path(raw_config or ".", cwd)
@@ -426,4 +453,89 @@ def parse_job_request(body: Any, rules: ConfigRules | None = None) -> JobRequest
                 field="new_name",
             )
         options = replace(options, new_name=new_name)
-    return JobRequest(kind, str(config), device, options)
+    return JobRequest(kind, str(config), device, options, upload_options)
+
+
+def _waiting_options(body: dict[str, Any], kind: str, flashes: bool) -> JobOptions:
+    """``when_online`` and ``device_name`` of an upload or install (strict: nowhere else)."""
+    when_online = body.get("when_online", False)
+    if not isinstance(when_online, bool):
+        raise bad_request(
+            "invalid_field", "'when_online' must be true or false", field="when_online"
+        )
+    device_name = _string(body, "device_name")
+    if when_online and not flashes:
+        raise bad_request(
+            "invalid_field",
+            f"'when_online' is only for upload or install, not {kind}",
+            field="when_online",
+        )
+    if device_name is not None:
+        if not when_online:
+            raise bad_request(
+                "invalid_field", "'device_name' is only used with when_online", field="device_name"
+            )
+        if not _NEW_NAME_RE.match(device_name):
+            raise bad_request(
+                "invalid_name",
+                f"{device_name!r} is not a valid device name (letters, digits, '-' and '_')",
+                field="device_name",
+            )
+    return JobOptions(when_online=when_online, device_name=device_name)
+
+
+def parse_installs_request(body: Any) -> list[JobRequest]:
+    """Validate a ``POST /api/v1/installs`` body: every install or none (``ApiError``).
+
+    Each entry is checked exactly as a single ``install`` (``parse_job_request``); an
+    error names the entry by its ``index``. Top-level ``cwd``, ``local`` and
+    ``when_online`` are defaults an entry may override.
+    """
+    if not isinstance(body, dict):
+        raise bad_request("invalid_body", "the request body must be a JSON object")
+    unknown = sorted(set(body) - _INSTALLS_FIELDS)
+    if unknown:
+        raise bad_request(
+            "unknown_field", f"unknown field(s): {', '.join(unknown)}", fields=unknown
+        )
+    entries = body.get("installs")
+    if not isinstance(entries, list) or not entries:
+        raise bad_request(
+            "missing_field", "'installs' must be a non-empty list of installs", field="installs"
+        )
+    if len(entries) > MAX_INSTALLS:
+        raise bad_request(
+            "too_many",
+            f"at most {MAX_INSTALLS} installs per request, not {len(entries)}",
+            field="installs",
+        )
+    defaults = {key: body[key] for key in ("cwd", "local", "when_online") if key in body}
+    requests: list[JobRequest] = []
+    seen: dict[str, int] = {}
+    for index, entry in enumerate(entries):
+        try:
+            if not isinstance(entry, dict):
+                raise bad_request("invalid_body", "an install must be a JSON object")
+            unknown = sorted(set(entry) - _INSTALL_ITEM_FIELDS)
+            if unknown:
+                raise bad_request(
+                    "unknown_field", f"unknown field(s): {', '.join(unknown)}", fields=unknown
+                )
+            request = parse_job_request({**defaults, **entry, "type": INSTALL})
+            if request.configuration in seen:
+                raise bad_request(
+                    "duplicate_configuration",
+                    f"{request.configuration} is also installs[{seen[request.configuration]}]",
+                    path=request.configuration,
+                )
+        except ApiError as exc:
+            raise ApiError(
+                exc.status,
+                exc.code,
+                f"installs[{index}]: {exc.message}",
+                **exc.details,
+                index=index,
+            ) from None
+        seen[request.configuration] = index
+        requests.append(request)
+    return requests

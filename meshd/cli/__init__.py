@@ -4,13 +4,14 @@
 * ``jobs``: submit, list, show, logs, cancel, wait, status;
 * ``mesh``: peers, identity, trust, pairing;
 * ``daemon``: ``serve`` (imports the daemon inside the command, nowhere else);
+* ``ui``: ``meshd ui``, a login link to the daemon's status page;
 * ``render``: tables and live progress for humans.
 
 Importing this package loads no daemon code: no engine, no SQLite, no aiohttp.web, no
 mesh (pinned by tests/unit/test_layering.py).
 """
 
-from meshd.cli import daemon, jobs, mesh  # noqa: F401 - importing registers the commands
+from meshd.cli import daemon, jobs, mesh, ui  # noqa: F401 - importing registers the commands
 from meshd.cli.app import cli
 
 

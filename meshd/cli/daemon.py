@@ -76,6 +76,9 @@ from meshd.config import (
     metavar="SECONDS",
     help=f"Peer heartbeat interval [{DEFAULT_HEARTBEAT:g}].",
 )
+@click.option(
+    "--metrics-listen", metavar="HOST:PORT", help="Serve /metrics here without a token [off]."
+)
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 def serve(config_file: Path | None, verbose: bool, **flags: Any) -> None:
     """Run the meshd daemon in the foreground (systemd: Type=notify)."""

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import click
+from rich.text import Text
 
 from meshd.api.client import Client
 from meshd.cli.app import (
@@ -299,6 +300,8 @@ def status(as_json: bool, **opts: Any) -> None:
         if as_json:
             print_json(body)
         else:
+            for warning in body["node"].pop("warnings", None) or []:
+                err_console.print(Text("warning: ", style="bold yellow") + Text(str(warning)))
             for table in status_tables(body):
                 console.print(table)
                 console.print()

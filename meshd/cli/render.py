@@ -76,6 +76,8 @@ def jobs_table(jobs: Sequence[dict[str, Any]]) -> Table:
             note = f"{job['progress'] * 100:.0f}%"
         elif job.get("error"):
             note = job["error"].splitlines()[0]
+        elif job["status"] == "queued" and job.get("waiting") == "device":
+            note = "waiting for device " + str((job.get("args") or {}).get("device_name", ""))
         elif job["status"] == "queued" and job.get("depends_on"):
             note = f"after {job['depends_on']}"
         table.add_row(

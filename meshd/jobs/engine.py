@@ -5,6 +5,9 @@ Theory of operation
 Every job lives in exactly one place while active:
 
 * **held** - a dependent whose prerequisite has not completed; off every lane;
+* **armed** - an upload with ``when_online`` whose prerequisite completed, parked on
+  the upload lane until its device announces itself (``device_seen``) or its deadline
+  passes (status ``queued``, ``waiting = "device"``, both persisted);
 * **queued on its lane** - waiting for a slot (and, for uploads, the build gate and
   device exclusivity);
 * **running** - in a lane slot, as an asyncio task around its runner.
@@ -18,7 +21,8 @@ cancels them, so a build that did not complete can never be flashed.
 Shutdown cancels both lanes; jobs interrupted by it go back to ``queued`` (not
 ``cancelled``): a daemon restart is not the user changing their mind. Restore applies
 the same rules to whatever the database holds, computed over the whole set so the
-result does not depend on row order.
+result does not depend on row order. Terminal jobs past the history limits are
+pruned at start and periodically (``meshd.jobs.history``).
 
 A full disk (or an I/O error) never wedges a lane. A new job that cannot be recorded
 is refused (``StorageUnavailable``), so nothing unrecorded is acknowledged. A running
@@ -34,26 +38,36 @@ import asyncio
 import contextlib
 import enum
 import logging
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from meshd.config import DEFAULT_UPLOAD_SLOTS
 from meshd.db import database_path
+from meshd.jobs.armed import (
+    DEFAULT_ARMED_UPLOAD_TTL,
+    ExpiryTimer,
+    describe_duration,
+    no_device_name,
+    no_device_online,
+)
 from meshd.jobs.diskio import LocalWriteError, describe, is_write_error
 from meshd.jobs.events import (
     EventBus,
+    JobArmed,
     JobFinished,
     JobOutput,
     JobProgress,
     JobQueued,
+    JobReleased,
     JobStarted,
     LaneStatusChanged,
 )
+from meshd.jobs.history import HistoryLimits, prune_history
 from meshd.jobs.lanes import Lane, LaneSnapshot
 from meshd.jobs.logs import JobLogs
-from meshd.jobs.model import Job, JobStatus, JobType, LaneName, now
+from meshd.jobs.model import WAITING_DEVICE, Job, JobStatus, JobType, LaneName, now
 from meshd.jobs.options import JobOptions
 from meshd.jobs.orphans import kill_orphan_group, process_identity
 from meshd.jobs.placement import LocalPlacer, Placement, Placer, ReasonCode, Where
@@ -69,6 +83,10 @@ SUPERSEDABLE = frozenset({JobType.COMPILE, JobType.UPLOAD, JobType.RENAME})
 # job_progress is published only when progress moves by at least this much, so a
 # tool printing every 0.1 % does not flood websocket clients.
 PROGRESS_STEP = 0.01
+
+# Most installs one request may create: a fleet of a few hundred devices, well inside
+# the API's body limit, and a bound on the work one transaction does.
+MAX_INSTALLS = 500
 
 # How often job rows that could not be saved (disk full) are tried again.
 UNSAVED_RETRY = 2.0
@@ -113,6 +131,34 @@ class Result:
     """For REROUTE: the runner's exception, with the options to queue the job with."""
 
 
+@dataclass(frozen=True)
+class InstallSpec:
+    """One install chain of ``Engine.install_many``: a compile, then an upload."""
+
+    configuration: str
+    device: str | None = None
+    """Where to upload; None only with ``upload_options.when_online`` (the address the
+    device announces itself with is used)."""
+    options: JobOptions = field(default_factory=JobOptions)
+    """The compile's options (``force_local``...)."""
+    upload_options: JobOptions = field(default_factory=JobOptions)
+    """The upload's options (``when_online``, ``device_name``...)."""
+
+
+@dataclass(frozen=True)
+class JobPage:
+    """One page of the job history, oldest first, and the cursor of the next (older) one."""
+
+    jobs: list[Job]
+    next_before: int | None
+    """Pass as ``before`` for the page of older jobs; None when this page is the oldest."""
+
+
+AfterCompile = Callable[[JobContext], Awaitable[None]]
+"""Runs inside a compile job once its runner completed (local or remote), e.g. to keep
+the firmware. Its failure is logged, never the compile's failure."""
+
+
 class Engine:
     def __init__(
         self,
@@ -121,7 +167,11 @@ class Engine:
         *,
         bus: EventBus | None = None,
         upload_slots: int = DEFAULT_UPLOAD_SLOTS,
+        armed_upload_ttl: float = DEFAULT_ARMED_UPLOAD_TTL,
+        history: HistoryLimits | None = None,
     ) -> None:
+        if armed_upload_ttl <= 0:
+            raise ValueError(f"armed_upload_ttl must be positive, got {armed_upload_ttl}")
         self.data_dir = data_dir
         data_dir.mkdir(parents=True, exist_ok=True)
         self.bus = bus or EventBus()
@@ -138,6 +188,17 @@ class Engine:
         self._retry: asyncio.TimerHandle | None = None
         self.remote_runner: Runner | None = None
         """Runs compiles the placer sends to a receiver (set by the mesh)."""
+        self.armed_upload_ttl = armed_upload_ttl
+        self.history = history or HistoryLimits()
+        self.devices_online: Callable[[str], str | None] = no_device_online
+        """Hook (the fleet's device monitor): the address of device NAME if it is online
+        now, else None. Asked when an armed upload's prerequisite completes."""
+        self.device_name_of: Callable[[str], str | None] = no_device_name
+        """Hook (the daemon, from esphome's build record): the device name a
+        configuration builds, for an armed upload that was not given ``device_name``."""
+        self.after_compile: AfterCompile | None = None
+        """Hook (the daemon: keep the firmware): see ``AfterCompile``."""
+        self._expiry = ExpiryTimer(self._expire_due)
         self.compile_lane = Lane(
             LaneName.COMPILE,
             1,
@@ -174,7 +235,7 @@ class Engine:
     # -- life cycle -----------------------------------------------------------
 
     async def start(self) -> None:
-        """Restore persisted jobs, then start both lanes."""
+        """Restore persisted jobs, then start both lanes (and the history prune)."""
         self._restore()
         self._supervisor = asyncio.create_task(self._supervise(), name="meshd-lanes")
 
@@ -184,6 +245,22 @@ class Engine:
         async with asyncio.TaskGroup() as group:
             group.create_task(self.compile_lane.run(), name="compile-lane")
             group.create_task(self.upload_lane.run(), name="upload-lane")
+            group.create_task(self._housekeep(), name="job-history")
+
+    async def _housekeep(self) -> None:
+        """Prune the history now and every ``history.interval``; never ends with an error."""
+        while True:
+            try:
+                await self.prune_history()
+            except Exception:
+                _LOGGER.exception("pruning the job history failed; retrying later")
+            await asyncio.sleep(self.history.interval)
+
+    async def prune_history(self) -> list[str]:
+        """Delete terminal jobs past the history limits, and their logs; return their ids."""
+        return await prune_history(
+            self.store, self.logs, self.history, active=frozenset(self._active)
+        )
 
     async def join(self) -> None:
         """Wait for the lanes to end; raises if a lane crashed."""
@@ -193,6 +270,7 @@ class Engine:
     async def stop(self) -> None:
         """Stop taking work, interrupt and drain both lanes, persist, close files."""
         self._stopping = True
+        self._expiry.cancel()
         if self._supervisor is not None and not self._supervisor.done():
             self._supervisor.cancel()
             try:
@@ -273,11 +351,38 @@ class Engine:
         return job
 
     def jobs(self) -> list[Job]:
-        """Every job the store knows, active ones as they are in memory, oldest first."""
+        """Every job the store knows, active ones as they are in memory, oldest first.
+
+        Loads the whole table: for tests and tools; the API reads ``page``.
+        """
         merged = {job.id: job for job in self.store.load_all()}
         merged.update(self._unsaved)
         merged.update(self._active)
         return sorted(merged.values(), key=lambda job: job.seq)
+
+    def page(
+        self,
+        *,
+        limit: int,
+        before: int | None = None,
+        statuses: Collection[JobStatus] | None = None,
+    ) -> JobPage:
+        """The newest ``limit`` jobs with ``seq < before`` (and one of ``statuses``).
+
+        One keyed store query; active jobs appear as they are in memory (progress).
+        """
+        if limit < 1:
+            raise ValueError(f"a page holds at least one job, not {limit}")
+        wanted = None if statuses is None else sorted(s.value for s in statuses)
+        rows = self.store.page(limit=limit + 1, before=before, statuses=wanted)
+        more = len(rows) > limit
+        rows = rows[:limit]
+        jobs = [self._active.get(job.id, job) for job in reversed(rows)]
+        return JobPage(jobs, rows[-1].seq if more and rows else None)
+
+    def armed_uploads(self) -> list[Job]:
+        """Uploads waiting for their device, oldest first."""
+        return self.upload_lane.parked_jobs()
 
     def active_jobs(self) -> list[Job]:
         """Queued, held and running jobs, oldest first."""
@@ -319,90 +424,248 @@ class Engine:
     def install(
         self,
         configuration: str,
-        device: str,
+        device: str | None,
         *,
         options: JobOptions | None = None,
+        upload_options: JobOptions | None = None,
     ) -> tuple[Job, Job]:
         """Queue a compile (with ``options``) and an upload held until the compile completes."""
-        compile_job = Job(
-            type=JobType.COMPILE,
-            configuration=configuration,
-            device=device,
-            options=options or JobOptions(),
+        spec = InstallSpec(
+            configuration, device, options or JobOptions(), upload_options or JobOptions()
         )
-        upload_job = Job(
-            type=JobType.UPLOAD,
-            configuration=configuration,
-            device=device,
-            depends_on=compile_job.id,
-        )
-        self._admit([compile_job, upload_job])
-        return compile_job, upload_job
+        return self.install_many([spec])[0]
+
+    def install_many(self, specs: Sequence[InstallSpec]) -> list[tuple[Job, Job]]:
+        """Queue one install chain per spec, all or nothing (one transaction).
+
+        Every chain is validated before any is persisted; two specs for one
+        configuration are refused (the second would supersede the first).
+        """
+        if not specs:
+            raise InvalidJob("no configurations to install")
+        if len(specs) > MAX_INSTALLS:
+            raise InvalidJob(f"at most {MAX_INSTALLS} installs per request, not {len(specs)}")
+        seen: set[str] = set()
+        chains: list[tuple[Job, Job]] = []
+        for spec in specs:
+            if spec.configuration in seen:
+                raise InvalidJob(f"{spec.configuration} is listed twice")
+            seen.add(spec.configuration)
+            compile_job = Job(
+                type=JobType.COMPILE,
+                configuration=spec.configuration,
+                device=spec.device,
+                options=spec.options,
+            )
+            upload_job = Job(
+                type=JobType.UPLOAD,
+                configuration=spec.configuration,
+                device=spec.device,
+                depends_on=compile_job.id,
+                options=spec.upload_options,
+            )
+            chains.append((compile_job, upload_job))
+        self._admit_units([list(chain) for chain in chains])
+        return chains
 
     def _validate(self, job: Job) -> None:
         if not job.configuration:
             raise InvalidJob("a job needs a configuration")
-        if job.type is JobType.UPLOAD and not job.device:
+        if job.options.when_online and job.type is not JobType.UPLOAD:
+            raise InvalidJob("only an upload can wait for its device (when_online)")
+        if job.options.device_name == "":
+            raise InvalidJob("an empty device name")
+        if job.type is JobType.UPLOAD and not job.device and not job.options.when_online:
             raise InvalidJob("an upload needs a device (IP address, hostname or serial port)")
         if job.type is JobType.RENAME and not job.options.new_name:
             raise InvalidJob("a rename needs a new name")
 
     def _admit(self, unit: list[Job]) -> None:
+        self._admit_units([unit])
+
+    def _admit_units(self, units: list[list[Job]]) -> None:
+        """Persist and queue units (a job, or a chain headed by its compile) together."""
         if self._stopping:
             raise EngineStopped("meshd is shutting down and takes no new jobs")
-        for job in unit:
+        every = [job for unit in units for job in unit]
+        for job in every:
             self._validate(job)
-        ids = {job.id for job in unit}
-        head = unit[0]
-        for job in unit:
+        ids = {job.id for job in every}
+        for job in every:
             self._seq += 1
             job.seq = self._seq
-        # Persist the unit before its rules cancel anything: a crash in between then
+        # Persist the units before their rules cancel anything: a crash in between then
         # leaves the new work plus old work the restore rules still handle.
         try:
-            self.store.save_many(unit)
+            self.store.save_many(every)
         except Exception as exc:
             if not is_write_error(exc):
                 raise
-            self._seq -= len(unit)
+            self._seq -= len(every)
             raise StorageUnavailable(
                 f"{describe(exc, self.store.path)}: the job was not accepted; free some "
                 "space and submit it again"
             ) from None
-        if head.type is JobType.RESET_BUILD_ENV:
-            victims = [job for job in self._active.values() if job.id not in ids]
-            reason = f"cancelled by reset of the build environment ({head.id})"
-        else:
-            # Only build work is superseded: a clean in progress is maintenance the
-            # user asked for, and the build gate (not a cancel) orders uploads after it.
-            victims = [
-                job
-                for job in self._active.values()
-                if job.configuration == head.configuration
-                and job.id not in ids
-                and job.type in SUPERSEDABLE
-            ]
-            verb = "clean" if head.type is JobType.CLEAN else "newer job"
-            reason = f"superseded by {verb} {head.id}"
-        for victim in victims:
-            self._cancel_now(victim, reason)
-        for job in unit:
+        for unit in units:
+            head = unit[0]
+            if head.type is JobType.RESET_BUILD_ENV:
+                victims = [job for job in self._active.values() if job.id not in ids]
+                reason = f"cancelled by reset of the build environment ({head.id})"
+            else:
+                # Only build work is superseded: a clean in progress is maintenance the
+                # user asked for, and the build gate (not a cancel) orders uploads after it.
+                victims = [
+                    job
+                    for job in self._active.values()
+                    if job.configuration == head.configuration
+                    and job.id not in ids
+                    and job.type in SUPERSEDABLE
+                ]
+                verb = "clean" if head.type is JobType.CLEAN else "newer job"
+                reason = f"superseded by {verb} {head.id}"
+            for victim in victims:
+                self._cancel_now(victim, reason)
+        for job in every:
             self._active[job.id] = job
             self.logs.append(job.id, f"queued {job.type.value} for {job.configuration}")
             self.bus.publish(JobQueued(job.snapshot()))
-        for job in unit:
+        for job in every:
             self._place(job)
         # A cancelled gatekeeper or a new one changes what uploads may start.
         self.upload_lane.wake()
 
     def _place(self, job: Job) -> None:
-        """Put an active queued job where it belongs: held, or on its lane."""
+        """Put an active queued job where it belongs: held, armed, or on its lane."""
         if job.depends_on is not None:
             prereq = self._active.get(job.depends_on)
             if prereq is not None:
                 self._held.setdefault(prereq.id, []).append(job)
                 return
-        self.lane(job.lane).enqueue(job)
+        if job.waiting == WAITING_DEVICE:
+            self._park(job)  # armed before a restart: keeps its deadline
+        elif job.type is JobType.UPLOAD and job.options.when_online:
+            self._arm(job)
+        else:
+            if job.waiting is not None:
+                self.logs.append(job.id, f"ignoring unknown wait {job.waiting!r}")
+                job.waiting = None
+            self.lane(job.lane).enqueue(job)
+
+    # -- armed uploads --------------------------------------------------------
+
+    def device_seen(self, name: str, address: str | None = None) -> list[Job]:
+        """Device ``name`` announced itself (at ``address``): release its armed uploads.
+
+        Synchronous, call from the event loop (from a zeroconf thread, through
+        ``loop.call_soon_threadsafe``): each released upload is on the upload lane when
+        this returns and starts as soon as a slot is free. An upload with a
+        fixed device keeps it; one without uses ``address`` (else ``NAME.local``).
+        Returns the released jobs (none if nothing waited for ``name``).
+        """
+        if self._stopping:
+            return []
+        released = [
+            job for job in self.upload_lane.parked_jobs() if job.options.device_name == name
+        ]
+        for job in released:
+            self._release(job, name, address)
+        if released:
+            self._expiry.schedule(self._deadlines())
+        return released
+
+    def _arm(self, job: Job) -> None:
+        """An armed upload's prerequisite is done: upload now if the device is online,
+        else wait for it (persisted, with a deadline)."""
+        name = job.options.device_name or self._ask(self.device_name_of, job.configuration)
+        if not name:
+            self._finish(
+                job,
+                Outcome.FAILED,
+                "cannot wait for the device: its name is not known (give device_name, "
+                "or compile the configuration first so its build record names it)",
+            )
+            return
+        if job.options.device_name != name:
+            job.options = replace(job.options, device_name=name)
+        address = self._ask(self.devices_online, name)
+        if address is not None:
+            self._assign_device(job, name, address)
+            self._persist(job)
+            self.logs.append(job.id, f"device {name} is online at {address}: uploading now")
+            self.upload_lane.enqueue(job)
+            return
+        started = now()
+        job.waiting = WAITING_DEVICE
+        job.waiting_since = job.waiting_since or started
+        job.waiting_until = started + self.armed_upload_ttl
+        job.reason = f"waiting for device {name} to come online"
+        job.reason_code = ReasonCode.WAITING_FOR_DEVICE.value
+        self._persist(job)
+        self.logs.append(
+            job.id,
+            f"armed: waiting for device {name} to announce itself "
+            f"(at most {describe_duration(self.armed_upload_ttl)})",
+        )
+        self.bus.publish(JobArmed(job.snapshot(), name))
+        self._park(job)
+
+    def _park(self, job: Job) -> None:
+        if job.waiting_until is not None and job.waiting_until <= now():
+            self._expire(job)
+            return
+        self.upload_lane.park(job)
+        self._expiry.schedule(self._deadlines())
+
+    def _release(self, job: Job, name: str, address: str | None) -> None:
+        self.upload_lane.unpark(job.id)
+        job.waiting = None
+        job.waiting_until = None
+        self._assign_device(job, name, address)
+        self._persist(job)
+        where = f" at {address}" if address else ""
+        self.logs.append(
+            job.id, f"device {name} announced itself{where}: uploading to {job.device}"
+        )
+        self.bus.publish(JobReleased(job.snapshot(), name, address))
+        self.upload_lane.enqueue(job)
+
+    def _assign_device(self, job: Job, name: str, address: str | None) -> None:
+        """A fixed device (the request's) stays; otherwise the announced address."""
+        if job.device is None or job.options.device_announced:
+            job.device = address or f"{name}.local"
+            if not job.options.device_announced:
+                job.options = replace(job.options, device_announced=True)
+
+    def _expire(self, job: Job) -> None:
+        waited = (job.waiting_until or now()) - (job.waiting_since or now())
+        name = job.options.device_name or "the device"
+        job.reason = f"device {name} was not seen before the deadline"
+        job.reason_code = ReasonCode.DEVICE_NOT_SEEN.value
+        self._finish(
+            job,
+            Outcome.FAILED,
+            f"device {name} did not come online within {describe_duration(waited)}",
+        )
+
+    def _expire_due(self) -> None:
+        if self._stopping:
+            return
+        current = now()
+        for job in self.upload_lane.parked_jobs():
+            if job.waiting_until is not None and job.waiting_until <= current:
+                self._expire(job)
+        self._expiry.schedule(self._deadlines())
+
+    def _deadlines(self) -> list[float]:
+        return [j.waiting_until for j in self.upload_lane.parked_jobs() if j.waiting_until]
+
+    def _ask(self, hook: Callable[[str], str | None], arg: str) -> str | None:
+        """Call a fleet hook; its failure means "not known", never a broken rule."""
+        try:
+            return hook(arg)
+        except Exception:
+            _LOGGER.exception("the %s hook failed for %r", getattr(hook, "__name__", "device"), arg)
+            return None
 
     # -- cancelling -----------------------------------------------------------
 
@@ -485,6 +748,8 @@ class Engine:
         )
         try:
             await runner.run(ctx)
+            if job.type is JobType.COMPILE and job.id not in self._cancel_requested:
+                await self._after_compile(ctx)
         except asyncio.CancelledError:
             if job.id in self._cancel_requested:
                 return Result(Outcome.CANCELLED, job.error)
@@ -509,6 +774,16 @@ class Engine:
             # because the user was told it would not flash.
             return Result(Outcome.CANCELLED, job.error)
         return Result(Outcome.COMPLETED)
+
+    async def _after_compile(self, ctx: JobContext) -> None:
+        if self.after_compile is None:
+            return
+        try:
+            await self.after_compile(ctx)
+        except Exception as exc:
+            # The build itself is fine: it can still be flashed, only not kept.
+            _LOGGER.exception("after-compile hook failed for %s", ctx.job.id)
+            ctx.log(f"[meshd] warning: could not keep this build: {exc}")
 
     def _log_for(self, job: Job) -> Any:
         def log(line: str) -> None:
@@ -582,6 +857,10 @@ class Engine:
         job.status = JobStatus(outcome.value)
         job.finished_at = now()
         job.error = None if outcome is Outcome.COMPLETED else (error or outcome.value)
+        if job.waiting is not None:
+            self.upload_lane.unpark(job.id)
+            job.waiting = None
+            self._expiry.schedule(self._deadlines())
         self._active.pop(job.id, None)
         self._cancel_requested.discard(job.id)
         self._persist(job)
@@ -590,7 +869,7 @@ class Engine:
         self.bus.publish(JobFinished(job.snapshot()))
         for dependent in self._held.pop(job.id, []):
             if job.status is JobStatus.COMPLETED:
-                self.lane(dependent.lane).enqueue(dependent)
+                self._place(dependent)
             else:
                 self._finish(
                     dependent,
@@ -610,8 +889,10 @@ class Engine:
         for job_id, pgid, identity in self.store.take_processes():
             if kill_orphan_group(pgid, identity):
                 self.logs.append(job_id, f"killed process group {pgid} left by the previous run")
-        stored = {job.id: job for job in self.store.load_all()}
-        self._seq = max((job.seq for job in stored.values()), default=0)
+        # Active rows and their prerequisites are all the rules need: the history
+        # (terminal jobs nothing active depends on) stays on disk.
+        stored = {job.id: job for job in self.store.load_active()}
+        self._seq = self.store.max_seq()
         for job in stored.values():
             if job.status is JobStatus.RUNNING:
                 _back_to_queued(job)

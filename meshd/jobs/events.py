@@ -1,6 +1,6 @@
 """In-process publish/subscribe for job and lane events, and the events themselves.
 
-Events are frozen objects (``JobQueued``, ``JobOutput``, ``JobFinished``,
+Events are frozen objects (``JobQueued``, ``JobOutput``, ``JobArmed``, ``JobFinished``,
 ``LaneStatusChanged``...): consumers match on the class and read typed fields. Each
 one's ``to_wire()`` is its JSON object for the events websocket, exactly the shape
 docs/API.md documents, so clients never see the classes.
@@ -34,6 +34,8 @@ JOB_PROGRESS = "job_progress"
 JOB_COMPLETED = "job_completed"
 JOB_FAILED = "job_failed"
 JOB_CANCELLED = "job_cancelled"
+JOB_ARMED = "job_armed"
+JOB_RELEASED = "job_released"
 LANE_STATUS = "lane_status"
 
 # Enough for a burst of compile output between two websocket writes.
@@ -90,6 +92,29 @@ class JobProgress(JobEvent):
         return {**super().to_wire(), "progress": self.progress}
 
 
+@dataclass(frozen=True)
+class JobArmed(JobEvent):
+    """An upload is armed: it waits for ``device_name`` until ``job.waiting_until``."""
+
+    device_name: str
+    TYPE = JOB_ARMED
+
+    def to_wire(self) -> dict[str, Any]:
+        return {**super().to_wire(), "device_name": self.device_name}
+
+
+@dataclass(frozen=True)
+class JobReleased(JobEvent):
+    """An armed upload's device announced itself (at ``address``): it joined the upload lane."""
+
+    device_name: str
+    address: str | None
+    TYPE = JOB_RELEASED
+
+    def to_wire(self) -> dict[str, Any]:
+        return {**super().to_wire(), "device_name": self.device_name, "address": self.address}
+
+
 _FINISHED_TYPES = {
     JobStatus.COMPLETED: JOB_COMPLETED,
     JobStatus.FAILED: JOB_FAILED,
@@ -125,8 +150,45 @@ class LaneStatusChanged:
         return {"type": self.type, **self.snapshot.to_dict()}
 
 
+PEER_CHANGED = "peer_changed"
+
+
+@dataclass(frozen=True)
+class PeerChanged:
+    """A peer of this node's registry was added, updated or removed (``peer`` is None).
+
+    The bus carries it so the events websocket shows peers live; it is plain data (the
+    record as ``/api/v1/peers`` lists it), so the jobs layer knows nothing of the mesh.
+    """
+
+    change: str
+    fingerprint: str
+    peer: dict[str, Any] | None
+    TYPE: ClassVar[str] = PEER_CHANGED
+
+    @property
+    def type(self) -> str:
+        return self.TYPE
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "type": self.type,
+            "change": self.change,
+            "fingerprint": self.fingerprint,
+            "peer": self.peer,
+        }
+
+
 Event: TypeAlias = (
-    JobQueued | JobStarted | JobOutput | JobProgress | JobFinished | LaneStatusChanged
+    JobQueued
+    | JobStarted
+    | JobOutput
+    | JobProgress
+    | JobArmed
+    | JobReleased
+    | JobFinished
+    | LaneStatusChanged
+    | PeerChanged
 )
 """Everything the bus carries; match on the class, not on ``type``."""
 

@@ -9,6 +9,10 @@ hands that set to the placer, so placing never has to ask anyone about the lane.
 lane calls ``on_finished(job, outcome)`` only after the job's slot is released, so
 whoever reacts to a terminal status already sees the lane free (an offloader must
 never see a stale "busy").
+
+A lane can also *park* jobs: they belong to the lane (its ``waiting`` count, shown in
+its status) but are outside the queue and never start until the engine moves them into
+the queue. Armed uploads wait there for their device; they do not make the lane busy.
 """
 
 from __future__ import annotations
@@ -39,6 +43,8 @@ class LaneSnapshot:
     slots: int
     remote: tuple[str, ...] = ()
     """The running jobs dispatched to receivers (compile lane only)."""
+    waiting: int = 0
+    """Parked jobs: armed uploads waiting for their device (not counted in ``queued``)."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -49,6 +55,7 @@ class LaneSnapshot:
             "queued": self.queued,
             "idle_since": self.idle_since,
             "slots": self.slots,
+            "waiting": self.waiting,
         }
 
 
@@ -77,6 +84,7 @@ class Lane:
         self.placer = placer
         self._local = local
         self._queue: list[Job] = []
+        self._parked: dict[str, Job] = {}
         self._running: dict[str, tuple[Job, asyncio.Task[Any]]] = {}
         self._remote: dict[str, str] = {}  # running remote job id -> its receiver
         self._wake = asyncio.Event()
@@ -101,6 +109,21 @@ class Lane:
 
     def is_queued(self, job_id: str) -> bool:
         return any(job.id == job_id for job in self._queue)
+
+    def park(self, job: Job) -> None:
+        """Keep ``job`` outside the queue until ``unpark``: it never starts while parked."""
+        self._parked[job.id] = job
+        self._status_changed()
+
+    def unpark(self, job_id: str) -> Job | None:
+        job = self._parked.pop(job_id, None)
+        if job is not None:
+            self._status_changed()
+        return job
+
+    def parked_jobs(self) -> list[Job]:
+        """Parked jobs, oldest first."""
+        return sorted(self._parked.values(), key=lambda j: j.seq)
 
     def running_jobs(self) -> list[Job]:
         return [job for job, _task in self._running.values()]
@@ -134,6 +157,7 @@ class Lane:
             idle_since=self._idle_since if idle else None,
             slots=self.slots,
             remote=tuple(job_id for job_id in self._running if job_id in self._remote),
+            waiting=len(self._parked),
         )
 
     def _status_changed(self) -> None:

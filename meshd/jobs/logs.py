@@ -86,6 +86,11 @@ class JobLogs:
         for job_id in list(self._open):
             self.close(job_id)
 
+    def delete_files(self, job_ids: list[str]) -> None:
+        """Remove the log files of jobs that are gone (close them first: not thread-safe)."""
+        for job_id in job_ids:
+            self.path(job_id).unlink(missing_ok=True)
+
     def read_lines(self, job_id: str) -> Iterator[str]:
         path = self.path(job_id)
         if not path.exists():

@@ -63,6 +63,11 @@ def now() -> float:
 
 LOCAL_RUNNER = "local"
 
+WAITING_DEVICE = "device"
+"""``Job.waiting`` of an armed upload: queued, but off every lane until its device
+announces itself (``Engine.device_seen``). The status stays ``queued`` so clients that
+know only the five statuses keep working."""
+
 
 @dataclass
 class Job:
@@ -84,6 +89,13 @@ class Job:
     """Machine-readable form of ``reason`` (a ``placement.ReasonCode`` value; kept as text
     so a code written by a newer meshd still loads)."""
     progress: float | None = None
+    waiting: str | None = None
+    """What a queued job waits for besides a slot: ``WAITING_DEVICE`` or None. Kept as
+    text so a value written by a newer meshd still loads."""
+    waiting_since: float | None = None
+    """When the upload was armed (set with ``waiting``; kept after release for history)."""
+    waiting_until: float | None = None
+    """The armed upload's deadline: past it the job fails (``armed_upload_ttl``)."""
     # Monotonic submission order; the lanes are FIFO by this, not by wall clock.
     seq: int = 0
 
@@ -113,6 +125,10 @@ class Job:
             "reason_code": self.reason_code,
             "progress": self.progress,
             "args": self.options.to_api(),
+            "seq": self.seq,
+            "waiting": self.waiting,
+            "waiting_since": self.waiting_since,
+            "waiting_until": self.waiting_until,
         }
 
     @classmethod
@@ -133,5 +149,8 @@ class Job:
             reason=data.get("reason"),
             reason_code=data.get("reason_code"),
             progress=data.get("progress"),
+            waiting=data.get("waiting"),
+            waiting_since=data.get("waiting_since"),
+            waiting_until=data.get("waiting_until"),
             seq=int(data.get("seq", 0)),
         )

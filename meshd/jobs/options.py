@@ -101,6 +101,17 @@ class JobOptions:
     """on a receiver: that node's name, for people reading the job list."""
     remote_job: str | None = None
     """on a receiver: the job's id on the offloader."""
+    when_online: bool = False
+    """upload: *armed*: once its prerequisite completed, wait until the device announces
+    itself (``Engine.device_seen``) instead of joining the upload lane at once."""
+    device_name: str | None = None
+    """upload with ``when_online``: the device's ``esphome: name`` it waits for (the
+    engine reads it from the build record when not given)."""
+    device_announced: bool = False
+    """upload with ``when_online``: ``device`` is the address the device announced (not
+    the request's), so a later release (after a restart) replaces it."""
+    build: str | None = None
+    """upload: flash this kept build (``meshd.toolchain.archive``) instead of the last one."""
     extra: Mapping[str, Any] = field(default_factory=dict, hash=False)
     """Keys this version does not interpret, kept verbatim (see the module docstring)."""
     schema: int = field(default=SCHEMA_VERSION, compare=False, repr=False)

@@ -54,6 +54,11 @@ class ReasonCode(enum.StrEnum):
     """Every eligible receiver is busy: the local slot, or wait for either."""
     RECEIVERS_BUSY_NO_LOCAL = "receivers_busy_no_local"
     """Every eligible receiver is busy and include-local is off: wait for one."""
+    WAITING_FOR_DEVICE = "waiting_for_device"
+    """An armed upload: it waits for its device to announce itself (not a placement;
+    recorded on the job while it waits)."""
+    DEVICE_NOT_SEEN = "device_not_seen"
+    """An armed upload expired: its device did not come online before the deadline."""
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ import math
 import os
 import sqlite3
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +50,10 @@ CREATE TABLE IF NOT EXISTS jobs (
     runner        TEXT,
     reason        TEXT,
     progress      REAL,
-    reason_code   TEXT
+    reason_code   TEXT,
+    waiting       TEXT,
+    waiting_since REAL,
+    waiting_until REAL
 );
 CREATE INDEX IF NOT EXISTS jobs_status ON jobs(status);
 CREATE TABLE IF NOT EXISTS job_processes (
@@ -68,7 +71,13 @@ CREATE TABLE IF NOT EXISTS jobs_quarantine (
 
 # Column types for columns an older or hand-edited table lacks (added back on open, as
 # nullable: a row missing a value it needs is then quarantined on load).
-_COLUMN_TYPES = {"seq": "INTEGER", "created_at": "REAL", "started_at": "REAL"}
+_COLUMN_TYPES = {
+    "seq": "INTEGER",
+    "created_at": "REAL",
+    "started_at": "REAL",
+    "waiting_since": "REAL",
+    "waiting_until": "REAL",
+}
 
 _COLUMNS = (
     "id",
@@ -87,7 +96,23 @@ _COLUMNS = (
     "reason",
     "progress",
     "reason_code",
+    "waiting",
+    "waiting_since",
+    "waiting_until",
 )
+
+# Created after the missing columns were added. ``seq`` orders every page and every prune;
+# ``(status, seq)`` serves a page filtered by status; ``depends_on`` the prune's check
+# that no active job still needs a row.
+_INDEXES = """
+CREATE INDEX IF NOT EXISTS jobs_seq ON jobs(seq);
+CREATE INDEX IF NOT EXISTS jobs_status_seq ON jobs(status, seq);
+CREATE INDEX IF NOT EXISTS jobs_depends_on ON jobs(depends_on);
+"""
+
+_ACTIVE = ("queued", "running")
+_TERMINAL = ("completed", "failed", "cancelled")
+_SELECT = f"SELECT rowid, {','.join(_COLUMNS)} FROM jobs"  # noqa: S608 - column names are constants
 
 
 class DatabaseUnusable(Exception):
@@ -146,13 +171,18 @@ def check_database(path: Path) -> None:
 
 
 class JobStore:
-    """Upserts and loads whole job rows; no query logic lives here on purpose."""
+    """Upserts and loads whole job rows; the rules live in the engine, not in queries.
+
+    Every read is keyed (an id, the active rows, one page by ``seq``), so nothing the
+    daemon does while running loads the whole history.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self._conn = connect(path)
         self._conn.executescript(_SCHEMA)
         _add_missing_columns(self._conn)
+        self._conn.executescript(_INDEXES)
 
     def close(self) -> None:
         self._conn.close()
@@ -175,6 +205,9 @@ class JobStore:
             job.reason,
             job.progress,
             job.reason_code,
+            job.waiting,
+            job.waiting_since,
+            job.waiting_until,
         )
         placeholders = ",".join("?" * len(_COLUMNS))
         self._conn.execute(
@@ -250,6 +283,73 @@ class JobStore:
             reason,
             self.path,
         )
+
+    def load_active(self) -> list[Job]:
+        """Queued and running rows, plus every row one of them depends on (for restore)."""
+        marks = _marks(_ACTIVE)
+        rows = self._conn.execute(
+            f"{_SELECT} WHERE status IN ({marks}) OR id IN "  # noqa: S608 - constants
+            f"(SELECT depends_on FROM jobs WHERE status IN ({marks}) AND depends_on IS NOT NULL)",
+            (*_ACTIVE, *_ACTIVE),
+        ).fetchall()
+        return [job for row in rows if (job := self._decode(row)) is not None]
+
+    def max_seq(self) -> int:
+        row = self._conn.execute("SELECT MAX(seq) FROM jobs").fetchone()
+        return int(row[0] or 0)
+
+    def page(
+        self, *, limit: int, before: int | None = None, statuses: Collection[str] | None = None
+    ) -> list[Job]:
+        """The newest ``limit`` rows with ``seq < before`` (and one of ``statuses``),
+        newest first: one index range scan, whatever the table holds."""
+        where = ["seq < ?"]
+        params: list[Any] = [before if before is not None else _NO_UPPER_BOUND]
+        if statuses is not None:
+            where.append(f"status IN ({_marks(statuses)})")
+            params.extend(statuses)
+        params.append(limit)
+        rows = self._conn.execute(
+            f"{_SELECT} WHERE {' AND '.join(where)} ORDER BY seq DESC LIMIT ?",
+            params,
+        ).fetchall()
+        return [job for row in rows if (job := self._decode(row)) is not None]
+
+    def prunable(self, *, keep: int, finished_before: float, limit: int) -> list[str]:
+        """Ids of terminal jobs past the cap, oldest first, at most ``limit`` of them.
+
+        Past the cap means: not among the newest ``keep`` terminal jobs (by ``seq``), or
+        finished before ``finished_before``. A row an active job depends on is never
+        listed: restore would otherwise cancel that job for a missing prerequisite.
+        """
+        terminal = _marks(_TERMINAL)
+        threshold = self._conn.execute(
+            f"SELECT seq FROM jobs WHERE status IN ({terminal}) "  # noqa: S608 - constants
+            "ORDER BY seq DESC LIMIT 1 OFFSET ?",
+            (*_TERMINAL, keep),
+        ).fetchone()
+        # Rows with seq <= threshold are beyond the newest ``keep``; none if there are fewer.
+        beyond = int(threshold[0]) if threshold is not None else -1
+        rows = self._conn.execute(
+            f"SELECT id FROM jobs WHERE status IN ({terminal}) "  # noqa: S608 - constants
+            "AND (seq <= ? OR COALESCE(finished_at, created_at) < ?) "
+            f"AND id NOT IN (SELECT depends_on FROM jobs WHERE status IN ({_marks(_ACTIVE)}) "
+            "AND depends_on IS NOT NULL) ORDER BY seq LIMIT ?",
+            (*_TERMINAL, beyond, finished_before, *_ACTIVE, limit),
+        ).fetchall()
+        return [str(row[0]) for row in rows]
+
+    def delete(self, job_ids: Collection[str]) -> None:
+        """Remove rows (one transaction); ids that do not exist are ignored."""
+        if not job_ids:
+            return
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            self._conn.executemany("DELETE FROM jobs WHERE id = ?", [(i,) for i in job_ids])
+        except BaseException:
+            self._conn.execute("ROLLBACK")
+            raise
+        self._conn.execute("COMMIT")
 
     # Process groups of running jobs (see meshd.jobs.orphans).
 
@@ -347,6 +447,9 @@ def _row_to_job(data: Mapping[str, Any]) -> Job:
             "reason": _text(data, "reason", optional=True),
             "progress": _number(data, "progress", optional=True),
             "reason_code": _text(data, "reason_code", optional=True),
+            "waiting": _text(data, "waiting", optional=True),
+            "waiting_since": _number(data, "waiting_since", optional=True),
+            "waiting_until": _number(data, "waiting_until", optional=True),
         }
     )
 
@@ -358,3 +461,11 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, bytes):
         return {"hex": value.hex()}
     return repr(value)
+
+
+# Larger than any seq: "no ``before``" is then the same single range scan.
+_NO_UPPER_BOUND = 2**63 - 1
+
+
+def _marks(values: Collection[str]) -> str:
+    return ",".join("?" * len(values))

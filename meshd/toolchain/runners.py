@@ -1,22 +1,27 @@
 """One Runner per job type, each a thin, faithful wrapper around one esphome command.
 
 ``compile`` → ``esphome compile CFG``; ``upload`` → ``esphome upload CFG --device DEV``
-(after verify-chip for a serial port); ``clean`` → ``esphome clean CFG``;
-``reset_build_env`` → ``esphome clean-all CFGDIR``; ``rename`` → ``esphome rename CFG
-NEW_NAME``. Every line goes to the job log as it arrives; progress is parsed from it;
-a non-zero exit becomes ``JobFailed`` carrying the lines that explain it. Cancellation
-kills the process group (``meshd.toolchain.process``) and propagates.
+(after verify-chip for a serial port; a kept build, ``args.build``, is staged first and
+flashed with ``ESPHOME_DATA_DIR`` pointing at it, see ``meshd.toolchain.archive``);
+``clean`` → ``esphome clean CFG``; ``reset_build_env`` → ``esphome clean-all CFGDIR``;
+``rename`` → ``esphome rename CFG NEW_NAME``. Every line goes to the job log as it
+arrives; progress is parsed from it; a non-zero exit becomes ``JobFailed`` carrying the
+lines that explain it. Cancellation kills the process group (``meshd.toolchain.process``)
+and propagates.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 from meshd.jobs.model import JobType
 from meshd.jobs.runner import JobContext, JobFailed, Runner
+from meshd.toolchain.archive import ArchiveError, BuildArchive
 from meshd.toolchain.chip import ChipError, expected_chip, verify_chip
 from meshd.toolchain.commands import EsphomeFailed, invoke_esphome
 from meshd.toolchain.progress import (
@@ -31,6 +36,7 @@ from meshd.toolchain.storage import (
     ArtifactError,
     FlashMethod,
     FlashPlan,
+    data_dir,
     flash_plan,
     is_serial_device,
     load_storage,
@@ -99,23 +105,64 @@ class CompileRunner:
 class UploadRunner:
     """``esphome upload CFG --device DEV``; verify-chip first when DEV is a serial port."""
 
-    def __init__(self, toolchain: Toolchain, *, verify_chip: bool = True) -> None:
+    def __init__(
+        self,
+        toolchain: Toolchain,
+        *,
+        verify_chip: bool = True,
+        archive: BuildArchive | None = None,
+    ) -> None:
         self.toolchain = toolchain
         self.verify_chip = verify_chip
+        self.archive = archive
 
     async def run(self, ctx: JobContext) -> None:
         config = _config_file(ctx)
         device = ctx.job.device
         if not device:
             raise JobFailed("upload needs a device (an IP/hostname for OTA or a serial port)")
+        build = ctx.job.options.build
+        if build is None:
+            await self._upload(ctx, self.toolchain, config, device)
+            return
+        staging = await self._stage(ctx, config, build)
+        try:
+            toolchain = replace(
+                self.toolchain, env={**self.toolchain.env, "ESPHOME_DATA_DIR": str(staging)}
+            )
+            if data_dir(config, toolchain.environ()) != staging:
+                raise JobFailed(
+                    "kept builds cannot be flashed here: esphome ignores ESPHOME_DATA_DIR "
+                    "(Home Assistant add-on)"
+                )
+            await self._upload(ctx, toolchain, config, device)
+        finally:
+            assert self.archive is not None
+            await asyncio.to_thread(self.archive.unstage, staging)
+
+    async def _stage(self, ctx: JobContext, config: Path, build: str) -> Path:
+        if self.archive is None:
+            raise JobFailed("this node keeps no builds (kept_builds is 0)")
+        try:
+            staging = await asyncio.to_thread(self.archive.stage, config, build, ctx.job.id)
+        except ArchiveError as exc:
+            raise JobFailed(str(exc)) from exc
+        ctx.log(f"[meshd] flashing kept build {build} (checked against its manifest)")
+        return staging
+
+    async def _upload(
+        self, ctx: JobContext, toolchain: Toolchain, config: Path, device: str
+    ) -> None:
         parser: ProgressParser = OtaProgress()
         if is_serial_device(device):
-            parser = EsptoolProgress(await self._prepare_serial(ctx, config, device))
-        await run_esphome(self.toolchain, ctx, ["upload", str(config), "--device", device], parser)
+            parser = EsptoolProgress(await self._prepare_serial(ctx, toolchain, config, device))
+        await run_esphome(toolchain, ctx, ["upload", str(config), "--device", device], parser)
 
-    async def _prepare_serial(self, ctx: JobContext, config: Path, device: str) -> int | None:
+    async def _prepare_serial(
+        self, ctx: JobContext, toolchain: Toolchain, config: Path, device: str
+    ) -> int | None:
         """Verify the chip (unless disabled) and return how many images esptool will write."""
-        env = self.toolchain.environ()
+        env = toolchain.environ()
         try:
             record = load_storage(config, env)
             plan = flash_plan(record, FlashMethod.SERIAL, config, env)
@@ -127,9 +174,7 @@ class UploadRunner:
         expected = expected_chip(record)
         if wanted and expected is not None:
             try:
-                await verify_chip(
-                    self.toolchain, device, expected, ctx.log, on_start=ctx.on_process
-                )
+                await verify_chip(toolchain, device, expected, ctx.log, on_start=ctx.on_process)
             except ToolMissing as exc:
                 raise JobFailed(f"esptool not found for verify-chip: {exc}") from exc
             except ChipError as exc:
@@ -250,11 +295,14 @@ class RenameRunner:
         ctx.log(f"renamed: configuration is now {config.parent / (new_name + '.yaml')}")
 
 
-def make_runners(toolchain: Toolchain, *, verify_chip: bool = True) -> dict[JobType, Runner]:
-    """One runner per job type, all driving ``toolchain``."""
+def make_runners(
+    toolchain: Toolchain, *, verify_chip: bool = True, archive: BuildArchive | None = None
+) -> dict[JobType, Runner]:
+    """One runner per job type, all driving ``toolchain`` (uploads may flash ``archive``'s
+    kept builds)."""
     return {
         JobType.COMPILE: CompileRunner(toolchain),
-        JobType.UPLOAD: UploadRunner(toolchain, verify_chip=verify_chip),
+        JobType.UPLOAD: UploadRunner(toolchain, verify_chip=verify_chip, archive=archive),
         JobType.CLEAN: CleanRunner(toolchain),
         JobType.RESET_BUILD_ENV: ResetBuildEnvRunner(toolchain),
         JobType.RENAME: RenameRunner(toolchain),

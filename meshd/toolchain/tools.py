@@ -9,9 +9,13 @@ friends pass through untouched; ``env`` only adds or overrides.
 
 from __future__ import annotations
 
+import enum
 import os
+import shutil
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from meshd.toolchain.process import DEFAULT_KILL_GRACE, ProcessResult, run_process
 
@@ -92,3 +96,56 @@ class Toolchain:
             )
         except (FileNotFoundError, PermissionError, NotADirectoryError) as exc:
             raise ToolMissing(f"cannot run {argv[0]!r}: {exc.strerror or exc}") from exc
+
+
+class ToolSource(enum.StrEnum):
+    """Where :func:`locate_tool` found a command (``meshd status`` shows it)."""
+
+    CONFIGURED = "configured"  # --esphome / MESHD_ESPHOME / the TOML file
+    BESIDE_PYTHON = "beside-python"  # installed with meshd, e.g. .venv/bin/esphome
+    PATH = "path"
+    MISSING = "missing"
+
+
+@dataclass(frozen=True)
+class ToolLookup:
+    """The command to run, where it came from, and a warning when it was not found."""
+
+    command: tuple[str, ...]
+    source: ToolSource
+    warning: str | None = None
+
+
+def locate_tool(
+    name: str,
+    configured: Sequence[str] = (),
+    *,
+    interpreter: str | None = None,
+    path: str | None = None,
+) -> ToolLookup:
+    """Which ``name`` (esphome, esptool) the daemon runs.
+
+    An explicit command wins. Otherwise the one installed beside the daemon's own
+    interpreter: ``pip install 'meshd[esphome]'`` puts ``.venv/bin/esphome`` there, and
+    ``.venv/bin/meshd serve`` run without activating the venv has no ``.venv/bin`` on
+    PATH (the README's first command). It is also the version meshd was installed
+    with, which the mesh advertises. Then PATH. ``sys.executable`` is not resolved:
+    a venv's ``python`` is a symlink to the base interpreter, whose directory is not
+    the venv's.
+    """
+    if configured:
+        return ToolLookup(tuple(configured), ToolSource.CONFIGURED)
+    beside = Path(interpreter or sys.executable).parent / name
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return ToolLookup((str(beside),), ToolSource.BESIDE_PYTHON)
+    found = shutil.which(name, path=path)
+    if found is not None:
+        return ToolLookup((found,), ToolSource.PATH)
+    return ToolLookup(
+        (name,),
+        ToolSource.MISSING,
+        f"{name} not found (not beside {beside.parent}/python, not on PATH): "
+        f"install it with `pip install 'meshd[esphome]'` or set --{name} CMD"
+        if name == "esphome"
+        else f"{name} not found (not beside {beside.parent}/python, not on PATH)",
+    )

@@ -100,6 +100,8 @@ def test_status_and_peers_json(daemon: Meshd) -> None:
         "fingerprint_display",
         "short",
         "esphome_version",
+        "esphome",
+        "warnings",
         "version",
         "data_dir",
         "peer_port",

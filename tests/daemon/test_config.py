@@ -21,7 +21,7 @@ from meshd.sdnotify import Notifier
 def test_defaults(tmp_path: Path) -> None:
     settings = load_settings({"data_dir": str(tmp_path)}, env={})
     assert settings.api == HostPort("127.0.0.1", 6055)
-    assert settings.esphome == ("esphome",)
+    assert settings.esphome == ()  # found at start: beside the interpreter, then PATH
     assert settings.upload_slots == 4 and settings.receiver and settings.offload
     assert settings.version_policy is VersionPolicy.RELEASE
     assert settings.name  # the hostname
@@ -136,3 +136,35 @@ def test_systemd_configuration_directory(tmp_path: Path) -> None:
     settings = load_settings({}, env=env)
     assert settings.name == "from-etc" and settings.config_file == etc / "meshd.toml"
     assert settings.data_dir == tmp_path / "state"
+
+
+def test_fleet_settings_take_durations_and_counts(tmp_path: Path) -> None:
+    defaults = load_settings({"data_dir": str(tmp_path)}, env={})
+    assert defaults.armed_upload_ttl == 7 * 86400
+    assert (defaults.kept_builds, defaults.history_keep) == (3, 1000)
+    assert defaults.history_max_age == 30 * 86400
+    (tmp_path / "meshd.toml").write_text(
+        'armed-upload-ttl = "2d"\nkept-builds = 0\nhistory-keep = 50\nhistory_max_age = 3600\n'
+    )
+    env = {"MESHD_DATA_DIR": str(tmp_path), "MESHD_ARMED_UPLOAD_TTL": "90m"}
+    settings = load_settings({}, env=env)
+    assert settings.armed_upload_ttl == 5400  # env beats file
+    assert (settings.kept_builds, settings.history_keep, settings.history_max_age) == (0, 50, 3600)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("armed_upload_ttl", "soon", "not a duration"),
+        ("armed_upload_ttl", "0", "positive duration"),
+        ("armed_upload_ttl", "-3d", "positive duration"),
+        ("history_max_age", "inf", "positive duration"),
+        ("kept_builds", "-1", "0 or more"),
+        ("history_keep", "many", "not a whole number"),
+    ],
+)
+def test_fleet_settings_reject_bad_values(
+    tmp_path: Path, key: str, value: str, message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_settings({"data_dir": str(tmp_path), key: value}, env={})

@@ -9,7 +9,8 @@ from meshd.jobs.lanes import LaneSnapshot
 from meshd.jobs.model import Job, JobStatus, JobType, LaneName
 from meshd.jobs.options import JobOptions
 
-# docs/API.md, "The job object" (plus ``reason_code``, documented there too).
+# docs/API.md, "The job object" (plus ``reason_code``, ``seq`` and the ``waiting``
+# fields of armed uploads, documented there too).
 JOB_JSON = {
     "id": "3f9c0a1b2d4e",
     "type": "compile",
@@ -27,6 +28,10 @@ JOB_JSON = {
     "reason_code": "no_mesh",
     "progress": 0.42,
     "args": {"force_local": True},
+    "seq": 7,
+    "waiting": None,
+    "waiting_since": None,
+    "waiting_until": None,
 }
 
 
@@ -44,6 +49,7 @@ def _job(**changes: object) -> Job:
         reason_code="no_mesh",
         progress=0.42,
         options=JobOptions(force_local=True),
+        seq=7,
     )
     for name, value in changes.items():
         setattr(job, name, value)
@@ -107,6 +113,39 @@ def test_lane_status_on_the_wire() -> None:
         "queued": 1,
         "idle_since": None,
         "slots": 1,
+        "waiting": 0,
+    }
+
+
+def test_armed_and_released_on_the_wire() -> None:
+    job = _job(
+        type=JobType.UPLOAD,
+        status=JobStatus.QUEUED,
+        waiting="device",
+        waiting_since=1767225600.0,
+        waiting_until=1767830400.0,
+        options=JobOptions(when_online=True, device_name="kitchen"),
+    )
+    wire_job = {
+        **JOB_JSON,
+        "type": "upload",
+        "lane": "upload",
+        "status": "queued",
+        "waiting": "device",
+        "waiting_since": 1767225600.0,
+        "waiting_until": 1767830400.0,
+        "args": {"when_online": True, "device_name": "kitchen"},
+    }
+    assert events.JobArmed(job, "kitchen").to_wire() == {
+        "type": "job_armed",
+        "job": wire_job,
+        "device_name": "kitchen",
+    }
+    assert events.JobReleased(job, "kitchen", "10.0.0.7").to_wire() == {
+        "type": "job_released",
+        "job": wire_job,
+        "device_name": "kitchen",
+        "address": "10.0.0.7",
     }
 
 

@@ -8,13 +8,15 @@ import os
 import random
 import signal
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from meshd.db import DB_FILENAME
 from meshd.jobs.engine import Engine
-from meshd.jobs.model import Job, JobStatus, JobType
+from meshd.jobs.model import WAITING_DEVICE, Job, JobStatus, JobType
+from meshd.jobs.options import JobOptions
 from meshd.jobs.store import JobStore
 from tests.jobs.conftest import Harness, all_runners
 from tests.jobs.gated import GatedRunner
@@ -56,7 +58,21 @@ def _scenario() -> dict[str, Job]:
     jobs["b_up2"] = _job("b", 12, up, S.QUEUED, jobs["b_up"].id)
     # A dependent of a held dependent stays held.
     jobs["a_up2"] = _job("a", 13, up, S.QUEUED, jobs["a_up"].id)
+    # Armed uploads: one still inside its deadline stays armed, one past it fails.
+    jobs["h"] = _job("h", 14, cc, S.COMPLETED)
+    jobs["h_up"] = _armed(_job("h", 15, up, S.QUEUED, jobs["h"].id), time.time() + 3600)
+    jobs["i"] = _job("i", 16, cc, S.COMPLETED)
+    jobs["i_up"] = _armed(_job("i", 17, up, S.QUEUED, jobs["i"].id), time.time() - 1)
     return jobs
+
+
+def _armed(job: Job, deadline: float) -> Job:
+    job.device = None
+    job.options = JobOptions(when_online=True, device_name=f"dev-{job.seq}")
+    job.waiting = WAITING_DEVICE
+    job.waiting_since = deadline - 7200
+    job.waiting_until = deadline
+    return job
 
 
 EXPECTED = {
@@ -73,6 +89,10 @@ EXPECTED = {
     "e_up": "cancelled",
     "f_up": "lane",
     "g": "lane",
+    "h": "completed",
+    "h_up": "armed",
+    "i": "completed",
+    "i_up": "failed",
 }
 
 
@@ -82,6 +102,8 @@ def _placement(engine: Engine, job: Job) -> str:
         return current.status.value
     if engine.is_held(job.id):
         return "held"
+    if any(armed.id == job.id for armed in engine.armed_uploads()):
+        return "armed"
     assert engine.lane(current.lane).is_queued(job.id), f"{job.id} is active but nowhere"
     return "lane"
 
@@ -269,4 +291,4 @@ async def test_a_crashing_lane_drains_its_sibling_before_the_error_propagates(
 def test_scenario_names_cover_every_rule() -> None:
     # Guards the table above from silently losing a case when edited.
     assert set(EXPECTED) == set(_scenario())
-    assert {"lane", "held", "cancelled", "failed", "completed"} == set(EXPECTED.values())
+    assert {"lane", "held", "armed", "cancelled", "failed", "completed"} == set(EXPECTED.values())

@@ -38,10 +38,11 @@ environment variables (which win)::
 ``STANDIN_ESPHOME_VERSION`` sets the version (default 2026.6.5); with
 ``STANDIN_VERSION_GATE`` set, ``version`` answers only once that file exists. Every upload appends
 ``{"device", "config", "firmware", "sha256"}`` to ``<data_dir>/standin-uploads.jsonl``
-so a test can see what was "flashed". ``STANDIN_PID_FILE`` (if set) receives the pid
-of a running compile, so a test can check it was killed. ``STANDIN_CHILD_PID_FILE`` (if
-set) makes a compile start a long-sleeping child in its process group first, as
-esphome starts PlatformIO, and receives that child's pid.
+so a test can see what was "flashed" (``STANDIN_UPLOAD_LOG`` names another file for
+that record: an upload from a scratch data directory). ``STANDIN_PID_FILE`` (if set)
+receives the pid of a running compile, so a test can check it was killed.
+``STANDIN_CHILD_PID_FILE`` (if set) makes a compile start a long-sleeping child in its
+process group first, as esphome starts PlatformIO, and receives that child's pid.
 
 Every build is unique: the image carries a random build id, so two compiles of one
 YAML give two digests and a test can tell which build a device received. Each compile
@@ -439,7 +440,10 @@ def upload_config(config: Config, device: str) -> int:
         "firmware": str(firmware),
         "sha256": digest,
     }
-    _append_json(config.data_dir / "standin-uploads.jsonl", record)
+    uploads = Path(
+        os.environ.get("STANDIN_UPLOAD_LOG") or config.data_dir / "standin-uploads.jsonl"
+    )
+    _append_json(uploads, record)
     log("INFO", "Successfully uploaded program.")
     return 0
 

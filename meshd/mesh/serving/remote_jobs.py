@@ -18,11 +18,11 @@ from dataclasses import dataclass, field
 from meshd.jobs.engine import Engine
 from meshd.jobs.events import (
     Event,
+    JobEvent,
     JobFinished,
     JobOutput,
     JobProgress,
     JobStarted,
-    LaneStatusChanged,
 )
 from meshd.jobs.model import Job
 from meshd.link import LinkError, LinkSession
@@ -152,7 +152,7 @@ class RemoteJobs:
     # -- forwarding -----------------------------------------------------------------------
 
     def _on_event(self, event: Event) -> None:
-        if isinstance(event, LaneStatusChanged):
+        if not isinstance(event, JobEvent):
             return
         job = event.job
         remote = self._jobs.get(job.id)
