@@ -33,7 +33,14 @@ from meshd.api.validation import (
     resolve_path,
 )
 from meshd.api.wire import EVENTS_HEARTBEAT
-from meshd.jobs.engine import Engine, EngineStopped, InstallSpec, InvalidJob, UnknownJob
+from meshd.jobs.engine import (
+    Engine,
+    EngineStopped,
+    InstallSpec,
+    InvalidJob,
+    StorageUnavailable,
+    UnknownJob,
+)
 from meshd.jobs.events import Event, JobEvent
 from meshd.jobs.model import Job, JobStatus, JobType, LaneName
 
@@ -181,6 +188,8 @@ async def create_job(request: web.Request) -> web.Response:
         raise bad_request("invalid_job", str(exc)) from None
     except EngineStopped as exc:
         raise ApiError(503, "shutting_down", str(exc)) from None
+    except StorageUnavailable as exc:
+        raise ApiError(507, "no_space", str(exc)) from None
     return web.json_response({"jobs": [job.to_dict() for job in created]}, status=201)
 
 

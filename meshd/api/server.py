@@ -54,6 +54,7 @@ from meshd.api.wire import (
     read_api_file,
 )
 from meshd.config import HostPort
+from meshd.jobs.diskio import describe, is_write_error
 from meshd.jobs.engine import Engine
 
 _LOGGER = logging.getLogger(__name__)
@@ -77,7 +78,9 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 @web.middleware
 async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Every error leaves as JSON: ``ApiError`` as is, aiohttp's HTTP errors wrapped."""
+    """Every error leaves as JSON: ``ApiError`` as is, aiohttp's HTTP errors wrapped,
+    and anything unexpected as a 500 with a short message (the traceback is logged
+    here, once; a local write failure says where)."""
     try:
         return await handler(request)
     except ApiError as exc:
@@ -87,6 +90,16 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
             raise
         code = exc.reason.lower().replace(" ", "_")
         return error_response(ApiError(exc.status, code, exc.text or exc.reason))
+    except (asyncio.CancelledError, ConnectionResetError):
+        raise
+    except Exception as exc:
+        if is_write_error(exc):
+            # The sentence says it all; a traceback per request would flood the journal.
+            _LOGGER.error("%s %s: %s", request.method, request.path, describe(exc))  # noqa: TRY400
+            return error_response(ApiError(507, "no_space", describe(exc)))
+        _LOGGER.exception("%s %s failed", request.method, request.path)
+        message = f"internal error: {type(exc).__name__}: {str(exc)[:200]}"
+        return error_response(ApiError(500, "internal_error", message))
 
 
 _auth_throttle = LogThrottle(_LOGGER)

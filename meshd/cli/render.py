@@ -429,6 +429,7 @@ PEER_COLUMNS = (
     Col("ESPHOME", drop=2),
     Col("TRUSTED", drop=3),
     Col("LINK", free=True, min_width=10, drop=6),
+    Col("LAST SEEN", drop=1),
     Col("LANE", free=True, min_width=8, drop=7),
 )
 
@@ -457,6 +458,7 @@ def peers_table(peers: Sequence[dict[str, Any]], width: int | None = None) -> Ta
                 str(peer.get("esphome_version") or "?"),
                 _yes(peer.get("trusted")),
                 str(link),
+                _age(peer.get("last_seen")) if peer.get("last_seen") else "never",
                 _peer_lane(peer),
             )
         )

@@ -23,11 +23,19 @@ Shutdown cancels both lanes; jobs interrupted by it go back to ``queued`` (not
 the same rules to whatever the database holds, computed over the whole set so the
 result does not depend on row order. Terminal jobs past the history limits are
 pruned at start and periodically (``meshd.jobs.history``).
+
+A full disk (or an I/O error) never wedges a lane. A new job that cannot be recorded
+is refused (``StorageUnavailable``), so nothing unrecorded is acknowledged. A running
+job whose log or row cannot be written fails with "no space left on <path>" and its
+dependents are cancelled as after any failure. A status that could not be saved is
+kept in memory (``get`` and ``jobs`` show it) and written as soon as the database
+takes writes again.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import logging
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
@@ -44,6 +52,7 @@ from meshd.jobs.armed import (
     no_device_name,
     no_device_online,
 )
+from meshd.jobs.diskio import LocalWriteError, describe, is_write_error
 from meshd.jobs.events import (
     EventBus,
     JobArmed,
@@ -79,6 +88,9 @@ PROGRESS_STEP = 0.01
 # the API's body limit, and a bound on the work one transaction does.
 MAX_INSTALLS = 500
 
+# How often job rows that could not be saved (disk full) are tried again.
+UNSAVED_RETRY = 2.0
+
 
 class EngineError(Exception):
     """Root of the errors the engine raises to its callers."""
@@ -97,6 +109,10 @@ class UnknownJob(EngineError, KeyError):
 
 class EngineStopped(EngineError):
     """The engine is shutting down and takes no new work."""
+
+
+class StorageUnavailable(EngineError):
+    """The job could not be recorded (disk full, I/O error); it was not accepted."""
 
 
 class Outcome(enum.Enum):
@@ -168,6 +184,8 @@ class Engine:
         self._stopping = False
         self._seq = 0
         self._supervisor: asyncio.Task[None] | None = None
+        self._unsaved: dict[str, Job] = {}
+        self._retry: asyncio.TimerHandle | None = None
         self.remote_runner: Runner | None = None
         """Runs compiles the placer sends to a receiver (set by the mesh)."""
         self.armed_upload_ttl = armed_upload_ttl
@@ -261,13 +279,73 @@ class Engine:
                 pass
             except BaseException:
                 _LOGGER.exception("a lane ended with an error during shutdown")
+        if self._retry is not None:
+            self._retry.cancel()
+        self._flush_unsaved(reschedule=False)
+        if self._unsaved:
+            _LOGGER.error(
+                "could not save %d job(s) before stopping (%s); they restart as the "
+                "database last recorded them",
+                len(self._unsaved),
+                ", ".join(self._unsaved),
+            )
         self.logs.close_all()
         self.store.close()
+
+    # -- persistence ------------------------------------------------------------
+
+    def _persist(self, job: Job) -> str | None:
+        """Save ``job``'s row; on a write failure keep it for a retry and say why."""
+        try:
+            self.store.save(job)
+        except Exception as exc:
+            if not is_write_error(exc):
+                raise
+            error = describe(exc, self.store.path)
+            if job.id not in self._unsaved:
+                _LOGGER.error(  # noqa: TRY400 - the sentence is the point, not a traceback
+                    "cannot save job %s (%s); keeping it in memory, retrying", job.id, error
+                )
+            self._unsaved[job.id] = job
+            self._schedule_retry()
+            return error
+        self._unsaved.pop(job.id, None)
+        return None
+
+    def _schedule_retry(self) -> None:
+        if self._retry is None and not self._stopping:
+            with contextlib.suppress(RuntimeError):  # no running loop: stop() flushes
+                loop = asyncio.get_running_loop()
+                self._retry = loop.call_later(UNSAVED_RETRY, self._flush_unsaved)
+
+    def _flush_unsaved(self, *, reschedule: bool = True) -> None:
+        """Write the rows that could not be saved; stop at the first that still fails."""
+        self._retry = None
+        for job_id, job in list(self._unsaved.items()):
+            try:
+                self.store.save(job)
+            except Exception as exc:
+                if not is_write_error(exc):
+                    raise
+                if reschedule:
+                    self._schedule_retry()
+                return
+            del self._unsaved[job_id]
+            _LOGGER.info("saved job %s, which the full disk had held back", job_id)
+
+    def _forget_processes(self, job_id: str) -> None:
+        try:
+            self.store.forget_processes(job_id)
+        except Exception as exc:
+            if not is_write_error(exc):
+                raise
+            # Harmless: the next start finds the group gone (or not ours) and skips it.
+            _LOGGER.warning("job %s: %s", job_id, describe(exc, self.store.path))
 
     # -- queries --------------------------------------------------------------
 
     def get(self, job_id: str) -> Job:
-        job = self._active.get(job_id) or self.store.get(job_id)
+        job = self._active.get(job_id) or self._unsaved.get(job_id) or self.store.get(job_id)
         if job is None:
             raise UnknownJob(job_id)
         return job
@@ -278,6 +356,7 @@ class Engine:
         Loads the whole table: for tests and tools; the API reads ``page``.
         """
         merged = {job.id: job for job in self.store.load_all()}
+        merged.update(self._unsaved)
         merged.update(self._active)
         return sorted(merged.values(), key=lambda job: job.seq)
 
@@ -417,7 +496,16 @@ class Engine:
             job.seq = self._seq
         # Persist the units before their rules cancel anything: a crash in between then
         # leaves the new work plus old work the restore rules still handle.
-        self.store.save_many(every)
+        try:
+            self.store.save_many(every)
+        except Exception as exc:
+            if not is_write_error(exc):
+                raise
+            self._seq -= len(every)
+            raise StorageUnavailable(
+                f"{describe(exc, self.store.path)}: the job was not accepted; free some "
+                "space and submit it again"
+            ) from None
         for unit in units:
             head = unit[0]
             if head.type is JobType.RESET_BUILD_ENV:
@@ -502,7 +590,7 @@ class Engine:
         address = self._ask(self.devices_online, name)
         if address is not None:
             self._assign_device(job, name, address)
-            self.store.save(job)
+            self._persist(job)
             self.logs.append(job.id, f"device {name} is online at {address}: uploading now")
             self.upload_lane.enqueue(job)
             return
@@ -512,7 +600,7 @@ class Engine:
         job.waiting_until = started + self.armed_upload_ttl
         job.reason = f"waiting for device {name} to come online"
         job.reason_code = ReasonCode.WAITING_FOR_DEVICE.value
-        self.store.save(job)
+        self._persist(job)
         self.logs.append(
             job.id,
             f"armed: waiting for device {name} to announce itself "
@@ -533,7 +621,7 @@ class Engine:
         job.waiting = None
         job.waiting_until = None
         self._assign_device(job, name, address)
-        self.store.save(job)
+        self._persist(job)
         where = f" at {address}" if address else ""
         self.logs.append(
             job.id, f"device {name} announced itself{where}: uploading to {job.device}"
@@ -639,9 +727,15 @@ class Engine:
         job.status = JobStatus.RUNNING
         job.started_at = now()
         job.runner = placement.runner
-        self.store.save(job)
+        if (error := self._persist(job)) is not None:
+            # Never run what could not be recorded as running: after a crash nobody
+            # would know to kill it or that it ran.
+            return Result(Outcome.FAILED, f"{error}: could not record the job as running")
+        self.logs.clear_error(job.id)
         self.logs.append(job.id, f"started on {job.runner}: {job.reason}")
         self.bus.publish(JobStarted(job.snapshot()))
+        if (log_error := self.logs.write_error(job.id)) is not None:
+            return Result(Outcome.FAILED, log_error)
         runner = self.remote_runner if remote else self._runners.get(job.type)
         if runner is None:
             return Result(Outcome.FAILED, f"no runner for {job.type.value} jobs on this node")
@@ -670,6 +764,12 @@ class Engine:
             _LOGGER.exception("runner for %s crashed", job.id)
             return Result(Outcome.FAILED, f"internal error: {exc!r}")
         if job.id in self._cancel_requested:
+            if job.type is JobType.UPLOAD:
+                # The flash finished before the cancel could stop it: the device runs
+                # the new build, and saying "cancelled" would be a lie about it.
+                self._cancel_requested.discard(job.id)
+                self.logs.append(job.id, "the cancel came too late: the upload had finished")
+                return Result(Outcome.COMPLETED)
             # It finished between the cancel request and the signal: still cancelled,
             # because the user was told it would not flash.
             return Result(Outcome.CANCELLED, job.error)
@@ -688,6 +788,9 @@ class Engine:
     def _log_for(self, job: Job) -> Any:
         def log(line: str) -> None:
             self.logs.append(job.id, line)
+            if (error := self.logs.write_error(job.id)) is not None:
+                # Raised into the runner: its process is stopped and the job fails.
+                raise LocalWriteError(error, self.logs.path(job.id))
             self.bus.publish(JobOutput(job.snapshot(), line))
 
         return log
@@ -706,16 +809,27 @@ class Engine:
     def _process_for(self, job: Job) -> Any:
         def on_process(pgid: int) -> None:
             identity = process_identity(pgid)
-            if identity is not None:
+            if identity is None:
+                return
+            try:
                 self.store.record_process(job.id, pgid, identity)
+            except Exception as exc:
+                if not is_write_error(exc):
+                    raise
+                _LOGGER.warning(
+                    "job %s: process group %d not recorded (%s)",
+                    job.id,
+                    pgid,
+                    describe(exc, self.store.path),
+                )
 
         return on_process
 
     def _on_finished(self, job: Job, result: Result) -> None:
-        self.store.forget_processes(job.id)
+        self._forget_processes(job.id)
         if result.outcome is Outcome.INTERRUPTED:
             _back_to_queued(job)
-            self.store.save(job)
+            self._persist(job)
             self.logs.append(job.id, "interrupted by meshd shutdown; it runs again after restart")
             self.logs.close(job.id)
             return
@@ -734,7 +848,7 @@ class Engine:
             self.logs.append(job.id, note)
         job.options = reroute.options
         _back_to_queued(job)
-        self.store.save(job)
+        self._persist(job)
         self.bus.publish(JobQueued(job.snapshot()))
         self.lane(job.lane).enqueue(job)
 
@@ -749,7 +863,7 @@ class Engine:
             self._expiry.schedule(self._deadlines())
         self._active.pop(job.id, None)
         self._cancel_requested.discard(job.id)
-        self.store.save(job)
+        self._persist(job)
         self.logs.append(job.id, f"{job.status.value}" + (f": {job.error}" if job.error else ""))
         self.logs.close(job.id)
         self.bus.publish(JobFinished(job.snapshot()))
@@ -782,7 +896,7 @@ class Engine:
         for job in stored.values():
             if job.status is JobStatus.RUNNING:
                 _back_to_queued(job)
-                self.store.save(job)
+                self._persist(job)
                 self.logs.append(job.id, "restarted: meshd stopped while this job ran")
         verdicts: dict[str, str | None] = {}
         for job in stored.values():

@@ -2,14 +2,25 @@
 
 Compile output runs to thousands of lines; keeping it out of SQLite and out of RAM
 lets a Pi follow a long build and lets ``meshd logs`` read a log after a restart.
+
+A log that cannot be written (disk full, I/O error) never raises into the engine's
+bookkeeping: ``append`` notes the failure per job and drops the line, and whoever must
+act on it (the engine fails the running job) asks ``write_error``. A later job gets a
+fresh file, so once space returns its log works again.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TextIO
+
+from meshd.jobs.diskio import describe, is_write_error
+
+_LOGGER = logging.getLogger(__name__)
 
 _SAFE_ID = re.compile(r"^[0-9a-f]{6,64}$")
 
@@ -19,6 +30,7 @@ class JobLogs:
         self.directory = directory
         directory.mkdir(parents=True, exist_ok=True)
         self._open: dict[str, TextIO] = {}
+        self._errors: dict[str, str] = {}
 
     def path(self, job_id: str) -> Path:
         # Job ids come from the API; never let one name a path outside the log dir.
@@ -27,16 +39,48 @@ class JobLogs:
         return self.directory / f"{job_id}.log"
 
     def append(self, job_id: str, line: str) -> None:
-        handle = self._open.get(job_id)
-        if handle is None:
-            handle = self.path(job_id).open("a", encoding="utf-8", buffering=1)
-            self._open[job_id] = handle
-        handle.write(line.rstrip("\n") + "\n")
+        """Append one line; on a write failure note it (``write_error``) and drop the line."""
+        path = self.path(job_id)
+        try:
+            handle = self._open.get(job_id)
+            if handle is None:
+                handle = path.open("a", encoding="utf-8", buffering=1)
+                self._open[job_id] = handle
+            handle.write(line.rstrip("\n") + "\n")
+        except OSError as exc:
+            if not is_write_error(exc):
+                raise
+            self._drop(job_id)
+            if job_id not in self._errors:
+                self._errors[job_id] = describe(exc, path)
+                _LOGGER.error("job log %s: %s", job_id, self._errors[job_id])  # noqa: TRY400
 
-    def close(self, job_id: str) -> None:
+    def write_error(self, job_id: str) -> str | None:
+        """Why this job's log could not be written since ``clear_error`` (None if it could)."""
+        return self._errors.get(job_id)
+
+    def clear_error(self, job_id: str) -> None:
+        """Forget an earlier write failure (a queued job starting once space may be back)."""
+        self._errors.pop(job_id, None)
+
+    def _drop(self, job_id: str) -> None:
         handle = self._open.pop(job_id, None)
         if handle is not None:
-            handle.close()
+            with contextlib.suppress(OSError):
+                handle.close()
+
+    def close(self, job_id: str) -> None:
+        """Close the job's file (flushing it); a failed flush counts as a write error."""
+        handle = self._open.pop(job_id, None)
+        self._errors.pop(job_id, None)
+        if handle is not None:
+            try:
+                handle.close()
+            except OSError as exc:
+                if not is_write_error(exc):
+                    raise
+                message = describe(exc, self.path(job_id))
+                _LOGGER.error("job log %s: %s", job_id, message)  # noqa: TRY400 - expected
 
     def close_all(self) -> None:
         for job_id in list(self._open):

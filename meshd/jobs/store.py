@@ -221,10 +221,10 @@ class JobStore:
         try:
             for job in jobs:
                 self.save(job)
+            self._conn.execute("COMMIT")
         except BaseException:
-            self._conn.execute("ROLLBACK")
+            _rollback(self._conn)
             raise
-        self._conn.execute("COMMIT")
 
     def get(self, job_id: str) -> Job | None:
         """The job, or None if there is none (or its row had to be quarantined)."""
@@ -272,10 +272,10 @@ class JobStore:
                 (job_id, raw, reason, time.time()),
             )
             self._conn.execute("DELETE FROM jobs WHERE rowid = ?", (rowid,))
+            self._conn.execute("COMMIT")
         except BaseException:
-            self._conn.execute("ROLLBACK")
+            _rollback(self._conn)
             raise
-        self._conn.execute("COMMIT")
         _LOGGER.warning(
             "job %s cannot be read (%s); moved it to the jobs_quarantine table of %s, "
             "the other jobs load",
@@ -367,6 +367,12 @@ class JobStore:
         rows = self._conn.execute("SELECT job_id, pgid, identity FROM job_processes").fetchall()
         self._conn.execute("DELETE FROM job_processes")
         return [(str(j), int(p), str(i)) for j, p, i in rows]
+
+
+def _rollback(conn: sqlite3.Connection) -> None:
+    """Roll back if a transaction is still open (SQLite ends one itself on SQLITE_FULL)."""
+    if conn.in_transaction:
+        conn.execute("ROLLBACK")
 
 
 class BadJobRow(ValueError):

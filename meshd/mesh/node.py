@@ -33,7 +33,7 @@ from meshd.mesh.content.store import ContentStore
 from meshd.mesh.dispatch.offloader import RemoteCompileRunner
 from meshd.mesh.dispatch.placer import MeshPlacer
 from meshd.mesh.peering.advert import follow_compile_lane, receiver_advert
-from meshd.mesh.peering.connections import Connections, SessionHooks
+from meshd.mesh.peering.connections import Connections, SessionHooks, sync_registry_trust
 from meshd.mesh.peering.discovery import Discovery
 from meshd.mesh.peering.introductions import Introductions
 from meshd.mesh.peering.registry import Registry
@@ -78,7 +78,14 @@ class MeshNode:
         # security
         self.identity: Identity = load_or_create(data_dir)
         self.trust = TrustStore.open(data_dir)
-        self.pairing = PairingReceiver(self.identity, self.trust, name=settings.name)
+        # A pairing changes the trust store from the link side: the registry (and so
+        # `meshd peers`) must show the new offloader as trusted at once.
+        self.pairing = PairingReceiver(
+            self.identity,
+            self.trust,
+            name=settings.name,
+            on_paired=lambda _peer: self.connections.trust_changed(),
+        )
         # content
         self.store = ContentStore(data_dir / "mesh" / "cas")
         self.builds_root = data_dir / "mesh" / "builds"
@@ -165,7 +172,7 @@ class MeshNode:
 
     async def start(self) -> None:
         await self.receiver.start()
-        self.registry.sync_trust({p.fingerprint for p in self.trust.list()})
+        sync_registry_trust(self.registry, self.trust)
         self._unlisten.append(self.registry.add_listener(lambda _c: self.engine.reschedule()))
         await self.server.start(self.settings.listen_host, self.settings.listen_port)
         if self.settings.mdns:

@@ -4,15 +4,24 @@ esphome spawns PlatformIO which spawns compilers; killing only the direct child 
 leave them running. So every child gets ``start_new_session=True`` and a cancel sends
 SIGTERM to the group, waits a grace period, then SIGKILL. The caller's
 ``CancelledError`` is always re-raised once the group is gone.
+
+If the daemon itself dies (SIGKILL, OOM, power button), the direct child is killed
+by the kernel at once (Linux ``PR_SET_PDEATHSIG``): an ``esphome upload`` must not go
+on flashing a device for a daemon that can no longer record the outcome or learn that
+the user cancelled it meanwhile. Whatever else the group left is killed by the next
+start (``meshd.jobs.orphans``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import ctypes.util
 import os
 import re
 import signal
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -26,6 +35,37 @@ READ_CHUNK = 64 * 1024
 # Lines kept for a failure's message: enough to show a compiler error and its context.
 TAIL_LINES = 40
 _LINE_BREAK = re.compile(rb"\r\n|\r|\n")
+
+
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def _find_prctl() -> Callable[..., int] | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl: Callable[..., int] = ctypes.CDLL(ctypes.util.find_library("c")).prctl
+    except (OSError, AttributeError):
+        return None
+    return prctl
+
+
+_PRCTL = _find_prctl()
+
+
+def _die_with(parent: int) -> Callable[[], None] | None:
+    """A ``preexec_fn`` that makes the child die with process ``parent`` (None off Linux)."""
+    prctl = _PRCTL
+    if prctl is None:
+        return None
+
+    def die_with_parent() -> None:
+        # Runs in the child between fork and exec: one C call, no Python-level locks.
+        prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before the prctl took effect
+            os._exit(1)
+
+    return die_with_parent
 
 
 @dataclass(frozen=True)
@@ -75,6 +115,7 @@ async def run_process(
         cwd=cwd,
         env=dict(env) if env is not None else None,
         start_new_session=True,
+        preexec_fn=_die_with(os.getpid()),
     )
     if on_start is not None:
         on_start(proc.pid)

@@ -70,9 +70,34 @@ def test_discovery_idleness_goodbye_and_heartbeat(meshd: MeshdFactory, tmp_path:
         os.kill(desk.proc.pid, signal.SIGCONT)
     wait_peer(pi, desk_fp, connected=True)
 
-    # A receiver that stops says goodbye: it leaves the offloader's list.
+    # A receiver that stops says goodbye. Being trusted, it stays listed: not connected,
+    # no longer from mDNS, with when it was last heard from.
     assert desk.terminate() == 0
-    until("goodbye", lambda: peer(pi, desk_fp) is None, 30)
+    gone = until(
+        "goodbye",
+        lambda: peer(pi, desk_fp, connected=False, trusted=True, idle=False, sources=["trust"]),
+        30,
+    )
+    assert gone["last_seen"] is not None and gone["name"] == "desk"
+
+
+def test_pairing_updates_both_peer_lists_at_once(meshd: MeshdFactory) -> None:
+    """Right after `pair join`, each side lists the other as trusted (issue 14)."""
+    desk = node(meshd, "desk", "--no-offload", "--no-mdns")
+    pi = node(meshd, "pi", "--no-receiver", "--no-mdns")
+    window = desk.cli_json("pair", "open", "--ttl", "60")
+    joined = pi.cli_json("pair", "join", f"127.0.0.1:{identity(desk)['peer_port']}", window["code"])
+    pi_fp = identity(pi)["fingerprint"]
+    # No waiting: the pairing itself updated the receiver's registry.
+    listed = peer(desk, pi_fp)
+    assert listed is not None and listed["trusted"] is True, desk.cli_json("peers")
+    assert listed["name"] == "pi"
+    assert peer(pi, joined["fingerprint"], trusted=True) is not None
+    # The receiver stops: the offloader keeps it, trusted and not connected.
+    wait_peer(pi, joined["fingerprint"], connected=True)
+    assert desk.terminate() == 0
+    stopped = wait_peer(pi, joined["fingerprint"], connected=False, trusted=True)
+    assert stopped["last_error"] is not None or stopped["last_seen"] is not None
 
 
 @needs_multicast

@@ -60,7 +60,9 @@ def test_restart_after_sigkill_kills_the_old_compile_group_before_rerunning(
     assert daemon.proc is not None
     os.kill(daemon.proc.pid, signal.SIGKILL)  # the daemon only, as the OOM killer would
     daemon.proc.wait(timeout=30)
-    assert pid_alive(compile_pid) and pid_alive(child_pid), "nothing was left to kill"
+    # esphome dies with the daemon (PR_SET_PDEATHSIG); its child stays in the group.
+    poll_until(lambda: not pid_alive(compile_pid), what="the compile to die with the daemon")
+    assert pid_alive(child_pid), "nothing was left to kill"
 
     config.write_text(config.read_text().replace("compile_seconds=600", "compile_seconds=0"))
     pid_file.unlink()

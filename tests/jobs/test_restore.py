@@ -231,8 +231,11 @@ async def test_sigkill_mid_chain_then_restart_loses_nothing(
     finally:
         worker.send_signal(signal.SIGKILL)
         await worker.wait()
-    # The crash left the jobs' process groups running, as a real crash would.
-    assert all(pid_alive(pid) for pid, _child in orphans)
+    # The group leaders die with the daemon (PR_SET_PDEATHSIG); what they started is
+    # left running in their groups, as PlatformIO's compilers would be.
+    for pid, _child in orphans:
+        assert await gone(pid)
+    assert all(pid_alive(child) for _pid, child in orphans)
     for marker in gate.directory.glob("*.started"):
         marker.unlink()
 

@@ -34,6 +34,7 @@ SNAPSHOT_KEYS = {
     "accepts_builds",
     "idle",
     "idle_since",
+    "claimed_idle_since",
     "running",
     "queued",
     "lane_via",
@@ -83,26 +84,30 @@ def test_mdns_advert_creates_a_record_with_every_field(
     assert reg.mdns_seen(advert(f))
     [snap] = reg.snapshot()
     assert set(snap) == SNAPSHOT_KEYS
-    assert snap == {
-        "fingerprint": f,
-        "name": "desk",
-        "addresses": ["10.0.0.5:7420"],
-        "sources": ["mdns"],
-        "trusted": False,
-        "connected": False,
-        "protocol": 1,
-        "esphome_version": "2026.6.5",
-        "accepts_builds": True,
-        "idle": True,
-        "idle_since": 500.0,
-        "running": 0,
-        "queued": 0,
-        "lane_via": "mdns",
-        "last_seen": 1000.0,
-        "last_error": None,
-        "compile_durations": [],
-        "mdns_instances": [f"desk-{f[:8]}._meshd._tcp.local."],
-    }
+    assert (
+        snap
+        == {
+            "fingerprint": f,
+            "name": "desk",
+            "addresses": ["10.0.0.5:7420"],
+            "sources": ["mdns"],
+            "trusted": False,
+            "connected": False,
+            "protocol": 1,
+            "esphome_version": "2026.6.5",
+            "accepts_builds": True,
+            "idle": True,
+            "idle_since": 1000.0,  # when this node saw it idle, on its own clock
+            "claimed_idle_since": 500.0,
+            "running": 0,
+            "queued": 0,
+            "lane_via": "mdns",
+            "last_seen": 1000.0,
+            "last_error": None,
+            "compile_durations": [],
+            "mdns_instances": [f"desk-{f[:8]}._meshd._tcp.local."],
+        }
+    )
     json.dumps(reg.snapshot())  # JSON-able as is
     assert changes == [PeerChange(ChangeKind.ADDED, f)]
 
@@ -234,7 +239,51 @@ def test_hello_and_status_push_fill_the_record(reg: Registry) -> None:
     [snap] = reg.snapshot()
     assert snap["name"] == "builder"
     assert snap["sources"] == ["static"]
-    assert (snap["idle"], snap["idle_since"], snap["lane_via"]) == (True, 1234.5, "link")
+    assert (snap["idle"], snap["idle_since"], snap["lane_via"]) == (True, 1000.0, "link")
+    assert snap["claimed_idle_since"] == 1234.5
+
+
+def test_idle_since_is_our_clock_whatever_the_peer_claims(reg: Registry, clock: FakeClock) -> None:
+    """A receiver whose clock is hours off neither looks idle for hours nor never idle."""
+    behind, ahead = random_fingerprint(), random_fingerprint()
+    reg.link_up(behind)
+    reg.link_status(behind, idle=True, idle_since=1000.0 - 5 * 3600, running=0, queued=0)
+    clock.now += 2
+    reg.link_up(ahead)
+    reg.link_status(ahead, idle=True, idle_since=1000.0 + 5 * 3600, running=0, queued=0)
+    seen = {v.fingerprint: v.idle_since for v in reg.views()}
+    assert seen == {behind: 1000.0, ahead: 1002.0}  # first seen idle first, nothing else
+    # A repeat of the same claim is the same idle period; a new claim is a new one.
+    clock.now += 3
+    reg.link_status(behind, idle=True, idle_since=1000.0 - 5 * 3600, running=0, queued=0)
+    assert reg.get(behind).idle_since == 1000.0  # type: ignore[union-attr]
+    reg.link_status(behind, idle=True, idle_since=1000.0 - 4 * 3600, running=0, queued=0)
+    assert reg.get(behind).idle_since == 1005.0  # type: ignore[union-attr]
+
+
+def test_trusted_peers_are_listed_seen_or_not_and_never_dropped(
+    reg: Registry, clock: FakeClock
+) -> None:
+    f = random_fingerprint()
+    reg.sync_trust({f}, {f: ("desk", ("10.0.0.7:7420",))})
+    [snap] = reg.snapshot()
+    assert (snap["name"], snap["trusted"], snap["connected"]) == ("desk", True, False)
+    assert snap["sources"] == ["trust"] and snap["addresses"] == ["10.0.0.7:7420"]
+    assert snap["last_seen"] is None, "never heard from"
+    reg.mdns_seen(advert(f))
+    clock.now += 7
+    reg.link_up(f)
+    reg.link_down(f, "heartbeat timeout")
+    reg.mdns_gone(f"desk-{f[:8]}._meshd._tcp.local.")  # its goodbye on stop
+    [snap] = reg.snapshot()
+    assert (snap["trusted"], snap["connected"], snap["last_error"]) == (
+        True,
+        False,
+        "heartbeat timeout",
+    )
+    assert snap["last_seen"] == 1007.0, "when the session last said something"
+    reg.sync_trust(set())  # untrusted: nothing else keeps the record
+    assert reg.snapshot() == []
 
 
 def test_busy_status_drops_idle_since(reg: Registry) -> None:

@@ -61,8 +61,15 @@ class Meshd:
         esphome: str = STANDIN_CMD,
         env: Mapping[str, str] | None = None,
         args: tuple[str, ...] = (),
+        wrap: tuple[str, ...] = (),
+        cli_wrap: tuple[str, ...] = (),
     ) -> None:
+        """``wrap`` prefixes the serve command (e.g. ``unshare --mount ...``); it must
+        ``exec`` meshd, so the process is the daemon. ``cli_wrap`` prefixes CLI runs
+        (``ip netns exec NS`` for a daemon whose loopback is another namespace's)."""
         self.data_dir = data_dir
+        self.wrap = wrap
+        self.cli_wrap = cli_wrap
         self.esphome = esphome
         self.env = base_env(env)
         self.args = args
@@ -73,9 +80,15 @@ class Meshd:
 
     # -- life cycle -------------------------------------------------------------
 
+    def seen(self, path: Path) -> Path:
+        """``path`` as this (test) process can read it; a daemon in its own mount
+        namespace (tests/support/tmpfs.py) answers with its ``/proc/PID/root`` view."""
+        return path
+
     def start(self, *, wait: bool = True) -> Meshd:
-        before = _identity(self.data_dir / "api.json")
+        before = _identity(self.seen(self.data_dir / "api.json"))
         argv = [
+            *self.wrap,
             sys.executable,
             "-m",
             "meshd",
@@ -118,7 +131,7 @@ class Meshd:
         def ready() -> bool:
             if proc.poll() is not None:
                 raise AssertionError(f"meshd serve exited {proc.returncode}:\n{self.log()}")
-            return _identity(self.data_dir / "api.json") != before
+            return _identity(self.seen(self.data_dir / "api.json")) != before
 
         try:
             poll_until(ready, timeout=START_TIMEOUT, what="api.json")
@@ -127,7 +140,7 @@ class Meshd:
         self.start_url_from_file()
 
     def start_url_from_file(self) -> None:
-        data = json.loads((self.data_dir / "api.json").read_text())
+        data = json.loads(self.seen(self.data_dir / "api.json").read_text())
         self.url, self.token = data["url"], data["token"]
 
     def log(self) -> str:
@@ -161,10 +174,10 @@ class Meshd:
     ) -> subprocess.CompletedProcess[str]:
         env = dict(self.env)
         if data_dir:
-            env["MESHD_DATA_DIR"] = str(self.data_dir)
+            env["MESHD_DATA_DIR"] = str(self.seen(self.data_dir))
         env["COLUMNS"] = "200"
         return subprocess.run(
-            [sys.executable, "-m", "meshd", *args],
+            [*self.cli_wrap, sys.executable, "-m", "meshd", *args],
             env=env,
             capture_output=True,
             text=True,

@@ -27,6 +27,7 @@ import contextlib
 import gzip
 import hashlib
 import secrets
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -273,3 +274,54 @@ class OtaEmulator:
             payload = gzip.decompress(data) if compressed else data
             return self.validator(payload)
         return None
+
+
+class OtaDevices:
+    """Several ``OtaEmulator`` devices served from a thread, for tests that are not async.
+
+    A daemon under test flashes them through a (stand-in or real) ``esphome upload``;
+    the devices' own records (``images(i)``) say what each one received, whatever the
+    daemon believes. They outlive daemon restarts: start them once per test.
+    """
+
+    def __init__(self, count: int, **options: object) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="ota-devices", daemon=True)
+        self.devices = [OtaEmulator(**options) for _ in range(count)]  # type: ignore[arg-type]
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        self._loop.run_forever()
+
+    def start(self) -> OtaDevices:
+        self._thread.start()
+        for device in self.devices:
+            asyncio.run_coroutine_threadsafe(device.start(), self._loop).result(10)
+        return self
+
+    def stop(self) -> None:
+        if not self._thread.is_alive():
+            return
+        for device in self.devices:
+            asyncio.run_coroutine_threadsafe(device.stop(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        self._loop.close()
+
+    def port(self, index: int) -> int:
+        return self.devices[index].port
+
+    def images(self, index: int) -> list[ReceivedImage]:
+        """A copy of what device ``index`` received so far (accepted or not)."""
+
+        async def copy() -> list[ReceivedImage]:
+            return list(self.devices[index].uploads)
+
+        return asyncio.run_coroutine_threadsafe(copy(), self._loop).result(10)
+
+    def __enter__(self) -> OtaDevices:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

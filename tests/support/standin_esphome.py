@@ -29,6 +29,11 @@ environment variables (which win)::
     # standin: invalid=1               STANDIN_INVALID       (a Failed config block)
     # standin: ignore_sigterm=1        STANDIN_IGNORE_SIGTERM (a compile slow to stop:
                                        only the SIGKILL after the grace period ends it)
+    # standin: chatter_bytes=100000    STANDIN_CHATTER_BYTES (warnings: a long log)
+    # standin: link_seconds=2          STANDIN_LINK_SECONDS  (silent, after "Linking")
+    # standin: grandchild_seconds=60   STANDIN_GRANDCHILD_SECONDS (a silent child in our group)
+    # standin: firmware_bytes=4000000  STANDIN_FIRMWARE_BYTES (pad the image: big artifacts)
+    # standin: ota_port=3232           STANDIN_OTA_PORT (flash a real OTA endpoint, below)
 
 ``STANDIN_ESPHOME_VERSION`` sets the version (default 2026.6.5); with
 ``STANDIN_VERSION_GATE`` set, ``version`` answers only once that file exists. Every upload appends
@@ -38,6 +43,21 @@ that record: an upload from a scratch data directory). ``STANDIN_PID_FILE`` (if 
 receives the pid of a running compile, so a test can check it was killed.
 ``STANDIN_CHILD_PID_FILE`` (if set) makes a compile start a long-sleeping child in its
 process group first, as esphome starts PlatformIO, and receives that child's pid.
+
+Every build is unique: the image carries a random build id, so two compiles of one
+YAML give two digests and a test can tell which build a device received. Each compile
+appends ``{"build", "config", "sha256", "size", "pid", "ppid", "at"}`` to the compile
+journal ``<data_dir>/standin-compiles.jsonl`` (and, as ``"cmd": "built"``, to
+``$STANDIN_JOURNAL``) and prints ``standin build ID sha256
+DIGEST``. If ``STANDIN_JOURNAL`` names a file, every command that does work (compile,
+upload, clean, clean-all, rename, bundle) appends ``{"cmd", "pid", "ppid", "at",
+"config"}`` to it when it starts, so a test can find processes a dead daemon left.
+
+With an ``ota_port``, ``upload --device HOST`` speaks ESPHome's OTA protocol (as
+``esphome/espota2.py`` does, without a password) to ``HOST:ota_port``: an OTA emulator
+(tests/support/ota_emulator.py) then records the image it received. It prints
+``OTA successful`` as soon as the device acknowledged the end of the update (0x45),
+before its last ack, as espota2 logs it.
 """
 
 from __future__ import annotations
@@ -48,8 +68,10 @@ import io
 import json
 import os
 import re
+import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tarfile
@@ -94,6 +116,25 @@ def log(level: str, message: str) -> None:
 
 def out(line: str) -> None:
     print(line, flush=True)
+
+
+def _append_json(path: Path, record: dict[str, Any]) -> None:
+    """One JSON line, written with a single write so concurrent appenders do not mix."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = (json.dumps(record) + "\n").encode()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+
+
+def journal(cmd: str, config: str) -> None:
+    """Note this process in ``$STANDIN_JOURNAL`` (pid, parent) before doing any work."""
+    target = os.environ.get("STANDIN_JOURNAL")
+    if target:
+        record = {"cmd": cmd, "pid": os.getpid(), "ppid": os.getppid(), "at": time.time()}
+        _append_json(Path(target), {**record, "config": config})
 
 
 class Config:
@@ -247,20 +288,61 @@ def compile_config(config: Config) -> int:
     src.mkdir(parents=True, exist_ok=True)
     for index in range(OBJECTS):
         (src / f"unit{index:02d}.cpp").write_text(f"// stand-in unit {index}\n", encoding="utf-8")
+    grandchild = float(config.setting("grandchild_seconds", "0"))
+    if grandchild:
+        # A "compiler" in our process group that prints nothing, like PlatformIO's gcc.
+        child = subprocess.Popen(
+            [sys.executable, "-c", f"import time; time.sleep({grandchild})"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        if os.environ.get("STANDIN_JOURNAL"):
+            # Owned, like its parent, by the daemon that started this compile.
+            record = {"cmd": "grandchild", "pid": child.pid, "ppid": os.getppid()}
+            _append_json(Path(os.environ["STANDIN_JOURNAL"]), {**record, "at": time.time()})
     log("INFO", f"Compiling app... Build path: {config.build_path}")
     out(f"Processing {config.name} (platform: {config.platform})")
+    chatter = int(config.setting("chatter_bytes", "0")) // OBJECTS
     for index in range(OBJECTS):
         time.sleep(seconds / OBJECTS)
         out(f"Compiling .pioenvs/{config.name}/src/unit{index:02d}.o")
+        for _ in range(chatter // 100):
+            out(f"src/unit{index:02d}.cpp: warning: " + "w" * 80)
         if config.flag("compile_fail") and index == OBJECTS // 2:
             out(f"src/unit{index:02d}.cpp:1:1: error: stand-in compile failure")
             out(f"*** [.pioenvs/{config.name}/src/unit{index:02d}.o] Error 1")
             out("========================= [FAILED] Took 0.10 seconds =========================")
             return 1
     out(f"Linking .pioenvs/{config.name}/program")
+    # A linker prints nothing for a while: a dead daemon's broken pipe goes unnoticed.
+    time.sleep(float(config.setting("link_seconds", "0")))
     config.firmware.parent.mkdir(parents=True, exist_ok=True)
-    digest = hashlib.sha256(config.text.encode()).hexdigest()
-    config.firmware.write_bytes(f"standin firmware {config.name} {digest}\n".encode())
+    source = hashlib.sha256(config.text.encode()).hexdigest()
+    build = secrets.token_hex(8)
+    image = f"standin firmware {config.name} {source} build {build}\n".encode()
+    pad = int(config.setting("firmware_bytes", "0"))
+    if pad > len(image):
+        # Incompressible, so transfer tests move the bytes they ask for.
+        image += hashlib.shake_256(build.encode()).digest(pad - len(image))
+    tmp = config.firmware.with_name(f".{config.firmware.name}.tmp")
+    tmp.write_bytes(image)
+    tmp.replace(config.firmware)
+    digest = hashlib.sha256(image).hexdigest()
+    built = {
+        "build": build,
+        "config": str(config.path),
+        "sha256": digest,
+        "size": len(image),
+        "pid": os.getpid(),
+        "ppid": os.getppid(),
+        "at": time.time(),
+    }
+    _append_json(config.data_dir / "standin-compiles.jsonl", built)
+    if os.environ.get("STANDIN_JOURNAL"):
+        # clean-all removes the data dir's journal; this one outlives it.
+        _append_json(Path(os.environ["STANDIN_JOURNAL"]), {"cmd": "built", **built})
+    log("INFO", f"standin build {build} sha256 {digest}")
     config.storage.parent.mkdir(parents=True, exist_ok=True)
     config.storage.write_text(json.dumps(_storage_json(config), indent=2) + "\n", encoding="utf-8")
     # Like esphome's build_info.json (what the firmware's build reports as itself).
@@ -278,7 +360,58 @@ def compile_config(config: Config) -> int:
 
 
 def cmd_compile(args: argparse.Namespace) -> int:
+    journal("compile", args.configuration)
     return compile_config(load(args.configuration))
+
+
+def _recv_exactly(sock: socket.socket, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        if not chunk:
+            raise ConnectionError("device closed the connection")
+        data += chunk
+    return data
+
+
+def _expect(sock: socket.socket, what: str, *codes: int) -> bytes:
+    got = _recv_exactly(sock, 1)
+    if got[0] not in codes:
+        raise ConnectionError(f"{what}: device answered 0x{got[0]:02x}")
+    return got
+
+
+def ota_send(host: str, port: int, payload: bytes, seconds: float) -> None:
+    """ESPHome OTA (espota2) without a password: the client half of ota_emulator.py."""
+    block = 8192
+    with socket.create_connection((host, port), timeout=30) as sock:
+        sock.sendall(bytes([0x6C, 0x26, 0xF7, 0x5C, 0x45]))
+        _expect(sock, "magic", 0x00)
+        _recv_exactly(sock, 1)  # OTA version
+        sock.sendall(bytes([0x04]))  # extended protocol, no compression, no auth
+        _expect(sock, "features", 0x48)
+        _recv_exactly(sock, 1)
+        _expect(sock, "auth", 0x41)
+        sock.sendall(bytes([0x00]))  # OTA type: app
+        sock.sendall(len(payload).to_bytes(4, "big"))
+        _expect(sock, "prepare", 0x42)
+        sock.sendall(hashlib.md5(payload).hexdigest().encode())
+        _expect(sock, "md5", 0x43)
+        blocks = max(1, -(-len(payload) // block))
+        for index in range(blocks):
+            sock.sendall(payload[index * block : (index + 1) * block])
+            _expect(sock, "chunk", 0x47)
+            percent = (index + 1) * 100 // blocks
+            if DASHBOARD:
+                sys.stderr.write(f"\rUploading: [{'=' * (percent // 5):<20}] {percent}% ")
+                sys.stderr.flush()
+            time.sleep(seconds / blocks)
+        if DASHBOARD:
+            sys.stderr.write("\n")
+        _expect(sock, "receive", 0x44)
+        _expect(sock, "update end", 0x45)
+        log("INFO", "OTA successful")
+        sock.sendall(bytes([0x00]))
 
 
 def upload_config(config: Config, device: str) -> int:
@@ -290,42 +423,51 @@ def upload_config(config: Config, device: str) -> int:
     if not firmware.is_file():
         log("ERROR", f"Firmware file {firmware} does not exist. Compile it first.")
         return 1
-    port = 6053 if config.platform == "host" else 3232
+    ota_port = config.setting("ota_port")
+    port = int(ota_port) if ota_port else (6053 if config.platform == "host" else 3232)
     log("INFO", f"Connecting to {device} port {port}...")
     if config.flag("upload_fail"):
         log("ERROR", f"Connecting to {device} port {port} failed: [Errno 111] Connection refused")
         return 1
-    log("INFO", f"Connected to {device}")
     payload = firmware.read_bytes()
-    log("INFO", f"Uploading {firmware} ({len(payload)} bytes)")
+    digest = hashlib.sha256(payload).hexdigest()
     seconds = float(config.setting("upload_seconds", "0"))
-    for percent in range(0, 101, 10):
-        time.sleep(seconds / 11)
+    if ota_port:
+        log("INFO", f"Uploading {firmware} ({len(payload)} bytes, sha256 {digest})")
+        try:
+            ota_send(device, port, payload, seconds)
+        except OSError as exc:
+            log("ERROR", f"Connecting to {device} port {port} failed: {exc}")
+            return 1
+    else:
+        log("INFO", f"Connected to {device}")
+        log("INFO", f"Uploading {firmware} ({len(payload)} bytes, sha256 {digest})")
+        for percent in range(0, 101, 10):
+            time.sleep(seconds / 11)
+            if DASHBOARD:
+                bar = "=" * (percent // 5)
+                sys.stderr.write(f"\rUploading: [{bar:<20}] {percent}% ")
+                sys.stderr.flush()
         if DASHBOARD:
-            bar = "=" * (percent // 5)
-            sys.stderr.write(f"\rUploading: [{bar:<20}] {percent}% ")
-            sys.stderr.flush()
-    if DASHBOARD:
-        sys.stderr.write("\n")
-    log("INFO", f"Upload took {seconds:.2f} seconds, waiting for result...")
-    log("INFO", "OTA successful")
+            sys.stderr.write("\n")
+        log("INFO", f"Upload took {seconds:.2f} seconds, waiting for result...")
+        log("INFO", "OTA successful")
     record = {
         "device": device,
         "config": str(config.path),
         "firmware": str(firmware),
-        "sha256": hashlib.sha256(payload).hexdigest(),
+        "sha256": digest,
     }
     uploads = Path(
         os.environ.get("STANDIN_UPLOAD_LOG") or config.data_dir / "standin-uploads.jsonl"
     )
-    uploads.parent.mkdir(parents=True, exist_ok=True)
-    with uploads.open("a", encoding="utf-8") as handle:
-        handle.write(json.dumps(record) + "\n")
+    _append_json(uploads, record)
     log("INFO", "Successfully uploaded program.")
     return 0
 
 
 def cmd_upload(args: argparse.Namespace) -> int:
+    journal("upload", args.configuration)
     if not args.device:
         log("ERROR", "No device given (--device)")
         return 2
@@ -333,6 +475,7 @@ def cmd_upload(args: argparse.Namespace) -> int:
 
 
 def cmd_clean(args: argparse.Namespace) -> int:
+    journal("clean", args.configuration)
     config = load(args.configuration)
     log("INFO", f"Deleting {config.build_path}")
     shutil.rmtree(config.build_path, ignore_errors=True)
@@ -341,6 +484,7 @@ def cmd_clean(args: argparse.Namespace) -> int:
 
 
 def cmd_clean_all(args: argparse.Namespace) -> int:
+    journal("clean-all", " ".join(args.configuration))
     for directory in args.configuration:
         target = Path(directory) / ".esphome"
         log("INFO", f"Cleaning {target}")
@@ -354,6 +498,7 @@ def cmd_rename(args: argparse.Namespace) -> int:
     write NEW.yaml, validate it, then compile and upload it (``run``); only on success
     remove the old YAML. On a failure it sees it removes NEW.yaml; killed (SIGTERM,
     SIGKILL) it leaves NEW.yaml behind, exactly like esphome."""
+    journal("rename", args.configuration)
     config = load(args.configuration)
     if not _ALLOWED_NAME.match(args.name):
         out(
@@ -392,6 +537,7 @@ def cmd_rename(args: argparse.Namespace) -> int:
 
 
 def cmd_bundle(args: argparse.Namespace) -> int:
+    journal("bundle", args.configuration)
     config = load(args.configuration)
     files = [config.path.name]
     secrets = config.path.parent / "secrets.yaml"

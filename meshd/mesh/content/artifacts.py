@@ -118,6 +118,22 @@ class ArtifactManifest:
     def total_size(self) -> int:
         return sum(f.size for f in self.files)
 
+    def check_roles(self, method: FlashMethod) -> None:
+        """Refuse a manifest that lacks a file ``method`` cannot flash without.
+
+        Every flash needs the build record (``storage``) and an image: ``app``, or for a
+        serial flash of an ESP-IDF-toolchain build the merged ``factory`` image.
+        """
+        roles = {f.role for f in self.files}
+        images = {"app"} if method is FlashMethod.OTA else {"app", "factory"}
+        missing = [role for role in ("storage",) if role not in roles]
+        if not roles & images:
+            missing.append(" or ".join(sorted(images)))
+        if missing:
+            raise BundleRejected(
+                f"artifact manifest has no {', '.join(missing)} file for a {method.value} flash"
+            )
+
 
 def collect_artifacts(
     config: Path,

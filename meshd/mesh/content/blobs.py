@@ -8,6 +8,8 @@ per-digest futures of ``fetch`` (pulls).
 
 Limits are enforced before a byte is stored: a stream without a declared size, one
 larger than the cap, or (on the fetching side) a blob nobody asked for is refused.
+A blob this node cannot write (disk full, I/O error) fails its waiter with a
+``LocalWriteError``: the fetching job fails here, and the sender is not blamed.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+from meshd.jobs.diskio import LocalWriteError, is_write_error
 from meshd.link import IncomingStream, LinkSession, RejectRequest
 from meshd.link.errors import ErrorCode, LinkError
 from meshd.mesh.content.store import ContentError, ContentStore, check_digest
@@ -92,6 +95,15 @@ class BlobExchange:
             _LOGGER.warning("refused blob from %s: %s", session.peer.fingerprint_hex[:12], exc)
             if waiter is not None and not waiter.done():
                 waiter.set_exception(exc)
+            return
+        except OSError as exc:
+            if not is_write_error(exc):
+                raise
+            # Our disk, not the peer: whoever waits for this blob fails with where.
+            error = LocalWriteError.of(exc, self.store.root)
+            _LOGGER.error("cannot store blob %s: %s", digest[:12], error)  # noqa: TRY400
+            if waiter is not None and not waiter.done():
+                waiter.set_exception(error)
             return
         if waiter is not None and not waiter.done():
             waiter.set_result(None)

@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
+from meshd.jobs.diskio import LocalWriteError, is_write_error
 from meshd.jobs.runner import JobContext, JobFailed
 from meshd.link import LinkError, LinkSession, RequestFailed, Router
 from meshd.link.messages import (
@@ -47,6 +48,7 @@ from meshd.mesh.content.artifacts import (
 )
 from meshd.mesh.content.blobs import BlobExchange
 from meshd.mesh.content.bundle import BundleRejected, read_bundle
+from meshd.mesh.content.store import ContentError
 from meshd.mesh.dispatch.reroute import ReceiverLost, after_loss
 from meshd.toolchain.commands import EsphomeFailed, create_bundle
 from meshd.toolchain.storage import FlashMethod, is_serial_device
@@ -73,6 +75,22 @@ def _accepted(answer: object, fingerprint: str) -> CompileAccept:
             raise JobFailed(f"receiver refused the bundle: {answer.message}")
         raise ReceiverLost(f"receiver declined ({answer.reason}: {answer.message})", fingerprint)
     raise ReceiverLost(f"receiver answered {getattr(answer, 'TYPE', answer)!r}", fingerprint)
+
+
+def _raise_local_failure(arrivals: list[asyncio.Future[None]]) -> None:
+    """Raise the ``LocalWriteError`` one of ``arrivals`` failed with, if any did."""
+    for arrival in arrivals:
+        if arrival.done() and not arrival.cancelled():
+            error = arrival.exception()
+            if isinstance(error, LocalWriteError):
+                raise error
+
+
+def _manifest_digest(reply: ArtifactReply) -> str:
+    """The artifact manifest's digest, once its announced size is within bounds."""
+    if reply.manifest_size > MAX_ARTIFACT_MANIFEST_BYTES:
+        raise BundleRejected(f"artifact manifest of {reply.manifest_size} bytes")
+    return reply.manifest_digest.hex()
 
 
 def _why(exc: BaseException) -> str:
@@ -189,7 +207,12 @@ class RemoteCompileRunner:
         self._on_duration(fingerprint, time.monotonic() - started)
 
     async def _bundle(self, ctx: JobContext, config: Path) -> tuple[str, int, list[str]]:
-        self.work_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.work_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            if not is_write_error(exc):
+                raise
+            raise LocalWriteError.of(exc, self.work_dir) from None
         archive = self.work_dir / f"{ctx.job.id}.esphomebundle.tar.gz"
         try:
             await create_bundle(
@@ -202,10 +225,19 @@ class RemoteCompileRunner:
             raise JobFailed(str(exc)) from None
         except BundleRejected as exc:
             raise JobFailed(f"cannot send this configuration: {exc}") from None
+        except OSError as exc:
+            if not is_write_error(exc):
+                raise
+            raise LocalWriteError.of(exc) from None
         finally:
             archive.unlink(missing_ok=True)
         data = json.dumps(manifest.to_wire()).encode()
-        digest = self.blobs.store.put_bytes(data)
+        try:
+            digest = self.blobs.store.put_bytes(data)
+        except OSError as exc:
+            if not is_write_error(exc):
+                raise
+            raise LocalWriteError.of(exc, self.blobs.store.root) from None
         ctx.log(f"[meshd] bundle: {len(manifest.files)} files, {manifest.total_size} bytes")
         return digest, len(data), [digest, *(f.digest for f in manifest.files)]
 
@@ -237,15 +269,34 @@ class RemoteCompileRunner:
             return
         arrivals = self.blobs.expect(session, digests)
         try:
-            await session.request(BlobRequest(tuple(bytes.fromhex(d) for d in digests)), BlobReply)
+            try:
+                await session.request(
+                    BlobRequest(tuple(bytes.fromhex(d) for d in digests)), BlobReply
+                )
+            except LinkError:
+                # We may have made the request fail ourselves: a blob we could not
+                # store aborts its stream, and the receiver's sender gives up. Then
+                # the fault is ours, not the receiver's.
+                _raise_local_failure(arrivals)
+                raise
             async with asyncio.timeout(FETCH_TIMEOUT):
                 await asyncio.gather(*arrivals)
         finally:
             self.blobs.done_expecting(session, digests)
+            for arrival in arrivals:
+                if arrival.done() and not arrival.cancelled():
+                    arrival.exception()  # retrieved: no "never retrieved" noise
 
     async def _pull_artifacts(
         self, ctx: JobContext, session: LinkSession, fingerprint: str, config: Path
     ) -> None:
+        """Fetch and write what the flash needs; who is to blame decides what follows.
+
+        The receiver's side (no answer, a refusal, a manifest or record that breaks the
+        rules of PROTOCOL.md 12.5/12.6) is a ``ReceiverLost``: re-route, and never to
+        it again for this job. Our side (a full disk while fetching or writing) is a
+        ``LocalWriteError``: the job fails here and the receiver is not excluded.
+        """
         device = ctx.job.device or ""
         method = FlashMethod.SERIAL if is_serial_device(device) else FlashMethod.OTA
         try:
@@ -253,27 +304,41 @@ class RemoteCompileRunner:
                 ArtifactRequest(ctx.job.id, method.value, ctx.job.options.elf),
                 ArtifactReply,
             )
-            manifest_digest = reply.manifest_digest.hex()
-            if reply.manifest_size > MAX_ARTIFACT_MANIFEST_BYTES:
-                raise JobFailed("receiver sent an oversize artifact manifest")
+            manifest_digest = _manifest_digest(reply)
             await self._fetch(session, self.blobs.store.missing([manifest_digest]))
             manifest = ArtifactManifest.from_wire(
                 json.loads(self.blobs.store.path(manifest_digest).read_bytes())
             )
+            manifest.check_roles(method)
             missing = self.blobs.store.missing([f.digest for f in manifest.files])
             await self._fetch(session, missing)
         except RequestFailed as exc:
-            # Before LinkError (its base): the receiver answered, it is not lost.
-            raise JobFailed(f"receiver could not provide artifacts: {exc}") from None
+            # Before LinkError (its base): it answered, but cannot give what it built.
+            raise ReceiverLost(
+                f"receiver could not provide artifacts: {exc}", fingerprint
+            ) from None
         except (LinkError, TimeoutError) as exc:
             raise ReceiverLost(
                 f"lost receiver while pulling artifacts: {exc}", fingerprint
             ) from None
-        except (BundleRejected, ValueError) as exc:
-            raise JobFailed(f"receiver sent unusable artifacts: {exc}") from None
-        written = await asyncio.to_thread(
-            materialise_artifacts, manifest, self.blobs.store, config, self._env
-        )
+        except (BundleRejected, ContentError, ValueError) as exc:
+            # ValueError covers a manifest that is not JSON (or not UTF-8).
+            raise ReceiverLost(f"receiver sent unusable artifacts: {exc}", fingerprint) from None
+        except OSError as exc:
+            if not is_write_error(exc):
+                raise
+            raise LocalWriteError.of(exc, self.blobs.store.root) from None
+        try:
+            written = await asyncio.to_thread(
+                materialise_artifacts, manifest, self.blobs.store, config, self._env
+            )
+        except BundleRejected as exc:
+            # E.g. a storage record that is not JSON: the receiver built garbage.
+            raise ReceiverLost(f"receiver sent unusable artifacts: {exc}", fingerprint) from None
+        except OSError as exc:
+            if not is_write_error(exc):
+                raise
+            raise LocalWriteError.of(exc) from None
         ctx.log(
             f"[meshd] received {len(manifest.files)} artifacts ({manifest.total_size} bytes, "
             f"{len(missing)} transferred); wrote {len(written)} files for esphome upload"

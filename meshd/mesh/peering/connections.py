@@ -129,6 +129,14 @@ class _Handshake:
         return self._trust.is_trusted(candidate.public_key, Permission.BUILD_FOR_ME)
 
 
+def sync_registry_trust(registry: Registry, trust: TrustStore) -> set[str]:
+    """Give the registry every trusted peer, with the name and addresses trust knows."""
+    peers = trust.list()
+    trusted = {p.fingerprint for p in peers}
+    registry.sync_trust(trusted, {p.fingerprint: (p.name, p.addresses) for p in peers})
+    return trusted
+
+
 class Connections:
     def __init__(
         self,
@@ -203,8 +211,7 @@ class Connections:
     def trust_changed(self) -> None:
         """The trust store changed: retry refused peers, drop sessions no longer trusted."""
         self._refused.clear()
-        trusted = {p.fingerprint for p in self.trust.list()}
-        self.registry.sync_trust(trusted)
+        trusted = sync_registry_trust(self.registry, self.trust)
         for fingerprint, session in list(self._sessions.items()):
             if fingerprint not in trusted:
                 self._closers.spawn(

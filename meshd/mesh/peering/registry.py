@@ -6,6 +6,17 @@ Three feeds write into it, all from the event loop:
 * the peer link (session up/down with the error, the verified hello, lane-status pushes);
 * the trust store (trusted / not trusted), and finished remote compiles (durations).
 
+Every trusted peer has a record, whether it was ever seen or not (source ``trust``,
+with the name and addresses the trust store knows): a paired receiver that stops is
+shown ``connected: false`` with its last error and when it was last seen, never
+dropped. ``last_seen`` is when this node last heard from the peer (an advert, a session
+event); None if it never has.
+
+``idle_since`` is this node's own clock: when it first saw the peer idle in its
+current idle period. A peer's claim (``claimed_idle_since``, its clock) only tells
+whether a new idle period began; a receiver whose clock is hours off must not look idle
+for hours, or never idle, to the scheduler.
+
 Readers get either ``snapshot()`` (JSON-able dicts: ``meshd peers --json``, the status
 API) or ``views()`` (the scheduler's ``PeerView``). Every real change is announced to
 synchronous listeners, because the compile lane re-plans on each one; a refresh that
@@ -25,7 +36,7 @@ import enum
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -55,6 +66,7 @@ class PeerSource(enum.StrEnum):
     MDNS = "mdns"
     STATIC = "static"
     INBOUND = "inbound"
+    TRUST = "trust"
 
 
 class LaneVia(enum.StrEnum):
@@ -117,10 +129,11 @@ class PeerRecord:
     running: int
     queued: int
     lane_via: str | None
-    last_seen: float
+    last_seen: float | None
     last_error: str | None
     compile_durations: tuple[float, ...]
     mdns_instances: tuple[str, ...]
+    claimed_idle_since: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -135,6 +148,7 @@ class PeerRecord:
             "accepts_builds": self.accepts_builds,
             "idle": self.idle,
             "idle_since": self.idle_since,
+            "claimed_idle_since": self.claimed_idle_since,
             "running": self.running,
             "queued": self.queued,
             "lane_via": self.lane_via,
@@ -153,7 +167,7 @@ class PeerRecord:
 class _Peer:
     fingerprint: str
     name: str
-    last_seen: float
+    last_seen: float | None
     trusted: bool = False
     addresses: list[str] = field(default_factory=list)
     sources: set[PeerSource] = field(default_factory=set)
@@ -163,6 +177,7 @@ class _Peer:
     accepts_builds: bool = False
     idle: bool = False
     idle_since: float | None = None
+    claimed_idle_since: float | None = None
     running: int = 0
     queued: int = 0
     lane_via: LaneVia | None = None
@@ -190,6 +205,7 @@ class _Peer:
             last_error=self.last_error,
             compile_durations=tuple(self.durations),
             mdns_instances=tuple(self.instances),
+            claimed_idle_since=self.claimed_idle_since,
         )
 
     def add_addresses(self, new: Iterable[str]) -> None:
@@ -202,6 +218,16 @@ class _Peer:
 
     def evictable(self) -> bool:
         return not (self.connected or self.trusted or PeerSource.STATIC in self.sources)
+
+    def set_lane(self, idle: bool, claimed: float | None, now: float) -> None:
+        """Idle or not, with ``idle_since`` on our clock (see the module docstring)."""
+        if not idle:
+            self.idle, self.idle_since, self.claimed_idle_since = False, None, None
+            return
+        if not self.idle or self.idle_since is None or claimed != self.claimed_idle_since:
+            self.idle_since = now
+        self.idle = True
+        self.claimed_idle_since = claimed
 
 
 Listener = Callable[[PeerChange], None]
@@ -290,19 +316,25 @@ class Registry:
                 # called us (an mDNS handler, a link session).
                 _LOGGER.exception("peer registry listener failed on %s", change)
 
-    def _edit(self, fingerprint: str, edit: Callable[[_Peer], None]) -> bool:
-        """Apply ``edit`` to an existing record; announce if anything visible changed."""
+    def _edit(self, fingerprint: str, edit: Callable[[_Peer], None], *, seen: bool = True) -> bool:
+        """Apply ``edit`` to an existing record; announce if anything visible changed.
+
+        ``seen``: the change came from the peer itself (an advert, a session event), so
+        ``last_seen`` moves; our own bookkeeping (trust, errors of our dials) does not."""
         peer = self._peers.get(fingerprint)
         if peer is None:
             return False
         before = peer.info()._comparable()
         edit(peer)
-        peer.last_seen = self._clock()
+        if seen:
+            peer.last_seen = self._clock()
         if peer.info()._comparable() != before:
             self._notify(ChangeKind.UPDATED, fingerprint)
         return True
 
-    def _admit(self, fingerprint: str, name: str, *, verified: bool) -> _Peer | None:
+    def _admit(
+        self, fingerprint: str, name: str, *, verified: bool, seen: bool = True
+    ) -> _Peer | None:
         """A new record, or None when the cap is reached.
 
         An unverified (mDNS) newcomer never displaces anything: first come stays, so a
@@ -315,7 +347,7 @@ class Registry:
             victim = None
             if verified:
                 candidates = [p for p in self._peers.values() if p.evictable()]
-                victim = min(candidates, key=lambda p: p.last_seen, default=None)
+                victim = min(candidates, key=lambda p: p.last_seen or 0.0, default=None)
             if victim is None:
                 if not self._full_logged:
                     self._full_logged = True
@@ -327,7 +359,7 @@ class Registry:
         peer = _Peer(
             fingerprint=fingerprint,
             name=name,
-            last_seen=self._clock(),
+            last_seen=self._clock() if seen else None,
             trusted=self._is_trusted(fingerprint),
         )
         self._peers[fingerprint] = peer
@@ -355,8 +387,7 @@ class Registry:
         self._edit(advert.fingerprint, lambda p: self._apply_advert(p, advert))
         return True
 
-    @staticmethod
-    def _apply_advert(peer: _Peer, advert: MdnsAdvert) -> None:
+    def _apply_advert(self, peer: _Peer, advert: MdnsAdvert) -> None:
         peer.sources.add(PeerSource.MDNS)
         peer.add_addresses(advert.addresses)
         if advert.instance in peer.instances:
@@ -371,8 +402,7 @@ class Registry:
         peer.protocol = advert.protocol
         peer.esphome_version = advert.esphome_version
         peer.accepts_builds = advert.accepts_builds
-        peer.idle = advert.idle
-        peer.idle_since = advert.idle_since if advert.idle else None
+        peer.set_lane(advert.idle, advert.idle_since, self._clock())
         peer.lane_via = LaneVia.MDNS
 
     def mdns_gone(self, instance: str) -> None:
@@ -396,7 +426,7 @@ class Registry:
                 if not p.instances:
                     p.sources.discard(PeerSource.MDNS)
 
-            self._edit(fingerprint, drop)
+            self._edit(fingerprint, drop, seen=False)
             if not peer.sources and not peer.connected:
                 self._remove(fingerprint)
 
@@ -468,11 +498,11 @@ class Registry:
             p.connected = False
             p.last_error = error
             if p.lane_via is LaneVia.LINK:
-                p.idle = False
-                p.idle_since = None
+                p.set_lane(False, None, 0.0)
                 p.lane_via = None
 
-        self._edit(fingerprint, down)
+        # last_seen stays: the peer was last heard from before the session died.
+        self._edit(fingerprint, down, seen=False)
         peer = self._peers.get(fingerprint)
         if peer is not None and not peer.sources:
             self._remove(fingerprint)
@@ -483,7 +513,7 @@ class Registry:
         def apply(p: _Peer) -> None:
             p.last_error = error
 
-        self._edit(fingerprint, apply)
+        self._edit(fingerprint, apply, seen=False)
 
     def link_hello(
         self,
@@ -521,8 +551,7 @@ class Registry:
         """A compile-lane status push (``{idle, idle_since, running, queued}``)."""
 
         def apply(p: _Peer) -> None:
-            p.idle = idle
-            p.idle_since = idle_since if idle else None
+            p.set_lane(idle, idle_since, self._clock())
             p.running = max(0, running)
             p.queued = max(0, queued)
             p.lane_via = LaneVia.LINK
@@ -537,12 +566,53 @@ class Registry:
         def apply(p: _Peer) -> None:
             p.trusted = trusted
 
-        self._edit(fingerprint, apply)
+        self._edit(fingerprint, apply, seen=False)
 
-    def sync_trust(self, trusted: Collection[str]) -> None:
-        """Make every record's ``trusted`` match the trust store's set of fingerprints."""
+    def sync_trust(
+        self,
+        trusted: Collection[str],
+        details: Mapping[str, tuple[str, Sequence[str]]] | None = None,
+    ) -> None:
+        """Make the records match the trust store: ``trusted`` fingerprints, with the
+        ``(name, addresses)`` it knows for each in ``details``.
+
+        A trusted peer without a record gets one (source ``trust``, never seen); a
+        record whose trust was withdrawn loses that source, and goes if nothing else
+        (mDNS, a static peer, a session) keeps it.
+        """
+        details = details or {}
+        for fingerprint in trusted:
+            name, addresses = details.get(fingerprint, ("", ()))
+            if fingerprint in self._peers:
+
+                def keep(p: _Peer, name: str = name, addresses: Sequence[str] = addresses) -> None:
+                    p.trusted = True
+                    p.sources.add(PeerSource.TRUST)
+                    p.add_addresses([a for a in addresses if a not in p.addresses])
+                    if name and p.name == p.fingerprint[:12]:
+                        p.name = name
+
+                self._edit(fingerprint, keep, seen=False)
+                continue
+            peer = self._admit(fingerprint, name or fingerprint[:12], verified=True, seen=False)
+            if peer is None:
+                continue
+            peer.trusted = True
+            peer.sources.add(PeerSource.TRUST)
+            peer.add_addresses(addresses)
+            self._notify(ChangeKind.ADDED, fingerprint)
         for fingerprint in list(self._peers):
-            self.set_trusted(fingerprint, fingerprint in trusted)
+            if fingerprint in trusted:
+                continue
+
+            def drop(p: _Peer) -> None:
+                p.trusted = False
+                p.sources.discard(PeerSource.TRUST)
+
+            self._edit(fingerprint, drop, seen=False)
+            peer = self._peers.get(fingerprint)
+            if peer is not None and not peer.sources and not peer.connected:
+                self._remove(fingerprint)
 
     def record_compile(self, fingerprint: str, seconds: float) -> None:
         """A remote compile on this peer finished after ``seconds``."""
@@ -552,7 +622,7 @@ class Registry:
         def apply(p: _Peer) -> None:
             p.durations.append(seconds)
 
-        self._edit(fingerprint, apply)
+        self._edit(fingerprint, apply, seen=False)
 
     def forget(self, fingerprint: str) -> None:
         """Drop a record whatever its sources (e.g. an operator removed a static peer)."""

@@ -203,7 +203,10 @@ class PairingReceiver:
         backoff: float = BACKOFF,
         guess_rate: float = GUESS_RATE,
         guess_burst: int = GUESS_BURST,
+        on_paired: Callable[[TrustedPeer], None] = lambda _peer: None,
     ) -> None:
+        """``on_paired`` is called with the new peer once it is in the trust store."""
+        self._on_paired = on_paired
         self._identity = identity
         self._trust = trust_store
         self._name = name
@@ -328,12 +331,13 @@ class PairingReceiver:
                 )
             raise RejectRequest(ErrorCode.PAIRING_FAILED, "wrong pairing code")
         window.used = True
-        self._trust.add(
+        trusted = self._trust.add(
             peer.fingerprint,
             public_key=peer.public_key,
             name=message.name,
             may_send_work=True,
         )
+        self._on_paired(trusted)
         _LOGGER.info(
             "paired with %s (%s)", message.name or "unnamed", short_fingerprint(peer.fingerprint)
         )
