@@ -43,6 +43,7 @@ import os
 import re
 import shlex
 import signal
+import subprocess
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Protocol
@@ -65,6 +66,7 @@ from meshd.mesh.service import MeshService
 from meshd.observe import bridge_peer_events, link_bytes
 from meshd.sdnotify import Notifier
 from meshd.toolchain.archive import BuildArchive
+from meshd.toolchain.ccache import CacheUnavailable, CompileCaches, find_ccache
 from meshd.toolchain.runners import make_runners
 from meshd.toolchain.storage import ArtifactError, load_storage
 from meshd.toolchain.tools import Toolchain, ToolMissing, locate_tool
@@ -113,9 +115,12 @@ class Daemon:
         self.toolchain = Toolchain(esphome=esphome.command, esptool=esptool.command)
         self.archive = BuildArchive(settings.data_dir / "artifacts", keep=settings.kept_builds)
         self.archive.clean_leftovers()
+        self.caches, cache_warning = _compile_caches(settings)
         self.engine = Engine(
             settings.data_dir,
-            runners if runners is not None else make_runners(self.toolchain, archive=self.archive),
+            runners
+            if runners is not None
+            else make_runners(self.toolchain, archive=self.archive, caches=self.caches),
             upload_slots=settings.upload_slots,
             armed_upload_ttl=settings.armed_upload_ttl,
             history=HistoryLimits(keep=settings.history_keep, max_age=settings.history_max_age),
@@ -134,6 +139,8 @@ class Daemon:
             self._warn(esphome.warning)
         elif esptool.warning is not None:
             self._warn(f"{esptool.warning}: serial uploads will fail")
+        if cache_warning is not None:
+            self._warn(cache_warning)
         self.hooks = ApiHooks()
         self.hooks.builds = lambda config: [b.to_dict() for b in self.archive.builds(config)]
         # The operator's view: metrics fed by the bus from the start (restore included),
@@ -153,6 +160,15 @@ class Daemon:
             hooks=self.hooks,
         )
         self._stop_requested: asyncio.Event | None = None
+
+    async def _enforce_cache_budget(self) -> None:
+        """Trim every cache directory to the budget at start (it may have been lowered)."""
+        if self.caches is None:
+            return
+        try:
+            await asyncio.to_thread(self.caches.enforce_budget)
+        except (OSError, subprocess.SubprocessError, CacheUnavailable) as exc:
+            _LOGGER.warning("could not trim the compile cache: %s", exc)
 
     def _device_name_of(self, configuration: str) -> str | None:
         """The ``esphome: name`` of a configuration's last build (esphome's own record)."""
@@ -205,6 +221,7 @@ class Daemon:
         background: list[asyncio.Task[None]] = []
         exit_code = EXIT_OK
         try:
+            await self._enforce_cache_budget()
             await self.engine.start()
             background.append(asyncio.create_task(self._probe_esphome(), name="esphome-version"))
             for service in self.services:
@@ -303,6 +320,17 @@ class Daemon:
         """Log a problem the operator must fix and show it in status and on the page."""
         _LOGGER.warning("%s", message)
         self.node.warnings.append(message)
+
+
+def _compile_caches(settings: Settings) -> tuple[CompileCaches | None, str | None]:
+    """The compile cache directories (None when off or ccache is missing) and a warning."""
+    if not settings.compile_cache:
+        return None, None
+    try:
+        program = find_ccache()
+    except CacheUnavailable as exc:
+        return None, f"{exc}: compiles run without a compile cache"
+    return CompileCaches(settings.data_dir / "ccache", settings.compile_cache_size, program), None
 
 
 def configure_logging(verbose: bool = False) -> None:

@@ -123,7 +123,12 @@ def job_table(job: dict[str, Any]) -> Table:
             table.add_row(key, f"{float(value) * 100:.0f}%")
         else:
             table.add_row(key, str(value))
-    for key, value in sorted((job.get("args") or {}).items()):
+    args = job.get("args") or {}
+    hits, misses = args.get("cache_hits"), args.get("cache_misses")
+    if isinstance(hits, int) and isinstance(misses, int):
+        rate = f" ({hits / (hits + misses):.0%} hit rate)" if hits + misses else ""
+        table.add_row("compile cache", f"{hits} hits, {misses} misses{rate}")
+    for key, value in sorted(args.items()):
         table.add_row(f"args.{key}", str(value))
     if job.get("error"):
         table.add_row("error", Text(job["error"], style="red"))

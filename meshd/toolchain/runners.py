@@ -15,13 +15,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from pathlib import Path
 
 from meshd.jobs.model import JobType
 from meshd.jobs.runner import JobContext, JobFailed, Runner
 from meshd.toolchain.archive import ArchiveError, BuildArchive
+from meshd.toolchain.ccache import CacheStats, CompileCaches
 from meshd.toolchain.chip import ChipError, expected_chip, verify_chip
 from meshd.toolchain.commands import EsphomeFailed, invoke_esphome
 from meshd.toolchain.progress import (
@@ -91,15 +92,53 @@ async def run_esphome(
         raise JobFailed(str(exc)) from exc
 
 
+@contextlib.asynccontextmanager
+async def compile_cache(
+    toolchain: Toolchain, caches: CompileCaches | None, ctx: JobContext, config: Path
+) -> AsyncIterator[Toolchain]:
+    """``toolchain`` with the job's compile cache under it (``meshd.toolchain.ccache``).
+
+    The node's own jobs use its local cache; a compile run for an offloader
+    (``options.offloader``) uses that offloader's. Paths are hashed relative to the
+    configuration's directory. Afterwards (also after a failure) the job log gets the
+    one-line summary and the job records its hits and misses (``options.cache_hits``,
+    ``cache_misses``). ``caches`` None: the cache is off and nothing changes.
+    """
+    if caches is None:
+        yield toolchain
+        return
+    try:
+        cache = caches.for_job(ctx.job.options.offloader)
+    except ValueError as exc:
+        ctx.log(f"[meshd] compile cache not used: {exc}")
+        yield toolchain
+        return
+    log = cache.directory / "jobs" / f"{ctx.job.id}.log"
+    await asyncio.to_thread(log.parent.mkdir, parents=True, exist_ok=True, mode=0o700)
+    log.unlink(missing_ok=True)
+    environ = cache.environ(
+        base_dir=config.parent.absolute(), stats_log=log, inherited=toolchain.environ()
+    )
+    try:
+        yield replace(toolchain, env={**toolchain.env, **environ})
+    finally:
+        stats = CacheStats.from_stats_log(log)
+        log.unlink(missing_ok=True)
+        ctx.log(f"[meshd] {stats.summary()}")
+        ctx.job.options = replace(ctx.job.options, cache_hits=stats.hits, cache_misses=stats.misses)
+
+
 class CompileRunner:
     """``esphome compile CFG``, with progress estimated from PlatformIO's object lines."""
 
-    def __init__(self, toolchain: Toolchain) -> None:
+    def __init__(self, toolchain: Toolchain, caches: CompileCaches | None = None) -> None:
         self.toolchain = toolchain
+        self.caches = caches
 
     async def run(self, ctx: JobContext) -> None:
         config = _config_file(ctx)
-        await run_esphome(self.toolchain, ctx, ["compile", str(config)], CompileProgress())
+        async with compile_cache(self.toolchain, self.caches, ctx, config) as toolchain:
+            await run_esphome(toolchain, ctx, ["compile", str(config)], CompileProgress())
 
 
 class UploadRunner:
@@ -267,8 +306,9 @@ class RenameRunner:
     no new YAML is left behind (``_RenameGuard``).
     """
 
-    def __init__(self, toolchain: Toolchain) -> None:
+    def __init__(self, toolchain: Toolchain, caches: CompileCaches | None = None) -> None:
         self.toolchain = toolchain
+        self.caches = caches
 
     async def run(self, ctx: JobContext) -> None:
         config = _config_file(ctx)
@@ -285,7 +325,8 @@ class RenameRunner:
         except OSError as exc:
             raise JobFailed(f"cannot prepare the rename in {config.parent}: {exc}") from exc
         try:
-            await run_esphome(self.toolchain, ctx, ["rename", str(config), new_name], progress)
+            async with compile_cache(self.toolchain, self.caches, ctx, config) as toolchain:
+                await run_esphome(toolchain, ctx, ["rename", str(config), new_name], progress)
         except BaseException:
             with contextlib.suppress(OSError):
                 guard.undo(ctx.log)
@@ -296,14 +337,18 @@ class RenameRunner:
 
 
 def make_runners(
-    toolchain: Toolchain, *, verify_chip: bool = True, archive: BuildArchive | None = None
+    toolchain: Toolchain,
+    *,
+    verify_chip: bool = True,
+    archive: BuildArchive | None = None,
+    caches: CompileCaches | None = None,
 ) -> dict[JobType, Runner]:
     """One runner per job type, all driving ``toolchain`` (uploads may flash ``archive``'s
-    kept builds)."""
+    kept builds; compiles and renames use ``caches``, None: no compile cache)."""
     return {
-        JobType.COMPILE: CompileRunner(toolchain),
+        JobType.COMPILE: CompileRunner(toolchain, caches),
         JobType.UPLOAD: UploadRunner(toolchain, verify_chip=verify_chip, archive=archive),
         JobType.CLEAN: CleanRunner(toolchain),
         JobType.RESET_BUILD_ENV: ResetBuildEnvRunner(toolchain),
-        JobType.RENAME: RenameRunner(toolchain),
+        JobType.RENAME: RenameRunner(toolchain, caches),
     }
