@@ -67,7 +67,7 @@ from meshd.observe import bridge_peer_events, link_bytes
 from meshd.sdnotify import Notifier
 from meshd.toolchain.archive import BuildArchive
 from meshd.toolchain.ccache import CacheUnavailable, CompileCaches, find_ccache
-from meshd.toolchain.runners import make_runners
+from meshd.toolchain.runners import CompileRunner, RenameRunner, make_runners
 from meshd.toolchain.storage import ArtifactError, load_storage
 from meshd.toolchain.tools import Toolchain, ToolMissing, locate_tool
 
@@ -116,11 +116,14 @@ class Daemon:
         self.archive = BuildArchive(settings.data_dir / "artifacts", keep=settings.kept_builds)
         self.archive.clean_leftovers()
         self.caches, cache_warning = _compile_caches(settings)
-        self.engine = Engine(
-            settings.data_dir,
+        self.runners = (
             runners
             if runners is not None
-            else make_runners(self.toolchain, archive=self.archive, caches=self.caches),
+            else make_runners(self.toolchain, archive=self.archive, caches=self.caches)
+        )
+        self.engine = Engine(
+            settings.data_dir,
+            self.runners,
             upload_slots=settings.upload_slots,
             armed_upload_ttl=settings.armed_upload_ttl,
             history=HistoryLimits(keep=settings.history_keep, max_age=settings.history_max_age),
@@ -203,6 +206,9 @@ class Daemon:
         self.hooks.mesh = mesh.node
         self.hooks.routes.extend(mesh_routes(mesh.node))
         self.metrics.link_bytes = link_bytes(mesh.node)
+        for runner in self.runners.values():
+            if isinstance(runner, CompileRunner | RenameRunner):
+                runner.remote_storage = mesh.node.cache_gateway.for_job
         bridge_peer_events(mesh.node, self.engine.bus)
         return [mesh]
 

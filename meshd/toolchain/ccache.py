@@ -284,6 +284,13 @@ class CompileCaches:
     def local(self) -> CompileCache:
         return CompileCache(self.root / "local", self.max_size, self.ccache)
 
+    @property
+    def shared(self) -> Path:
+        """The store this node's objects are offered to the mesh from (and mesh objects
+        for this node land in): ccache *file* remote storage for local builds, served
+        to receivers building this node's jobs (meshd/mesh/dispatch/cache_store.py)."""
+        return self.root / "shared"
+
     def for_offloader(self, fingerprint: str) -> CompileCache:
         """The cache of the builds run for one offloader (its fingerprint, hex)."""
         name = fingerprint.lower()[:_FINGERPRINT_PREFIX]

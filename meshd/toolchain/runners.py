@@ -16,10 +16,11 @@ import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import replace
 from pathlib import Path
 
-from meshd.jobs.model import JobType
+from meshd.jobs.model import Job, JobType
 from meshd.jobs.runner import JobContext, JobFailed, Runner
 from meshd.toolchain.archive import ArchiveError, BuildArchive
 from meshd.toolchain.ccache import CacheStats, CompileCaches
@@ -92,9 +93,18 @@ async def run_esphome(
         raise JobFailed(str(exc)) from exc
 
 
+RemoteStorage = Callable[[Job], AbstractAsyncContextManager[str | None]]
+"""Gives a peer's compile its ``CCACHE_REMOTE_STORAGE`` URL for as long as it runs (the
+mesh's per-job cache gateway, meshd/mesh/serving/cache_gateway.py), or None."""
+
+
 @contextlib.asynccontextmanager
 async def compile_cache(
-    toolchain: Toolchain, caches: CompileCaches | None, ctx: JobContext, config: Path
+    toolchain: Toolchain,
+    caches: CompileCaches | None,
+    ctx: JobContext,
+    config: Path,
+    remote_storage: RemoteStorage | None = None,
 ) -> AsyncIterator[Toolchain]:
     """``toolchain`` with the job's compile cache under it (``meshd.toolchain.ccache``).
 
@@ -103,6 +113,10 @@ async def compile_cache(
     configuration's directory. Afterwards (also after a failure) the job log gets the
     one-line summary and the job records its hits and misses (``options.cache_hits``,
     ``cache_misses``). ``caches`` None: the cache is off and nothing changes.
+
+    Across the mesh: the node's own compiles also use its shared store as ccache file
+    remote storage (``caches.shared``); a peer's compile uses the URL
+    ``remote_storage`` gives it (its offloader's shared store, over the link).
     """
     if caches is None:
         yield toolchain
@@ -120,7 +134,14 @@ async def compile_cache(
         base_dir=config.parent.absolute(), stats_log=log, inherited=toolchain.environ()
     )
     try:
-        yield replace(toolchain, env={**toolchain.env, **environ})
+        async with contextlib.AsyncExitStack() as stack:
+            if ctx.job.options.offloader is None:
+                environ["CCACHE_REMOTE_STORAGE"] = f"file:{caches.shared}"
+            elif remote_storage is not None:
+                url = await stack.enter_async_context(remote_storage(ctx.job))
+                if url is not None:
+                    environ["CCACHE_REMOTE_STORAGE"] = url
+            yield replace(toolchain, env={**toolchain.env, **environ})
     finally:
         stats = CacheStats.from_stats_log(log)
         log.unlink(missing_ok=True)
@@ -134,10 +155,14 @@ class CompileRunner:
     def __init__(self, toolchain: Toolchain, caches: CompileCaches | None = None) -> None:
         self.toolchain = toolchain
         self.caches = caches
+        self.remote_storage: RemoteStorage | None = None
+        """Set by the daemon once the mesh exists (the cache gateway's ``for_job``)."""
 
     async def run(self, ctx: JobContext) -> None:
         config = _config_file(ctx)
-        async with compile_cache(self.toolchain, self.caches, ctx, config) as toolchain:
+        async with compile_cache(
+            self.toolchain, self.caches, ctx, config, self.remote_storage
+        ) as toolchain:
             await run_esphome(toolchain, ctx, ["compile", str(config)], CompileProgress())
 
 
@@ -309,6 +334,8 @@ class RenameRunner:
     def __init__(self, toolchain: Toolchain, caches: CompileCaches | None = None) -> None:
         self.toolchain = toolchain
         self.caches = caches
+        self.remote_storage: RemoteStorage | None = None
+        """Set by the daemon once the mesh exists (the cache gateway's ``for_job``)."""
 
     async def run(self, ctx: JobContext) -> None:
         config = _config_file(ctx)
@@ -325,7 +352,9 @@ class RenameRunner:
         except OSError as exc:
             raise JobFailed(f"cannot prepare the rename in {config.parent}: {exc}") from exc
         try:
-            async with compile_cache(self.toolchain, self.caches, ctx, config) as toolchain:
+            async with compile_cache(
+                self.toolchain, self.caches, ctx, config, self.remote_storage
+            ) as toolchain:
                 await run_esphome(toolchain, ctx, ["rename", str(config), new_name], progress)
         except BaseException:
             with contextlib.suppress(OSError):
