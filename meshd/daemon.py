@@ -49,6 +49,7 @@ from pathlib import Path
 from typing import Protocol
 
 from meshd import __version__
+from meshd.api.cache_routes import CacheControl, cache_routes
 from meshd.api.mesh_routes import mesh_routes
 from meshd.api.metrics import Metrics, MetricsServer, metrics_routes
 from meshd.api.server import ApiServer, load_token, write_api_file
@@ -57,6 +58,7 @@ from meshd.api.ui import ui_routes
 from meshd.config import Settings
 from meshd.db import database_path
 from meshd.jobs.engine import Engine
+from meshd.jobs.events import Event, JobFinished
 from meshd.jobs.history import HistoryLimits
 from meshd.jobs.model import JobType
 from meshd.jobs.runner import Runner
@@ -150,6 +152,8 @@ class Daemon:
         # the status page and /metrics on the API, /metrics alone on --metrics-listen.
         self.metrics = Metrics(self.engine, self.node, peers=lambda: self.hooks.peers())
         self.hooks.routes.extend([*ui_routes(), *metrics_routes(self.metrics)])
+        self.cache_control = CacheControl(self.caches, self.node)
+        self.hooks.routes.extend(cache_routes(self.cache_control))
         self._version_probed = asyncio.Event()
         self.services: list[Service] = self.build_services()
         if settings.metrics_listen is not None:
@@ -172,6 +176,29 @@ class Daemon:
             await asyncio.to_thread(self.caches.enforce_budget)
         except (OSError, subprocess.SubprocessError, CacheUnavailable) as exc:
             _LOGGER.warning("could not trim the compile cache: %s", exc)
+
+    async def _follow_compile_cache(self) -> None:
+        """Keep ``node.compile_cache`` (``/status``, ``/metrics``) current: read the
+        counters at start and after every compile or rename that ended."""
+        if self.caches is None:
+            return
+        ended = asyncio.Event()
+
+        def on_event(event: Event) -> None:
+            if isinstance(event, JobFinished) and event.job.type in _COMPILING:
+                ended.set()
+
+        unlisten = self.engine.bus.add_listener(on_event)
+        try:
+            while True:
+                try:
+                    await self.cache_control.refresh()
+                except (OSError, subprocess.SubprocessError, CacheUnavailable) as exc:
+                    _LOGGER.warning("could not read the compile cache's counters: %s", exc)
+                await ended.wait()
+                ended.clear()
+        finally:
+            unlisten()
 
     def _device_name_of(self, configuration: str) -> str | None:
         """The ``esphome: name`` of a configuration's last build (esphome's own record)."""
@@ -230,6 +257,9 @@ class Daemon:
             await self._enforce_cache_budget()
             await self.engine.start()
             background.append(asyncio.create_task(self._probe_esphome(), name="esphome-version"))
+            background.append(
+                asyncio.create_task(self._follow_compile_cache(), name="compile-cache-stats")
+            )
             for service in self.services:
                 await service.start()
                 started.append(service)
@@ -326,6 +356,9 @@ class Daemon:
         """Log a problem the operator must fix and show it in status and on the page."""
         _LOGGER.warning("%s", message)
         self.node.warnings.append(message)
+
+
+_COMPILING = frozenset({JobType.COMPILE, JobType.RENAME})
 
 
 def _compile_caches(settings: Settings) -> tuple[CompileCaches | None, str | None]:

@@ -5,13 +5,14 @@
 * ``mesh``: peers, identity, trust, pairing;
 * ``daemon``: ``serve`` (imports the daemon inside the command, nowhere else);
 * ``ui``: ``meshd ui``, a login link to the daemon's status page;
+* ``cache``: ``meshd cache stats|clear``, the compile cache;
 * ``render``: tables and live progress for humans.
 
 Importing this package loads no daemon code: no engine, no SQLite, no aiohttp.web, no
 mesh (pinned by tests/unit/test_layering.py).
 """
 
-from meshd.cli import daemon, jobs, mesh, ui  # noqa: F401 - importing registers the commands
+from meshd.cli import cache, daemon, jobs, mesh, ui  # noqa: F401 - importing registers the commands
 from meshd.cli.app import cli
 
 

@@ -135,11 +135,24 @@ def job_table(job: dict[str, Any]) -> Table:
     return table
 
 
+def _cache_line(cache: dict[str, Any]) -> str:
+    """``meshd status``'s one line about the compile cache."""
+    if not cache.get("enabled"):
+        return "off"
+    rate = cache.get("hit_rate")
+    size = float(cache.get("size_bytes") or 0) / 1024**2
+    return f"{size:.1f} MiB, {cache.get('hits', 0)} hits, {cache.get('misses', 0)} misses" + (
+        f" ({rate:.0%} hit rate)" if isinstance(rate, int | float) else ""
+    )
+
+
 def status_tables(status: dict[str, Any]) -> list[Table]:
     node = Table(box=None, show_header=False, title="node", title_justify="left")
     node.add_column(style="bold")
     node.add_column()
     for key, value in status["node"].items():
+        if key == "compile_cache" and isinstance(value, dict):
+            value = _cache_line(value)
         node.add_row(key, "—" if value is None else str(value))
     lanes = Table(box=None, header_style="bold", title="lanes", title_justify="left")
     for column in ("LANE", "STATE", "RUNNING", "QUEUED", "SLOTS", "IDLE SINCE"):

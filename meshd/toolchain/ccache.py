@@ -18,6 +18,7 @@ on a receiver one per offloader (see docs/ARCHITECTURE.md, "The compile cache").
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -320,9 +321,42 @@ class CompileCaches:
         return total
 
     def clear(self) -> None:
+        """Empty every cache directory, the shared store included."""
         for cache in self.all():
             cache.clear()
+        for entry in self._shared_entries():
+            entry.unlink(missing_ok=True)
 
     def enforce_budget(self) -> None:
+        """Trim every directory to ``max_size``; the shared store (ccache does not manage
+        a remote storage's size) loses its least recently written entries first."""
         for cache in self.all():
             cache.enforce_budget()
+        self.trim_shared()
+
+    def trim_shared(self) -> None:
+        """Keep the shared store within ``max_size`` (oldest entries go first)."""
+        entries = []
+        for path in self._shared_entries():
+            with contextlib.suppress(OSError):
+                info = path.stat()
+                entries.append((info.st_mtime, info.st_size, path))
+        total = sum(size for _, size, _ in entries)
+        for _, size, path in sorted(entries):
+            if total <= self.max_size:
+                break
+            path.unlink(missing_ok=True)
+            total -= size
+
+    def shared_size(self) -> int:
+        return sum(p.stat().st_size for p in self._shared_entries())
+
+    def _shared_entries(self) -> list[Path]:
+        """The entry files of the shared store (``<2 chars>/<rest>``, never a symlink)."""
+        if not self.shared.is_dir():
+            return []
+        return [
+            path
+            for path in self.shared.glob("*/*")
+            if path.is_file() and not path.is_symlink() and not path.name.startswith(".")
+        ]

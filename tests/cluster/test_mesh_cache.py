@@ -42,9 +42,7 @@ def _remote_compile(pi: Meshd, receiver: Meshd, config: Path) -> dict[str, Any]:
     return ours[0]
 
 
-def test_a_second_receiver_gets_the_offloaders_objects(
-    meshd: MeshdFactory, tmp_path: Path
-) -> None:
+def test_a_second_receiver_gets_the_offloaders_objects(meshd: MeshdFactory, tmp_path: Path) -> None:
     rx1 = _node(meshd, "rx1", "--no-offload")
     pi = _node(meshd, "pi", "--no-receiver", "--no-include-local")
     pi_fp, rx1_fp = link(pi, rx1)
