@@ -110,9 +110,10 @@ async def compile_cache(
 
     The node's own jobs use its local cache; a compile run for an offloader
     (``options.offloader``) uses that offloader's. Paths are hashed relative to the
-    configuration's directory. Afterwards (also after a failure) the job log gets the
-    one-line summary and the job records its hits and misses (``options.cache_hits``,
-    ``cache_misses``). ``caches`` None: the cache is off and nothing changes.
+    configuration's directory. Afterwards (also after a failure), if ccache ran, the job
+    log gets the one-line summary and the job records its hits and misses
+    (``options.cache_hits``, ``cache_misses``). ``caches`` None: the cache is off and
+    nothing changes.
 
     Across the mesh: the node's own compiles also use its shared store as ccache file
     remote storage (``caches.shared``); a peer's compile uses the URL
@@ -143,10 +144,14 @@ async def compile_cache(
                     environ["CCACHE_REMOTE_STORAGE"] = url
             yield replace(toolchain, env={**toolchain.env, **environ})
     finally:
-        stats = CacheStats.from_stats_log(log)
-        log.unlink(missing_ok=True)
-        ctx.log(f"[meshd] {stats.summary()}")
-        ctx.job.options = replace(ctx.job.options, cache_hits=stats.hits, cache_misses=stats.misses)
+        # No stats log: ccache never ran (nothing was compiled), so nothing to report.
+        if log.exists():
+            stats = CacheStats.from_stats_log(log)
+            log.unlink(missing_ok=True)
+            ctx.log(f"[meshd] {stats.summary()}")
+            ctx.job.options = replace(
+                ctx.job.options, cache_hits=stats.hits, cache_misses=stats.misses
+            )
 
 
 class CompileRunner:
