@@ -65,6 +65,9 @@ DEFAULT_HISTORY_MAX_AGE = 30 * 86400.0
 # How long a flashed device has to come back with its new build (meshd/fleet/verify.py):
 # an ESP32 reboots and rejoins Wi-Fi in 5-30 s; a slow DHCP or mesh network needs more.
 DEFAULT_VERIFY_TIMEOUT = 120.0
+# The compile cache's budget per cache directory (meshd/toolchain/ccache.py): the
+# objects of a few ESP32 framework versions fit.
+DEFAULT_COMPILE_CACHE_SIZE = 5 * 1024**3
 
 
 class ConfigError(ValueError):
@@ -131,6 +134,10 @@ class Settings:
     set, jobs may only name configurations inside them."""
     verify_timeout: float = DEFAULT_VERIFY_TIMEOUT
     """Seconds a flashed device has to come back running the new build."""
+    compile_cache: bool = True
+    """Put ccache under every compile (``<data>/ccache``); off: compile without it."""
+    compile_cache_size: int = DEFAULT_COMPILE_CACHE_SIZE
+    """Bytes each compile cache directory may hold (least recently used objects go)."""
     metrics_listen: HostPort | None = None
     """A second, unauthenticated listener serving only ``/metrics`` (for Prometheus)."""
     config_file: Path | None = None
@@ -207,6 +214,22 @@ def _count(value: Any) -> int:
     return number
 
 
+_SIZE_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
+
+
+def _size(value: Any) -> int:
+    """Bytes: a number, or a number with a binary unit (``500M``, ``5G``, ``5GiB``)."""
+    text = str(value).strip().lower().removesuffix("b").removesuffix("i")
+    unit = text[-1:] if text[-1:] in _SIZE_UNITS else ""
+    try:
+        number = float(text[: len(text) - len(unit)]) * _SIZE_UNITS[unit]
+    except ValueError:
+        raise ConfigError(f"{value!r} is not a size (e.g. 500M, 5G)") from None
+    if not 1024**2 <= number < float("inf"):
+        raise ConfigError(f"{value!r} must be at least 1M")
+    return int(number)
+
+
 _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
@@ -268,6 +291,8 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "kept_builds": _count,
     "history_keep": _count,
     "history_max_age": _duration,
+    "compile_cache": _bool,
+    "compile_cache_size": _size,
     "metrics_listen": lambda v: parse_host_port(str(v)),
     "config_dirs": lambda v: tuple(Path(p).expanduser().absolute() for p in _path_list(v)),
     "verify_timeout": _duration,

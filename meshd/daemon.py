@@ -43,11 +43,13 @@ import os
 import re
 import shlex
 import signal
+import subprocess
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Protocol
 
 from meshd import __version__
+from meshd.api.cache_routes import CacheControl, cache_routes
 from meshd.api.fleet_routes import fleet_routes
 from meshd.api.mesh_routes import mesh_routes
 from meshd.api.metrics import Metrics, MetricsServer, metrics_routes
@@ -58,6 +60,7 @@ from meshd.config import Settings
 from meshd.db import database_path
 from meshd.fleet.service import FleetService
 from meshd.jobs.engine import Engine
+from meshd.jobs.events import Event, JobFinished
 from meshd.jobs.history import HistoryLimits
 from meshd.jobs.model import JobType
 from meshd.jobs.runner import Runner
@@ -67,7 +70,8 @@ from meshd.mesh.service import MeshService
 from meshd.observe import bridge_peer_events, link_bytes
 from meshd.sdnotify import Notifier
 from meshd.toolchain.archive import BuildArchive
-from meshd.toolchain.runners import make_runners
+from meshd.toolchain.ccache import CacheUnavailable, CompileCaches, find_ccache
+from meshd.toolchain.runners import CompileRunner, RenameRunner, make_runners
 from meshd.toolchain.storage import ArtifactError, load_storage
 from meshd.toolchain.tools import Toolchain, ToolMissing, locate_tool
 
@@ -115,16 +119,21 @@ class Daemon:
         self.toolchain = Toolchain(esphome=esphome.command, esptool=esptool.command)
         self.archive = BuildArchive(settings.data_dir / "artifacts", keep=settings.kept_builds)
         self.archive.clean_leftovers()
-        self.engine = Engine(
-            settings.data_dir,
+        self.caches, cache_warning = _compile_caches(settings)
+        self.runners = (
             runners
             if runners is not None
             else make_runners(
                 self.toolchain,
                 archive=self.archive,
+                caches=self.caches,
                 resolve=lambda config, device: self.fleet.resolve(config, device),
                 verify=lambda config, address, log: self.fleet.verify_flash(config, address, log),
-            ),
+            )
+        )
+        self.engine = Engine(
+            settings.data_dir,
+            self.runners,
             upload_slots=settings.upload_slots,
             armed_upload_ttl=settings.armed_upload_ttl,
             history=HistoryLimits(keep=settings.history_keep, max_age=settings.history_max_age),
@@ -143,12 +152,16 @@ class Daemon:
             self._warn(esphome.warning)
         elif esptool.warning is not None:
             self._warn(f"{esptool.warning}: serial uploads will fail")
+        if cache_warning is not None:
+            self._warn(cache_warning)
         self.hooks = ApiHooks()
         self.hooks.builds = lambda config: [b.to_dict() for b in self.archive.builds(config)]
         # The operator's view: metrics fed by the bus from the start (restore included),
         # the status page and /metrics on the API, /metrics alone on --metrics-listen.
         self.metrics = Metrics(self.engine, self.node, peers=lambda: self.hooks.peers())
         self.hooks.routes.extend([*ui_routes(), *metrics_routes(self.metrics)])
+        self.cache_control = CacheControl(self.caches, self.node)
+        self.hooks.routes.extend(cache_routes(self.cache_control))
         self._version_probed = asyncio.Event()
         self.services: list[Service] = self.build_services()
         if settings.metrics_listen is not None:
@@ -163,6 +176,38 @@ class Daemon:
             config_dirs=settings.config_dirs,
         )
         self._stop_requested: asyncio.Event | None = None
+
+    async def _enforce_cache_budget(self) -> None:
+        """Trim every cache directory to the budget at start (it may have been lowered)."""
+        if self.caches is None:
+            return
+        try:
+            await asyncio.to_thread(self.caches.enforce_budget)
+        except (OSError, subprocess.SubprocessError, CacheUnavailable) as exc:
+            _LOGGER.warning("could not trim the compile cache: %s", exc)
+
+    async def _follow_compile_cache(self) -> None:
+        """Keep ``node.compile_cache`` (``/status``, ``/metrics``) current: read the
+        counters at start and after every compile or rename that ended."""
+        if self.caches is None:
+            return
+        ended = asyncio.Event()
+
+        def on_event(event: Event) -> None:
+            if isinstance(event, JobFinished) and event.job.type in _COMPILING:
+                ended.set()
+
+        unlisten = self.engine.bus.add_listener(on_event)
+        try:
+            while True:
+                try:
+                    await self.cache_control.refresh()
+                except (OSError, subprocess.SubprocessError, CacheUnavailable) as exc:
+                    _LOGGER.warning("could not read the compile cache's counters: %s", exc)
+                await ended.wait()
+                ended.clear()
+        finally:
+            unlisten()
 
     def _device_name_of(self, configuration: str) -> str | None:
         """The ``esphome: name`` of a configuration's last build (esphome's own record)."""
@@ -197,6 +242,9 @@ class Daemon:
         self.hooks.mesh = mesh.node
         self.hooks.routes.extend(mesh_routes(mesh.node))
         self.metrics.link_bytes = link_bytes(mesh.node)
+        for runner in self.runners.values():
+            if isinstance(runner, CompileRunner | RenameRunner):
+                runner.remote_storage = mesh.node.cache_gateway.for_job
         bridge_peer_events(mesh.node, self.engine.bus)
         return [mesh, self._fleet_service()]
 
@@ -233,8 +281,12 @@ class Daemon:
         background: list[asyncio.Task[None]] = []
         exit_code = EXIT_OK
         try:
+            await self._enforce_cache_budget()
             await self.engine.start()
             background.append(asyncio.create_task(self._probe_esphome(), name="esphome-version"))
+            background.append(
+                asyncio.create_task(self._follow_compile_cache(), name="compile-cache-stats")
+            )
             for service in self.services:
                 await service.start()
                 started.append(service)
@@ -331,6 +383,20 @@ class Daemon:
         """Log a problem the operator must fix and show it in status and on the page."""
         _LOGGER.warning("%s", message)
         self.node.warnings.append(message)
+
+
+_COMPILING = frozenset({JobType.COMPILE, JobType.RENAME})
+
+
+def _compile_caches(settings: Settings) -> tuple[CompileCaches | None, str | None]:
+    """The compile cache directories (None when off or ccache is missing) and a warning."""
+    if not settings.compile_cache:
+        return None, None
+    try:
+        program = find_ccache()
+    except CacheUnavailable as exc:
+        return None, f"{exc}: compiles run without a compile cache"
+    return CompileCaches(settings.data_dir / "ccache", settings.compile_cache_size, program), None
 
 
 def configure_logging(verbose: bool = False) -> None:

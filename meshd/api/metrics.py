@@ -324,6 +324,24 @@ class _ScrapeCollector:
         info.add_metric([m.node.version, m.node.esphome_version or ""], 1)
         yield info
 
+        # The compile cache (all its directories), as last read after a compile.
+        cache = m.node.compile_cache or {}
+        yield CounterMetricFamily(
+            "meshd_compile_cache_hits",
+            "Compilations the compile cache answered (ccache direct + preprocessed hits).",
+            value=cache.get("hits", 0),
+        )
+        yield CounterMetricFamily(
+            "meshd_compile_cache_misses",
+            "Compilations the compile cache could not answer.",
+            value=cache.get("misses", 0),
+        )
+        yield _gauge(
+            "meshd_compile_cache_size_bytes",
+            "Bytes the compile cache holds.",
+            cache.get("size_bytes", 0),
+        )
+
 
 def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
     return GaugeMetricFamily(name, documentation, value=value)

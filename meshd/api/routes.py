@@ -98,6 +98,7 @@ async def status(request: web.Request) -> web.Response:
             "warnings": list(node.warnings),
             "version": __version__,
             "data_dir": node.data_dir,
+            "compile_cache": node.compile_cache,
         },
         "lanes": lanes,
         "peers": hooks.peers(),

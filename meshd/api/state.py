@@ -29,6 +29,9 @@ class NodeFacts:
     """The esphome command the daemon runs (found beside its interpreter, on PATH, or set)."""
     warnings: list[str] = field(default_factory=list)
     """Problems an operator must fix, e.g. "esphome not found" (``meshd status``, the page)."""
+    compile_cache: dict[str, Any] | None = None
+    """The compile cache's totals (size, hits, misses, hit rate), refreshed after every
+    compile (``meshd.api.cache_routes.CacheControl``); None before the first read."""
 
 
 def _no_builds(_configuration: str) -> list[dict[str, Any]]:

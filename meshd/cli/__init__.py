@@ -6,6 +6,7 @@
 * ``mesh``: peers, identity, trust, pairing;
 * ``daemon``: ``serve`` (imports the daemon inside the command, nowhere else);
 * ``ui``: ``meshd ui``, a login link to the daemon's status page;
+* ``cache``: ``meshd cache stats|clear``, the compile cache;
 * ``completion``: ``meshd completion SHELL``, click's shell completion script;
 * ``render``: tables that fit the terminal, and live progress for humans.
 
@@ -14,6 +15,7 @@ mesh (pinned by tests/unit/test_layering.py).
 """
 
 from meshd.cli import (  # noqa: F401 - importing registers the commands
+    cache,
     completion,
     daemon,
     fleet,

@@ -78,6 +78,16 @@ from meshd.config import (
     help=f"Peer heartbeat interval [{DEFAULT_HEARTBEAT:g}].",
 )
 @click.option(
+    "--compile-cache/--no-compile-cache",
+    default=None,
+    help="Put ccache under every compile (<data-dir>/ccache) [on].",
+)
+@click.option(
+    "--compile-cache-size",
+    metavar="SIZE",
+    help="Budget of each compile cache directory, e.g. 500M, 5G [5G].",
+)
+@click.option(
     "--metrics-listen", metavar="HOST:PORT", help="Serve /metrics here without a token [off]."
 )
 @click.option(

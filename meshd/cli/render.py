@@ -323,9 +323,25 @@ def job_table(job: dict[str, Any]) -> Table:
         (label, show(job[key])) for key, label, show in JOB_FIELDS if job.get(key) is not None
     ]
     rows += [(f"args.{key}", str(value)) for key, value in sorted((job.get("args") or {}).items())]
+    args = job.get("args") or {}
+    hits, misses = args.get("cache_hits"), args.get("cache_misses")
+    if isinstance(hits, int) and isinstance(misses, int):
+        rate = f" ({hits / (hits + misses):.0%} hit rate)" if hits + misses else ""
+        rows.insert(len(rows) - len(args), ("compile cache", f"{hits} hits, {misses} misses{rate}"))
     if job.get("error"):
         rows.append(("Error", Text(str(job["error"]), style="red")))
     return fields_table(rows)
+
+
+def _cache_line(cache: dict[str, Any]) -> str:
+    """``meshd status``'s one line about the compile cache."""
+    if not cache.get("enabled"):
+        return "off"
+    rate = cache.get("hit_rate")
+    size = float(cache.get("size_bytes") or 0) / 1024**2
+    return f"{size:.1f} MiB, {cache.get('hits', 0)} hits, {cache.get('misses', 0)} misses" + (
+        f" ({rate:.0%} hit rate)" if isinstance(rate, int | float) else ""
+    )
 
 
 # -- this node ---------------------------------------------------------------------------
@@ -349,6 +365,7 @@ NODE_FIELDS: list[tuple[str, str, Callable[[dict[str, Any]], Cell]]] = [
         lambda node: Text("open", style="yellow") if node["pairing_open"] else "closed",
     ),
     ("data_dir", "Data directory", lambda node: str(node["data_dir"])),
+    ("compile_cache", "Compile cache", lambda node: _cache_line(node["compile_cache"])),
 ]
 
 

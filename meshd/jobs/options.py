@@ -73,6 +73,7 @@ _DECODERS: dict[str, Callable[[Any], Any]] = {
     "bool": _bool,
     "bool | None": _optional(_bool),
     "int": _count,
+    "int | None": _optional(_count),
     "str | None": _optional(_str),
     "tuple[str, ...]": _strings,
 }
@@ -112,6 +113,10 @@ class JobOptions:
     the request's), so a later release (after a restart) replaces it."""
     build: str | None = None
     """upload: flash this kept build (``meshd.toolchain.archive``) instead of the last one."""
+    cache_hits: int | None = None
+    """compile: objects the compile cache supplied (None: the cache was not used)."""
+    cache_misses: int | None = None
+    """compile: objects compiled and added to the compile cache."""
     extra: Mapping[str, Any] = field(default_factory=dict, hash=False)
     """Keys this version does not interpret, kept verbatim (see the module docstring)."""
     schema: int = field(default=SCHEMA_VERSION, compare=False, repr=False)

@@ -365,6 +365,47 @@ class BlobReply(Message):
     count: int = spec(U32)
 
 
+# The compile cache across the mesh (PROTOCOL.md "Compile cache"): a receiver asks the
+# job's offloader for ccache entries and sends it the ones it made. An entry travels in
+# one message, so it must fit a frame with room for the key and the envelope; larger
+# entries (rare: one object file's compressed result) are simply not shared.
+MAX_CACHE_ENTRY = 960 * 1024
+CACHE_KEY = Str(128, min_len=4)
+
+
+@register
+@dataclass(frozen=True)
+class CacheGet(Message):
+    """Receiver asks the offloader for one ccache entry (``<2 chars>/<rest>``) for ``job_id``."""
+
+    TYPE = "cache_get"
+    KIND = Kind.REQUEST
+    job_id: str = spec(JOB_ID)
+    key: str = spec(CACHE_KEY)
+
+
+@register
+@dataclass(frozen=True)
+class CacheEntry(Message):
+    """The entry's bytes, as ccache stored them (an error ``not_found`` when absent)."""
+
+    TYPE = "cache_entry"
+    KIND = Kind.RESPONSE
+    data: bytes = spec(Bin(MAX_CACHE_ENTRY))
+
+
+@register
+@dataclass(frozen=True)
+class CachePut(Message):
+    """Receiver hands the offloader an entry a build for ``job_id`` made (one-way)."""
+
+    TYPE = "cache_put"
+    KIND = Kind.ONEWAY
+    job_id: str = spec(JOB_ID)
+    key: str = spec(CACHE_KEY)
+    data: bytes = spec(Bin(MAX_CACHE_ENTRY))
+
+
 @register
 @dataclass(frozen=True)
 class NodeInfo(Message):

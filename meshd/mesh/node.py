@@ -30,6 +30,7 @@ from meshd.mesh.content.artifacts import MAX_ARTIFACT_BYTES
 from meshd.mesh.content.blobs import BLOB_STREAM, BlobExchange
 from meshd.mesh.content.pruner import DEFAULT_BUILD_TTL, Pruner
 from meshd.mesh.content.store import ContentStore
+from meshd.mesh.dispatch.cache_store import SharedCacheStore
 from meshd.mesh.dispatch.offloader import RemoteCompileRunner
 from meshd.mesh.dispatch.placer import MeshPlacer
 from meshd.mesh.peering.advert import follow_compile_lane, receiver_advert
@@ -40,6 +41,7 @@ from meshd.mesh.peering.registry import Registry
 from meshd.mesh.security.identity import Identity, load_or_create
 from meshd.mesh.security.pairing import PairingCode, PairingReceiver, pair_join
 from meshd.mesh.security.trust import TrustedPeer, TrustStore
+from meshd.mesh.serving.cache_gateway import CacheGateway
 from meshd.mesh.serving.receiver import Receiver
 from meshd.toolchain.tools import Toolchain
 from meshd.version_policy import VersionPolicy
@@ -145,6 +147,9 @@ class MeshNode:
             env=env,
         )
         self.receiver.register(self.router)
+        # the compile cache across the mesh: receivers' builds reach their offloader's
+        # shared store through a per-job loopback gateway (docs/ARCHITECTURE.md)
+        self.cache_gateway = CacheGateway(self.receiver.jobs.link_of)
         # dispatch
         self.offloader = RemoteCompileRunner(
             toolchain,
@@ -156,6 +161,10 @@ class MeshNode:
             env=env,
         )
         self.offloader.register(self.router)
+        self.shared_cache = SharedCacheStore(
+            data_dir / "ccache" / "shared", self.offloader.is_following
+        )
+        self.shared_cache.register(self.router)
         self.placer: MeshPlacer | None = None
         if settings.offload:
             self.placer = MeshPlacer(
@@ -206,6 +215,7 @@ class MeshNode:
         if self.discovery is not None:
             await self.discovery.stop()  # goodbye first: peers stop choosing us
         await self.receiver.stop()
+        await self.cache_gateway.close()
         await self.connections.stop()
         await self.server.close()
         await self.introductions.stop()

@@ -18,6 +18,7 @@ on a receiver one per offloader (see docs/ARCHITECTURE.md, "The compile cache").
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -165,6 +166,16 @@ class CacheStats:
         """Hits over cacheable lookups, or None before the first lookup."""
         return self.hits / self.lookups if self.lookups else None
 
+    def __add__(self, other: CacheStats) -> CacheStats:
+        return CacheStats(
+            hits=self.hits + other.hits,
+            misses=self.misses + other.misses,
+            remote_hits=self.remote_hits + other.remote_hits,
+            uncacheable=self.uncacheable + other.uncacheable,
+            size_bytes=self.size_bytes + other.size_bytes,
+            files=self.files + other.files,
+        )
+
     def summary(self) -> str:
         """The job log's one-line account of what the cache did for this build."""
         if not self.lookups:
@@ -250,3 +261,102 @@ _UNCACHEABLE_COUNTERS = frozenset(
         "unsupported_source_language",
     }
 )
+
+
+_FINGERPRINT_PREFIX = 16
+"""Hex digits of an offloader's fingerprint that name its cache directory."""
+
+
+@dataclass(frozen=True)
+class CompileCaches:
+    """The node's cache directories: its own builds', and one per offloader it builds for.
+
+    ``root`` is ``<data>/ccache``: ``local/`` for the node's own builds, and
+    ``peers/<first 16 hex of the offloader's fingerprint>/`` for the compiles a receiver
+    runs for that offloader, so no peer's build can put an object into another
+    offloader's (or this node's) firmware. Each directory has its own ``max_size``.
+    """
+
+    root: Path
+    max_size: int = DEFAULT_MAX_SIZE
+    ccache: str = "ccache"
+
+    @property
+    def local(self) -> CompileCache:
+        return CompileCache(self.root / "local", self.max_size, self.ccache)
+
+    @property
+    def shared(self) -> Path:
+        """The store this node's objects are offered to the mesh from (and mesh objects
+        for this node land in): ccache *file* remote storage for local builds, served
+        to receivers building this node's jobs (meshd/mesh/dispatch/cache_store.py)."""
+        return self.root / "shared"
+
+    def for_offloader(self, fingerprint: str) -> CompileCache:
+        """The cache of the builds run for one offloader (its fingerprint, hex)."""
+        name = fingerprint.lower()[:_FINGERPRINT_PREFIX]
+        if len(name) != _FINGERPRINT_PREFIX or any(c not in "0123456789abcdef" for c in name):
+            raise ValueError(f"not an offloader fingerprint: {fingerprint!r}")
+        return CompileCache(self.root / "peers" / name, self.max_size, self.ccache)
+
+    def for_job(self, offloader: str | None) -> CompileCache:
+        """The local cache for the node's own jobs, the offloader's for a peer's compile."""
+        return self.local if offloader is None else self.for_offloader(offloader)
+
+    def all(self) -> list[CompileCache]:
+        """Every cache directory that exists (local first)."""
+        found = [self.local] if self.local.directory.is_dir() else []
+        peers = self.root / "peers"
+        if peers.is_dir():
+            for entry in sorted(peers.iterdir()):
+                if entry.is_dir() and not entry.is_symlink():
+                    found.append(CompileCache(entry, self.max_size, self.ccache))
+        return found
+
+    def stats(self) -> CacheStats:
+        """All directories' counters and sizes, summed (``meshd status``, ``/metrics``)."""
+        total = CacheStats()
+        for cache in self.all():
+            total = total + cache.stats()
+        return total
+
+    def clear(self) -> None:
+        """Empty every cache directory, the shared store included."""
+        for cache in self.all():
+            cache.clear()
+        for entry in self._shared_entries():
+            entry.unlink(missing_ok=True)
+
+    def enforce_budget(self) -> None:
+        """Trim every directory to ``max_size``; the shared store (ccache does not manage
+        a remote storage's size) loses its least recently written entries first."""
+        for cache in self.all():
+            cache.enforce_budget()
+        self.trim_shared()
+
+    def trim_shared(self) -> None:
+        """Keep the shared store within ``max_size`` (oldest entries go first)."""
+        entries = []
+        for path in self._shared_entries():
+            with contextlib.suppress(OSError):
+                info = path.stat()
+                entries.append((info.st_mtime, info.st_size, path))
+        total = sum(size for _, size, _ in entries)
+        for _, size, path in sorted(entries):
+            if total <= self.max_size:
+                break
+            path.unlink(missing_ok=True)
+            total -= size
+
+    def shared_size(self) -> int:
+        return sum(p.stat().st_size for p in self._shared_entries())
+
+    def _shared_entries(self) -> list[Path]:
+        """The entry files of the shared store (``<2 chars>/<rest>``, never a symlink)."""
+        if not self.shared.is_dir():
+            return []
+        return [
+            path
+            for path in self.shared.glob("*/*")
+            if path.is_file() and not path.is_symlink() and not path.name.startswith(".")
+        ]

@@ -15,13 +15,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import replace
 from pathlib import Path
 
-from meshd.jobs.model import JobType
+from meshd.jobs.model import Job, JobType
 from meshd.jobs.runner import JobContext, JobFailed, Runner
 from meshd.toolchain.archive import ArchiveError, BuildArchive
+from meshd.toolchain.ccache import CacheStats, CompileCaches
 from meshd.toolchain.chip import ChipError, expected_chip, verify_chip
 from meshd.toolchain.commands import EsphomeFailed, invoke_esphome
 from meshd.toolchain.progress import (
@@ -105,15 +107,82 @@ async def run_esphome(
         raise JobFailed(str(exc)) from exc
 
 
+RemoteStorage = Callable[[Job], AbstractAsyncContextManager[str | None]]
+"""Gives a peer's compile its ``CCACHE_REMOTE_STORAGE`` URL for as long as it runs (the
+mesh's per-job cache gateway, meshd/mesh/serving/cache_gateway.py), or None."""
+
+
+@contextlib.asynccontextmanager
+async def compile_cache(
+    toolchain: Toolchain,
+    caches: CompileCaches | None,
+    ctx: JobContext,
+    config: Path,
+    remote_storage: RemoteStorage | None = None,
+) -> AsyncIterator[Toolchain]:
+    """``toolchain`` with the job's compile cache under it (``meshd.toolchain.ccache``).
+
+    The node's own jobs use its local cache; a compile run for an offloader
+    (``options.offloader``) uses that offloader's. Paths are hashed relative to the
+    configuration's directory. Afterwards (also after a failure), if ccache ran, the job
+    log gets the one-line summary and the job records its hits and misses
+    (``options.cache_hits``, ``cache_misses``). ``caches`` None: the cache is off and
+    nothing changes.
+
+    Across the mesh: the node's own compiles also use its shared store as ccache file
+    remote storage (``caches.shared``); a peer's compile uses the URL
+    ``remote_storage`` gives it (its offloader's shared store, over the link).
+    """
+    if caches is None:
+        yield toolchain
+        return
+    try:
+        cache = caches.for_job(ctx.job.options.offloader)
+    except ValueError as exc:
+        ctx.log(f"[meshd] compile cache not used: {exc}")
+        yield toolchain
+        return
+    log = cache.directory / "jobs" / f"{ctx.job.id}.log"
+    await asyncio.to_thread(log.parent.mkdir, parents=True, exist_ok=True, mode=0o700)
+    log.unlink(missing_ok=True)
+    environ = cache.environ(
+        base_dir=config.parent.absolute(), stats_log=log, inherited=toolchain.environ()
+    )
+    try:
+        async with contextlib.AsyncExitStack() as stack:
+            if ctx.job.options.offloader is None:
+                environ["CCACHE_REMOTE_STORAGE"] = f"file:{caches.shared}"
+            elif remote_storage is not None:
+                url = await stack.enter_async_context(remote_storage(ctx.job))
+                if url is not None:
+                    environ["CCACHE_REMOTE_STORAGE"] = url
+            yield replace(toolchain, env={**toolchain.env, **environ})
+    finally:
+        # No stats log: ccache never ran (nothing was compiled), so nothing to report.
+        if log.exists():
+            stats = CacheStats.from_stats_log(log)
+            log.unlink(missing_ok=True)
+            ctx.log(f"[meshd] {stats.summary()}")
+            ctx.job.options = replace(
+                ctx.job.options, cache_hits=stats.hits, cache_misses=stats.misses
+            )
+
+
 class CompileRunner:
     """``esphome compile CFG``, with progress estimated from PlatformIO's object lines."""
 
-    def __init__(self, toolchain: Toolchain) -> None:
+    def __init__(self, toolchain: Toolchain, caches: CompileCaches | None = None) -> None:
         self.toolchain = toolchain
+        self.caches = caches
+        self.remote_storage: RemoteStorage | None = None
+        """Set by the daemon once the mesh exists (the cache gateway's ``for_job``)."""
 
     async def run(self, ctx: JobContext) -> None:
         config = _config_file(ctx)
-        await run_esphome(self.toolchain, ctx, ["compile", str(config)], CompileProgress())
+        async with compile_cache(
+            self.toolchain, self.caches, ctx, config, self.remote_storage
+        ) as toolchain:
+            await run_esphome(toolchain, ctx, ["compile", str(config)], CompileProgress())
 
 
 class UploadRunner:
@@ -311,8 +380,11 @@ class RenameRunner:
     no new YAML is left behind (``_RenameGuard``).
     """
 
-    def __init__(self, toolchain: Toolchain) -> None:
+    def __init__(self, toolchain: Toolchain, caches: CompileCaches | None = None) -> None:
         self.toolchain = toolchain
+        self.caches = caches
+        self.remote_storage: RemoteStorage | None = None
+        """Set by the daemon once the mesh exists (the cache gateway's ``for_job``)."""
 
     async def run(self, ctx: JobContext) -> None:
         config = _config_file(ctx)
@@ -329,7 +401,10 @@ class RenameRunner:
         except OSError as exc:
             raise JobFailed(f"cannot prepare the rename in {config.parent}: {exc}") from exc
         try:
-            await run_esphome(self.toolchain, ctx, ["rename", str(config), new_name], progress)
+            async with compile_cache(
+                self.toolchain, self.caches, ctx, config, self.remote_storage
+            ) as toolchain:
+                await run_esphome(toolchain, ctx, ["rename", str(config), new_name], progress)
         except BaseException:
             with contextlib.suppress(OSError):
                 guard.undo(ctx.log)
@@ -346,15 +421,17 @@ def make_runners(
     archive: BuildArchive | None = None,
     resolve: ResolveDevice | None = None,
     verify: VerifyFlash | None = None,
+    caches: CompileCaches | None = None,
 ) -> dict[JobType, Runner]:
     """One runner per job type, all driving ``toolchain`` (uploads may flash ``archive``'s
-    kept builds, resolve ``--device OTA`` and verify the flash through the hooks)."""
+    kept builds, resolve ``--device OTA`` and verify the flash through the hooks;
+    compiles and renames use ``caches``, None: no compile cache)."""
     return {
-        JobType.COMPILE: CompileRunner(toolchain),
+        JobType.COMPILE: CompileRunner(toolchain, caches),
         JobType.UPLOAD: UploadRunner(
             toolchain, verify_chip=verify_chip, archive=archive, resolve=resolve, verify=verify
         ),
         JobType.CLEAN: CleanRunner(toolchain),
         JobType.RESET_BUILD_ENV: ResetBuildEnvRunner(toolchain),
-        JobType.RENAME: RenameRunner(toolchain),
+        JobType.RENAME: RenameRunner(toolchain, caches),
     }

@@ -116,7 +116,10 @@ _SYSTEM_DIRS: Final = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")
 _ENV_ALLOWED: Final = re.compile(
     r"^(PATH|LANG|LANGUAGE|LC_[A-Z]+|TZ|TERM|NO_COLOR|FORCE_COLOR|SOURCE_DATE_EPOCH"
     r"|PYTHONUNBUFFERED|PYTHONIOENCODING|PYTHONDONTWRITEBYTECODE"
-    r"|PLATFORMIO_[A-Z0-9_]+|ESPHOME_[A-Z0-9_]+)$"
+    r"|PLATFORMIO_[A-Z0-9_]+|ESPHOME_[A-Z0-9_]+"
+    # The compile cache (meshd/toolchain/ccache.py): its directory is one of the area's
+    # ``cache_dirs``, so these name only places the build may write anyway.
+    r"|CCACHE_[A-Z0-9_]+|MESHD_CCACHE)$"
 )
 _ENV_DROPPED: Final = frozenset(
     {
@@ -203,6 +206,9 @@ class SandboxArea:
     home: Path
     pio_core: Path
     shared_pio_core: Path | None = None
+    cache_dirs: tuple[Path, ...] = ()
+    """Extra writable places: the compile cache of this area's offloader
+    (``<data>/ccache/peers/<off16>``, meshd/toolchain/ccache.py); never another's."""
 
     @classmethod
     def for_offloader(
@@ -210,17 +216,20 @@ class SandboxArea:
         workdir: Path,
         offloader_root: Path,
         shared_pio_core: Path | None = None,
+        cache_dir: Path | None = None,
     ) -> SandboxArea:
-        """The layout meshd uses: ``offloader_root/{home,platformio}`` next to the tree."""
+        """The layout meshd uses: ``offloader_root/{home,platformio}`` next to the tree,
+        and the offloader's compile cache (``CompileCaches.for_offloader``) if given."""
         return cls(
             workdir=workdir,
             home=offloader_root / "home",
             pio_core=offloader_root / "platformio",
             shared_pio_core=shared_pio_core,
+            cache_dirs=() if cache_dir is None else (cache_dir,),
         )
 
     def writable(self) -> tuple[Path, ...]:
-        return (self.workdir, self.home, self.pio_core)
+        return (self.workdir, self.home, self.pio_core, *self.cache_dirs)
 
     def lent(self) -> list[tuple[Path, Path]]:
         """(shared source, private mount point) for every installed shared package/platform."""

@@ -383,6 +383,9 @@ def frames_vector() -> dict[str, Any]:
         ArtifactRequest,
         BlobReply,
         BlobRequest,
+        CacheEntry,
+        CacheGet,
+        CachePut,
         Cancel,
         Close,
         CompileAccept,
@@ -430,6 +433,9 @@ def frames_vector() -> dict[str, Any]:
         (StreamEnd(3, hashlib.sha256(blob).digest()), 0),
         (StreamAbort(5, "disk full"), 0),
         (StreamWindow(4, 1048576), 0),
+        (CacheGet("a1b2c3d4e5f6", "49/bd4508a93865d57668df59534c3a87c181f56b"), 11),
+        (CacheEntry(b"cCrS\x00entry"), 14),
+        (CachePut("a1b2c3d4e5f6", "f4/6161258e2bcfaab7a0c50f7c13a8e9eaf73e4a", b"obj"), 0),
     ]
     missing = set(REGISTRY) - {m.TYPE for m, _ in samples}
     assert not missing, f"frames vector lacks {sorted(missing)}"

@@ -104,6 +104,7 @@ def test_status_and_peers_json(daemon: Meshd) -> None:
         "warnings",
         "version",
         "data_dir",
+        "compile_cache",
         "peer_port",
         "receiver",
         "offload",

@@ -106,7 +106,7 @@ def test_registry_lists_every_message_the_mesh_needs() -> None:
         "job_state", "cancel", "have_query", "have_reply", "artifact_request",
         "artifact_reply", "blob_request", "blob_reply", "node_info", "stream_open",
         "stream_chunk", "stream_end", "stream_abort",
-        "stream_window",
+        "stream_window", "cache_get", "cache_entry", "cache_put",
     }  # fmt: skip
     assert set(REGISTRY) == expected
 

@@ -199,3 +199,20 @@ def test_second_host_device_compiles_from_the_cache(
     assert first.misses > 10 and first.hits == 0
     assert second.hits >= 0.8 * first.misses, (first, second)
     assert second.misses <= 3, "only the per-device sources should miss"
+
+
+def test_shared_store_is_trimmed_oldest_first_and_cleared(tmp_path: Path) -> None:
+    from meshd.toolchain.ccache import CompileCaches
+
+    caches = CompileCaches(tmp_path / "ccache", max_size=3000, ccache=find_ccache())
+    for n in range(5):
+        entry = caches.shared / f"{n:02d}" / ("e" * 38)
+        entry.parent.mkdir(parents=True)
+        entry.write_bytes(b"x" * 1000)
+        os.utime(entry, (1000 + n, 1000 + n))
+    (caches.shared / "CACHEDIR.TAG").write_text("x")
+    caches.enforce_budget()
+    left = sorted(p.parent.name for p in caches.shared.glob("*/*"))
+    assert left == ["02", "03", "04"] and caches.shared_size() == 3000
+    caches.clear()
+    assert caches.shared_size() == 0 and (caches.shared / "CACHEDIR.TAG").exists()

@@ -131,6 +131,10 @@ class RemoteCompileRunner:
         router.on(LogLine, self._on_remote_message)
         router.on(JobState, self._on_remote_message)
 
+    def is_following(self, session: LinkSession, job_id: str) -> bool:
+        """Whether ``session``'s peer is building this node's job ``job_id`` right now."""
+        return (session, job_id) in self._follow
+
     def session_lost(self, session: LinkSession) -> None:
         for (owner, _job_id), queue in self._follow.items():
             if owner is session:

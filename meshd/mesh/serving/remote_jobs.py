@@ -105,6 +105,11 @@ class RemoteJobs:
         job_id = self._local_ids.get(_key(session, remote_id))
         return self.engine.get(job_id) if job_id is not None else None
 
+    def link_of(self, job_id: str) -> tuple[LinkSession, str] | None:
+        """The session and offloader job id a local job serves (the mesh compile cache)."""
+        remote = self._jobs.get(job_id)
+        return None if remote is None else (remote.session, remote.remote_id)
+
     async def adopt(self, session: LinkSession, remote_id: str, job: Job) -> None:
         """``job`` now serves the offloader's ``remote_id``: forward its state there.
 
