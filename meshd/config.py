@@ -123,6 +123,18 @@ class Settings:
     """Finished jobs kept (with their logs); older ones are pruned."""
     history_max_age: float = DEFAULT_HISTORY_MAX_AGE
     """Seconds after which a finished job is pruned, whatever the count."""
+    unsafe_no_sandbox: bool = False
+    """Run peers' builds unsandboxed (docs/SECURITY.md); warned about at every start."""
+    sandbox_network: bool = True
+    """Peers' sandboxed builds may use the network (PlatformIO downloads libraries)."""
+    peer_max_in_flight: int = 256 * 1024 * 1024
+    """Bytes of blobs one offloader may have arriving at once."""
+    peer_max_stored: int = 2 * 1024 * 1024 * 1024
+    """Bytes one offloader's content store on this receiver may hold."""
+    peer_max_blobs: int = 20_000
+    """Blobs one offloader's content store on this receiver may hold."""
+    min_free: int = 2 * 1024 * 1024 * 1024
+    """Bytes free under the data dir below which compiles from peers are declined."""
     metrics_listen: HostPort | None = None
     """A second, unauthenticated listener serving only ``/metrics`` (for Prometheus)."""
     config_file: Path | None = None
@@ -253,6 +265,12 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "history_keep": _count,
     "history_max_age": _duration,
     "metrics_listen": lambda v: parse_host_port(str(v)),
+    "unsafe_no_sandbox": _bool,
+    "sandbox_network": _bool,
+    "peer_max_in_flight": _positive_int,
+    "peer_max_stored": _positive_int,
+    "peer_max_blobs": _positive_int,
+    "min_free": _count,
 }
 
 SETTING_NAMES = tuple(_PARSERS)

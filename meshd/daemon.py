@@ -60,12 +60,15 @@ from meshd.jobs.history import HistoryLimits
 from meshd.jobs.model import JobType
 from meshd.jobs.runner import Runner
 from meshd.jobs.store import DatabaseUnusable, check_database
+from meshd.mesh.content.stores import PeerQuota
 from meshd.mesh.node import MeshSettings
 from meshd.mesh.service import MeshService
+from meshd.mesh.serving.peer_runner import PeerCompileRunner
 from meshd.observe import bridge_peer_events, link_bytes
 from meshd.sdnotify import Notifier
 from meshd.toolchain.archive import BuildArchive
 from meshd.toolchain.runners import make_runners
+from meshd.toolchain.sandbox import SandboxUnavailable, receiver_sandbox
 from meshd.toolchain.storage import ArtifactError, load_storage
 from meshd.toolchain.tools import Toolchain, ToolMissing, locate_tool
 
@@ -113,9 +116,18 @@ class Daemon:
         self.toolchain = Toolchain(esphome=esphome.command, esptool=esptool.command)
         self.archive = BuildArchive(settings.data_dir / "artifacts", keep=settings.kept_builds)
         self.archive.clean_leftovers()
+        self.peer_compile: PeerCompileRunner | None = None
+        if runners is None:
+            made = make_runners(self.toolchain, archive=self.archive)
+            # Compiles for offloaders run in the build sandbox (docs/SECURITY.md).
+            self.peer_compile = PeerCompileRunner(
+                made[JobType.COMPILE], self.toolchain, settings.data_dir
+            )
+            made[JobType.COMPILE] = self.peer_compile
+            runners = made
         self.engine = Engine(
             settings.data_dir,
-            runners if runners is not None else make_runners(self.toolchain, archive=self.archive),
+            runners,
             upload_slots=settings.upload_slots,
             armed_upload_ttl=settings.armed_upload_ttl,
             history=HistoryLimits(keep=settings.history_keep, max_age=settings.history_max_age),
@@ -180,6 +192,12 @@ class Daemon:
                 version_policy=s.version_policy,
                 include_local=s.include_local,
                 heartbeat=s.heartbeat,
+                peer_quota=PeerQuota(
+                    in_flight_bytes=s.peer_max_in_flight,
+                    at_rest_bytes=s.peer_max_stored,
+                    at_rest_blobs=s.peer_max_blobs,
+                ),
+                min_free=s.min_free,
             ),
             esphome_version=lambda: self.node.esphome_version,
             version_known=self._version_probed.wait,
@@ -189,6 +207,35 @@ class Daemon:
         self.metrics.link_bytes = link_bytes(mesh.node)
         bridge_peer_events(mesh.node, self.engine.bus)
         return [mesh]
+
+    async def _set_up_sandbox(self) -> None:
+        """Find the build sandbox peers' compiles run in; without one (and no explicit
+        opt-out) the receiver declines their compiles ``busy`` with the reason."""
+        s = self.settings
+        if self.peer_compile is None or not s.receiver:
+            return
+        error: str | None = None
+        sandbox = None
+        try:
+            sandbox = await asyncio.to_thread(
+                receiver_sandbox,
+                [s.data_dir],
+                unsafe_no_sandbox=s.unsafe_no_sandbox,
+                network=s.sandbox_network,
+            )
+        except SandboxUnavailable as exc:
+            error = str(exc)
+            _LOGGER.error("no build sandbox, so no builds for peers: %s", error)  # noqa: TRY400
+            self._warn(f"builds for peers refused: {error}")
+        self.peer_compile.use(sandbox, unsafe=s.unsafe_no_sandbox, error=error)
+        self.node.sandbox = self.peer_compile.state
+        if s.unsafe_no_sandbox:
+            self._warn("builds for peers run UNSANDBOXED (--unsafe-no-sandbox)")
+        for service in self.services:
+            if isinstance(service, MeshService):
+                service.node.receiver.sandbox_error = (
+                    None if error is None else f"this receiver cannot sandbox builds: {error}"
+                )
 
     def request_stop(self) -> None:
         """Begin a clean shutdown (what SIGTERM and SIGINT do)."""
@@ -205,6 +252,7 @@ class Daemon:
         background: list[asyncio.Task[None]] = []
         exit_code = EXIT_OK
         try:
+            await self._set_up_sandbox()
             await self.engine.start()
             background.append(asyncio.create_task(self._probe_esphome(), name="esphome-version"))
             for service in self.services:

@@ -77,6 +77,18 @@ from meshd.config import (
     help=f"Peer heartbeat interval [{DEFAULT_HEARTBEAT:g}].",
 )
 @click.option(
+    "--unsafe-no-sandbox",
+    "unsafe_no_sandbox",
+    is_flag=True,
+    default=None,
+    help="Run peers' builds UNSANDBOXED as this user (they can read its keys) [off].",
+)
+@click.option(
+    "--sandbox-network/--no-sandbox-network",
+    default=None,
+    help="Peers' sandboxed builds may use the network [on].",
+)
+@click.option(
     "--metrics-listen", metavar="HOST:PORT", help="Serve /metrics here without a token [off]."
 )
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")

@@ -203,6 +203,10 @@ class SandboxArea:
     home: Path
     pio_core: Path
     shared_pio_core: Path | None = None
+    extra_writable: tuple[Path, ...] = ()
+    """More places the build may write, each bound at its own path (e.g. a compile
+    cache kept for this offloader); created 0700 like the others, and refused like
+    them if one contains the data dir."""
 
     @classmethod
     def for_offloader(
@@ -210,6 +214,7 @@ class SandboxArea:
         workdir: Path,
         offloader_root: Path,
         shared_pio_core: Path | None = None,
+        extra_writable: tuple[Path, ...] = (),
     ) -> SandboxArea:
         """The layout meshd uses: ``offloader_root/{home,platformio}`` next to the tree."""
         return cls(
@@ -217,10 +222,11 @@ class SandboxArea:
             home=offloader_root / "home",
             pio_core=offloader_root / "platformio",
             shared_pio_core=shared_pio_core,
+            extra_writable=extra_writable,
         )
 
     def writable(self) -> tuple[Path, ...]:
-        return (self.workdir, self.home, self.pio_core)
+        return (self.workdir, self.home, self.pio_core, *self.extra_writable)
 
     def lent(self) -> list[tuple[Path, Path]]:
         """(shared source, private mount point) for every installed shared package/platform."""
