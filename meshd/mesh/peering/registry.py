@@ -207,6 +207,21 @@ class _Peer:
 Listener = Callable[[PeerChange], None]
 
 
+def _seen_idle(peer: _Peer, idle: bool, now: float) -> float | None:
+    """When *this node* saw the peer become idle (its own clock), or None when busy.
+
+    The scheduler gives work to the receiver idle the longest; a timestamp the receiver
+    claims (``idle_since`` in its advert or status push) would let it win every compile
+    by claiming the distant past, so the claim is ignored and only the transition from
+    busy (or unknown) to idle, as observed here, counts.
+    """
+    if not idle:
+        return None
+    if peer.idle and peer.idle_since is not None:
+        return peer.idle_since
+    return now
+
+
 class Registry:
     """Peers by fingerprint; call every method from the event loop."""
 
@@ -349,14 +364,15 @@ class Registry:
             peer = self._admit(advert.fingerprint, advert.name, verified=False)
             if peer is None:
                 return False
-            self._apply_advert(peer, advert)
+            self._apply_advert(peer, advert, self._clock())
             self._notify(ChangeKind.ADDED, advert.fingerprint)
             return True
-        self._edit(advert.fingerprint, lambda p: self._apply_advert(p, advert))
+        now = self._clock()
+        self._edit(advert.fingerprint, lambda p: self._apply_advert(p, advert, now))
         return True
 
     @staticmethod
-    def _apply_advert(peer: _Peer, advert: MdnsAdvert) -> None:
+    def _apply_advert(peer: _Peer, advert: MdnsAdvert, now: float) -> None:
         peer.sources.add(PeerSource.MDNS)
         peer.add_addresses(advert.addresses)
         if advert.instance in peer.instances:
@@ -371,8 +387,8 @@ class Registry:
         peer.protocol = advert.protocol
         peer.esphome_version = advert.esphome_version
         peer.accepts_builds = advert.accepts_builds
+        peer.idle_since = _seen_idle(peer, advert.idle, now)
         peer.idle = advert.idle
-        peer.idle_since = advert.idle_since if advert.idle else None
         peer.lane_via = LaneVia.MDNS
 
     def mdns_gone(self, instance: str) -> None:
@@ -520,9 +536,12 @@ class Registry:
     ) -> None:
         """A compile-lane status push (``{idle, idle_since, running, queued}``)."""
 
+        now = self._clock()
+        del idle_since  # the receiver's claim; see _seen_idle
+
         def apply(p: _Peer) -> None:
+            p.idle_since = _seen_idle(p, idle, now)
             p.idle = idle
-            p.idle_since = idle_since if idle else None
             p.running = max(0, running)
             p.queued = max(0, queued)
             p.lane_via = LaneVia.LINK
