@@ -257,7 +257,7 @@ async def test_advertised_node_appears_with_the_right_fields(nodes: NodeFactory)
     assert snap["protocol"] == 1
     assert snap["esphome_version"] == "2026.6.5"
     assert snap["accepts_builds"] is True
-    assert (snap["idle"], snap["idle_since"]) == (True, 1_700_000_000.5)
+    assert snap["idle"] is True and snap["idle_since"] not in (None, 1_700_000_000.5)
     assert (snap["trusted"], snap["connected"]) == (False, False)
     assert snap["mdns_instances"] == [adv.instance_name]
     assert adv.instance_name == f"Desk-PC-{info.fingerprint[:8]}.{SERVICE_TYPE}"
@@ -286,7 +286,8 @@ async def test_lane_changes_reach_the_browser(nodes: NodeFactory) -> None:
     later = 1_700_000_100.25
     adv.update_lane(True, later)
     await until(registry, lambda: peer(registry, info.fingerprint).idle, "idle=1")
-    assert peer(registry, info.fingerprint).idle_since == later
+    seen = peer(registry, info.fingerprint).idle_since
+    assert seen is not None and seen != later  # this node's clock, not the advert's claim
 
     # Busy again: the same lane state as two steps ago must still be seen as a change.
     adv.update_lane(False, None)
@@ -315,7 +316,7 @@ async def test_a_burst_of_lane_changes_is_coalesced_and_the_last_state_wins(
 
     await until(
         registry,
-        lambda: peer(registry, info.fingerprint).idle_since == final,
+        lambda: peer(registry, info.fingerprint).idle,
         "the final lane state",
     )
     # One leading update at most, then one carrying the newest state: never 20.
@@ -324,7 +325,8 @@ async def test_a_burst_of_lane_changes_is_coalesced_and_the_last_state_wins(
     # Nothing further is on its way: the publisher is idle with the last state sent.
     await asyncio.sleep(1.5)
     assert adv.updates_sent <= 3
-    assert peer(registry, info.fingerprint).idle_since == final
+    assert peer(registry, info.fingerprint).idle
+    assert peer(registry, info.fingerprint).idle_since != final  # the claim is not used
 
 
 @requires_loopback_multicast
@@ -608,4 +610,4 @@ def test_discovery_crosses_a_bridge_and_a_partition_goes_stale(
     net.heal(0)
     a.send(cmd="lane", idle=True, idle_since=1_700_000_200.0)
     b.wait(lambda n: a.fp in n.peers and n.peers[a.fp]["idle"], "node0 back", WAIT)
-    assert b.peers[a.fp]["idle_since"] == 1_700_000_200.0
+    assert b.peers[a.fp]["idle_since"] not in (None, 1_700_000_200.0)  # seen, not claimed

@@ -83,26 +83,29 @@ def test_mdns_advert_creates_a_record_with_every_field(
     assert reg.mdns_seen(advert(f))
     [snap] = reg.snapshot()
     assert set(snap) == SNAPSHOT_KEYS
-    assert snap == {
-        "fingerprint": f,
-        "name": "desk",
-        "addresses": ["10.0.0.5:7420"],
-        "sources": ["mdns"],
-        "trusted": False,
-        "connected": False,
-        "protocol": 1,
-        "esphome_version": "2026.6.5",
-        "accepts_builds": True,
-        "idle": True,
-        "idle_since": 500.0,
-        "running": 0,
-        "queued": 0,
-        "lane_via": "mdns",
-        "last_seen": 1000.0,
-        "last_error": None,
-        "compile_durations": [],
-        "mdns_instances": [f"desk-{f[:8]}._meshd._tcp.local."],
-    }
+    assert (
+        snap
+        == {
+            "fingerprint": f,
+            "name": "desk",
+            "addresses": ["10.0.0.5:7420"],
+            "sources": ["mdns"],
+            "trusted": False,
+            "connected": False,
+            "protocol": 1,
+            "esphome_version": "2026.6.5",
+            "accepts_builds": True,
+            "idle": True,
+            "idle_since": 1000.0,  # when this node saw it idle, not the advert's claim
+            "running": 0,
+            "queued": 0,
+            "lane_via": "mdns",
+            "last_seen": 1000.0,
+            "last_error": None,
+            "compile_durations": [],
+            "mdns_instances": [f"desk-{f[:8]}._meshd._tcp.local."],
+        }
+    )
     json.dumps(reg.snapshot())  # JSON-able as is
     assert changes == [PeerChange(ChangeKind.ADDED, f)]
 
@@ -234,7 +237,29 @@ def test_hello_and_status_push_fill_the_record(reg: Registry) -> None:
     [snap] = reg.snapshot()
     assert snap["name"] == "builder"
     assert snap["sources"] == ["static"]
-    assert (snap["idle"], snap["idle_since"], snap["lane_via"]) == (True, 1234.5, "link")
+    assert (snap["idle"], snap["idle_since"], snap["lane_via"]) == (True, 1000.0, "link")
+
+
+def test_a_receivers_claimed_idle_since_is_ignored(reg: Registry, clock: FakeClock) -> None:
+    """A receiver claiming it has been idle since 1970 must not win every compile: the
+    order is when *this node* saw each become idle (docs/SECURITY.md, the clock claim)."""
+    honest, liar = random_fingerprint(), random_fingerprint()
+    reg.link_up(honest)
+    reg.link_status(honest, idle=True, idle_since=clock.now - 60, running=0, queued=0)
+    clock.now += 10
+    reg.link_up(liar)
+    reg.link_status(liar, idle=True, idle_since=0.0, running=0, queued=0)
+    clock.now += 10
+    reg.link_status(liar, idle=True, idle_since=0.0, running=0, queued=0)  # repeated claim
+    views = {v.fingerprint: v for v in reg.views()}
+    assert views[honest].idle_since == 1000.0
+    assert views[liar].idle_since == 1010.0
+    assert views[honest].idle_since < views[liar].idle_since
+    # Busy, then idle again: the new observation counts.
+    reg.link_status(honest, idle=False, idle_since=None, running=1, queued=0)
+    clock.now += 10
+    reg.link_status(honest, idle=True, idle_since=0.0, running=0, queued=0)
+    assert {v.fingerprint: v for v in reg.views()}[honest].idle_since == 1030.0
 
 
 def test_busy_status_drops_idle_since(reg: Registry) -> None:
