@@ -316,7 +316,7 @@ async def test_a_burst_of_lane_changes_is_coalesced_and_the_last_state_wins(
 
     await until(
         registry,
-        lambda: peer(registry, info.fingerprint).idle,
+        lambda: bool(updates) and adv.updates_sent >= 1 and peer(registry, info.fingerprint).idle,
         "the final lane state",
     )
     # One leading update at most, then one carrying the newest state: never 20.
