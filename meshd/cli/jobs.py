@@ -23,6 +23,7 @@ from meshd.cli.app import (
     run_client,
 )
 from meshd.cli.render import TERMINAL, Follower, describe, job_table, jobs_table, status_tables
+from meshd.cli.sanitize import clean as clean_text
 
 # `meshd jobs` without --all: the newest this many (the API's limit; 0 means all).
 DEFAULT_JOB_LIST = 50
@@ -235,7 +236,7 @@ def logs(job_id: str, follow: bool, **opts: Any) -> None:
 
     async def run(client: Client) -> int:
         async for line in client.log_lines(job_id, follow=follow):
-            click.echo(line)
+            click.echo(clean_text(line))
         if not follow:
             return EXIT_OK
         job = await client.job(job_id)

@@ -15,6 +15,7 @@ from meshd.api.client import Client
 from meshd.api.wire import DEFAULT_PAIRING_TTL
 from meshd.cli.app import EXIT_OK, cli, client_options, console, json_option, print_json, run_client
 from meshd.cli.render import peers_table
+from meshd.cli.sanitize import clean
 
 
 @cli.command()
@@ -98,7 +99,13 @@ def trust(
             roles = [
                 r for r, on in (("send work", send_work), ("build for me", build_for_me)) if on
             ]
-            console.print(f"trusted {peer['fingerprint'][:16]} ({', '.join(roles) or 'no roles'})")
+            console.print(
+                f"trusted {clean(peer['fingerprint'])[:16]} ({', '.join(roles) or 'no roles'})",
+                markup=False,
+                highlight=False,
+            )
+            for line in role_lines(send_work=send_work, build_for_me=build_for_me):
+                console.print(line, markup=False, highlight=False)
         return EXIT_OK
 
     run_client(opts, run)
@@ -136,16 +143,32 @@ def trusted(as_json: bool, **opts: Any) -> None:
             table.add_column(column)
         for peer in peers:
             table.add_row(
-                peer["name"] or "-",
-                peer["fingerprint"][:16],
+                clean(peer["name"] or "-"),
+                clean(peer["fingerprint"])[:16],
                 "yes" if peer["may_send_work"] else "no",
                 "yes" if peer["may_build_for_me"] else "no",
-                ", ".join(peer["addresses"]) or "-",
+                clean(", ".join(peer["addresses"]) or "-"),
             )
         console.print(table if peers else "no trusted peers")
         return EXIT_OK
 
     run_client(opts, run)
+
+
+def role_lines(*, send_work: bool, build_for_me: bool) -> list[str]:
+    """What a trust role really grants, one line each (docs/SECURITY.md)."""
+    lines = []
+    if send_work:
+        lines.append(
+            "note: sending work here lets that peer run code on this node (in the build "
+            "sandbox: its own tree, the network, resource limits); see docs/SECURITY.md"
+        )
+    if build_for_me:
+        lines.append(
+            "note: building for you gives that peer your configurations with their secrets, "
+            "and you flash what it returns; see docs/SECURITY.md"
+        )
+    return lines
 
 
 @cli.group()
@@ -173,6 +196,8 @@ def pair_open(ttl: float, as_json: bool, **opts: Any) -> None:
                 f"meshd pair join THIS-HOST:{window['peer_port']} {window['code']}",
                 highlight=False,
             )
+            for line in role_lines(send_work=True, build_for_me=False):
+                console.print(line, markup=False, highlight=False)
         return EXIT_OK
 
     run_client(opts, run)
@@ -194,8 +219,13 @@ def pair_join(address: str, code: str, as_json: bool, **opts: Any) -> None:
             print_json(peer)
         else:
             console.print(
-                f"paired: now trusting {peer['name'] or '?'} ({peer['fingerprint'][:16]})"
+                f"paired: now trusting {clean(peer['name'] or '?')} "
+                f"({clean(peer['fingerprint'])[:16]})",
+                markup=False,
+                highlight=False,
             )
+            for line in role_lines(send_work=False, build_for_me=True):
+                console.print(line, markup=False, highlight=False)
         return EXIT_OK
 
     run_client(opts, run)

@@ -21,6 +21,7 @@ from rich.table import Table
 from rich.text import Text
 
 from meshd.api.client import Client, DaemonUnreachable, EventStream
+from meshd.cli.sanitize import clean
 
 TERMINAL = frozenset({"completed", "failed", "cancelled"})
 # Between two events the follower re-reads its jobs this often: a safety net for a
@@ -75,7 +76,7 @@ def jobs_table(jobs: Sequence[dict[str, Any]]) -> Table:
         if job["status"] == "running" and job.get("progress") is not None:
             note = f"{job['progress'] * 100:.0f}%"
         elif job.get("error"):
-            note = job["error"].splitlines()[0]
+            note = clean(job["error"].splitlines()[0])
         elif job["status"] == "queued" and job.get("waiting") == "device":
             note = "waiting for device " + str((job.get("args") or {}).get("device_name", ""))
         elif job["status"] == "queued" and job.get("depends_on"):
@@ -122,11 +123,11 @@ def job_table(job: dict[str, Any]) -> Table:
         elif key == "progress":
             table.add_row(key, f"{float(value) * 100:.0f}%")
         else:
-            table.add_row(key, str(value))
+            table.add_row(key, clean(value))
     for key, value in sorted((job.get("args") or {}).items()):
-        table.add_row(f"args.{key}", str(value))
+        table.add_row(f"args.{key}", clean(value))
     if job.get("error"):
-        table.add_row("error", Text(job["error"], style="red"))
+        table.add_row("error", Text(clean(job["error"], multiline=True), style="red"))
     return table
 
 
@@ -169,13 +170,13 @@ def peers_table(peers: Sequence[dict[str, Any]]) -> Table:
             lane = "idle"
         else:
             lane = f"busy ({peer.get('running', 0)} running, {peer.get('queued', 0)} queued)"
-        link = "connected" if peer.get("connected") else (peer.get("last_error") or "-")
+        link = "connected" if peer.get("connected") else clean(peer.get("last_error") or "-")
         addresses = peer.get("addresses") or []
         table.add_row(
-            str(peer.get("name", "")),
-            str(peer.get("fingerprint", ""))[:16],
-            addresses[0] if addresses else "-",
-            str(peer.get("esphome_version") or "?"),
+            clean(peer.get("name", "")),
+            clean(peer.get("fingerprint", ""))[:16],
+            clean(addresses[0]) if addresses else "-",
+            clean(peer.get("esphome_version") or "?"),
             "yes" if peer.get("trusted") else "no",
             str(link),
             lane,
@@ -264,7 +265,7 @@ class Follower:
         if not isinstance(job, dict) or job.get("id") not in self.jobs:
             return
         if event["type"] == "job_output" and self.show_output:
-            self._print(Text(str(event.get("line", "")), style="dim"))
+            self._print(Text(clean(event.get("line", "")), style="dim"))
         self._update(job)
 
     def _print(self, text: Text) -> None:
@@ -304,7 +305,7 @@ class Follower:
         if status in TERMINAL and (previous is None or previous["status"] not in TERMINAL):
             self._progress.stop_task(task)
             if job.get("error") and status != "completed":
-                self._print(Text(f"{describe(job)} {status}: {job['error']}", style="red"))
+                self._print(Text(f"{describe(job)} {status}: {clean(job['error'])}", style="red"))
 
 
 class _Null:
