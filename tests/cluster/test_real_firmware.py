@@ -28,6 +28,8 @@ def test_install_compiles_on_receiver_and_flashes_from_offloader(
     pi = node(meshd, "pi", "--no-receiver", "--no-include-local", *common, env=host_firmware.env)
     _, desk_fp = link(pi, desk)
     wait_peer(pi, desk_fp, connected=True, idle=True, esphome_version="2026.6.5")
+    # The receiver compiles the Pi's configuration in the build sandbox (docs/SECURITY.md).
+    assert str(desk.cli_json("status")["node"]["sandbox"]).startswith("bubblewrap")
 
     # The Pi's own copy of the project: it has never been compiled on the Pi.
     configs = tmp_path / "pi-configs"
