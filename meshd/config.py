@@ -138,6 +138,18 @@ class Settings:
     """Put ccache under every compile (``<data>/ccache``); off: compile without it."""
     compile_cache_size: int = DEFAULT_COMPILE_CACHE_SIZE
     """Bytes each compile cache directory may hold (least recently used objects go)."""
+    unsafe_no_sandbox: bool = False
+    """Run peers' builds unsandboxed (docs/SECURITY.md); warned about at every start."""
+    sandbox_network: bool = True
+    """Peers' sandboxed builds may use the network (PlatformIO downloads libraries)."""
+    peer_max_in_flight: int = 256 * 1024 * 1024
+    """Bytes of blobs one offloader may have arriving at once."""
+    peer_max_stored: int = 2 * 1024 * 1024 * 1024
+    """Bytes one offloader's content store on this receiver may hold."""
+    peer_max_blobs: int = 20_000
+    """Blobs one offloader's content store on this receiver may hold."""
+    min_free: int = 2 * 1024 * 1024 * 1024
+    """Bytes free under the data dir below which compiles from peers are declined."""
     metrics_listen: HostPort | None = None
     """A second, unauthenticated listener serving only ``/metrics`` (for Prometheus)."""
     config_file: Path | None = None
@@ -296,6 +308,12 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "metrics_listen": lambda v: parse_host_port(str(v)),
     "config_dirs": lambda v: tuple(Path(p).expanduser().absolute() for p in _path_list(v)),
     "verify_timeout": _duration,
+    "unsafe_no_sandbox": _bool,
+    "sandbox_network": _bool,
+    "peer_max_in_flight": _positive_int,
+    "peer_max_stored": _positive_int,
+    "peer_max_blobs": _positive_int,
+    "min_free": _count,
 }
 
 SETTING_NAMES = tuple(_PARSERS)

@@ -65,13 +65,16 @@ from meshd.jobs.history import HistoryLimits
 from meshd.jobs.model import JobType
 from meshd.jobs.runner import Runner
 from meshd.jobs.store import DatabaseUnusable, check_database
+from meshd.mesh.content.stores import PeerQuota
 from meshd.mesh.node import MeshSettings
 from meshd.mesh.service import MeshService
+from meshd.mesh.serving.peer_runner import PeerCompileRunner
 from meshd.observe import bridge_peer_events, link_bytes
 from meshd.sdnotify import Notifier
 from meshd.toolchain.archive import BuildArchive
 from meshd.toolchain.ccache import CacheUnavailable, CompileCaches, find_ccache
 from meshd.toolchain.runners import CompileRunner, RenameRunner, make_runners
+from meshd.toolchain.sandbox import SandboxUnavailable, receiver_sandbox
 from meshd.toolchain.storage import ArtifactError, load_storage
 from meshd.toolchain.tools import Toolchain, ToolMissing, locate_tool
 
@@ -120,17 +123,24 @@ class Daemon:
         self.archive = BuildArchive(settings.data_dir / "artifacts", keep=settings.kept_builds)
         self.archive.clean_leftovers()
         self.caches, cache_warning = _compile_caches(settings)
-        self.runners = (
-            runners
-            if runners is not None
-            else make_runners(
+        self.peer_compile: PeerCompileRunner | None = None
+        if runners is None:
+            made = make_runners(
                 self.toolchain,
                 archive=self.archive,
                 caches=self.caches,
                 resolve=lambda config, device: self.fleet.resolve(config, device),
                 verify=lambda config, address, log: self.fleet.verify_flash(config, address, log),
             )
-        )
+            # Compiles for offloaders run in the build sandbox (docs/SECURITY.md), each
+            # with its offloader's own compile cache.
+            self.peer_compile = PeerCompileRunner(
+                made[JobType.COMPILE], self.toolchain, settings.data_dir
+            )
+            self.peer_compile.caches = self.caches
+            made[JobType.COMPILE] = self.peer_compile
+            runners = made
+        self.runners = runners
         self.engine = Engine(
             settings.data_dir,
             self.runners,
@@ -235,6 +245,12 @@ class Daemon:
                 version_policy=s.version_policy,
                 include_local=s.include_local,
                 heartbeat=s.heartbeat,
+                peer_quota=PeerQuota(
+                    in_flight_bytes=s.peer_max_in_flight,
+                    at_rest_bytes=s.peer_max_stored,
+                    at_rest_blobs=s.peer_max_blobs,
+                ),
+                min_free=s.min_free,
             ),
             esphome_version=lambda: self.node.esphome_version,
             version_known=self._version_probed.wait,
@@ -243,8 +259,10 @@ class Daemon:
         self.hooks.routes.extend(mesh_routes(mesh.node))
         self.metrics.link_bytes = link_bytes(mesh.node)
         for runner in self.runners.values():
-            if isinstance(runner, CompileRunner | RenameRunner):
-                runner.remote_storage = mesh.node.cache_gateway.for_job
+            inner = runner.local if isinstance(runner, PeerCompileRunner) else None
+            for each in (runner, inner):
+                if isinstance(each, CompileRunner | RenameRunner | PeerCompileRunner):
+                    each.remote_storage = mesh.node.cache_gateway.for_job
         bridge_peer_events(mesh.node, self.engine.bus)
         return [mesh, self._fleet_service()]
 
@@ -266,6 +284,35 @@ class Daemon:
         self.hooks.routes.extend(fleet_routes(fleet.rows, s.config_dirs))
         return fleet
 
+    async def _set_up_sandbox(self) -> None:
+        """Find the build sandbox peers' compiles run in; without one (and no explicit
+        opt-out) the receiver declines their compiles ``busy`` with the reason."""
+        s = self.settings
+        if self.peer_compile is None or not s.receiver:
+            return
+        error: str | None = None
+        sandbox = None
+        try:
+            sandbox = await asyncio.to_thread(
+                receiver_sandbox,
+                [s.data_dir],
+                unsafe_no_sandbox=s.unsafe_no_sandbox,
+                network=s.sandbox_network,
+            )
+        except SandboxUnavailable as exc:
+            error = str(exc)
+            _LOGGER.error("no build sandbox, so no builds for peers: %s", error)  # noqa: TRY400
+            self._warn(f"builds for peers refused: {error}")
+        self.peer_compile.use(sandbox, unsafe=s.unsafe_no_sandbox, error=error)
+        self.node.sandbox = self.peer_compile.state
+        if s.unsafe_no_sandbox:
+            self._warn("builds for peers run UNSANDBOXED (--unsafe-no-sandbox)")
+        for service in self.services:
+            if isinstance(service, MeshService):
+                service.node.receiver.sandbox_error = (
+                    None if error is None else f"this receiver cannot sandbox builds: {error}"
+                )
+
     def request_stop(self) -> None:
         """Begin a clean shutdown (what SIGTERM and SIGINT do)."""
         if self._stop_requested is not None:
@@ -282,6 +329,7 @@ class Daemon:
         exit_code = EXIT_OK
         try:
             await self._enforce_cache_budget()
+            await self._set_up_sandbox()
             await self.engine.start()
             background.append(asyncio.create_task(self._probe_esphome(), name="esphome-version"))
             background.append(

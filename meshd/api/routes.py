@@ -95,6 +95,7 @@ async def status(request: web.Request) -> web.Response:
             "fingerprint": hooks.fingerprint(),
             "esphome_version": node.esphome_version,
             "esphome": node.esphome,
+            "sandbox": node.sandbox,
             "warnings": list(node.warnings),
             "version": __version__,
             "data_dir": node.data_dir,

@@ -27,6 +27,8 @@ class NodeFacts:
     """Filled in once ``esphome version`` has answered (it runs once, at start)."""
     esphome: str | None = None
     """The esphome command the daemon runs (found beside its interpreter, on PATH, or set)."""
+    sandbox: str | None = None
+    """How peers' builds run here: bubblewrap, UNSANDBOXED, or why unavailable."""
     warnings: list[str] = field(default_factory=list)
     """Problems an operator must fix, e.g. "esphome not found" (``meshd status``, the page)."""
     compile_cache: dict[str, Any] | None = None

@@ -88,6 +88,18 @@ from meshd.config import (
     help="Budget of each compile cache directory, e.g. 500M, 5G [5G].",
 )
 @click.option(
+    "--unsafe-no-sandbox",
+    "unsafe_no_sandbox",
+    is_flag=True,
+    default=None,
+    help="Run peers' builds UNSANDBOXED as this user (they can read its keys) [off].",
+)
+@click.option(
+    "--sandbox-network/--no-sandbox-network",
+    default=None,
+    help="Peers' sandboxed builds may use the network [on].",
+)
+@click.option(
     "--metrics-listen", metavar="HOST:PORT", help="Serve /metrics here without a token [off]."
 )
 @click.option(

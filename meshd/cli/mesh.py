@@ -101,6 +101,8 @@ def trust(
                     f"trusted {clean(peer['fingerprint'][:16])} ({', '.join(roles) or 'no roles'})"
                 )
             )
+            for line in role_lines(send_work=send_work, build_for_me=build_for_me):
+                console.print(line, markup=False, highlight=False)
         return EXIT_OK
 
     run_client(opts, run)
@@ -139,6 +141,22 @@ def trusted(as_json: bool, **opts: Any) -> None:
     run_client(opts, run)
 
 
+def role_lines(*, send_work: bool, build_for_me: bool) -> list[str]:
+    """What a trust role really grants, one line each (docs/SECURITY.md)."""
+    lines = []
+    if send_work:
+        lines.append(
+            "note: sending work here lets that peer run code on this node (in the build "
+            "sandbox: its own tree, the network, resource limits); see docs/SECURITY.md"
+        )
+    if build_for_me:
+        lines.append(
+            "note: building for you gives that peer your configurations with their secrets, "
+            "and you flash what it returns; see docs/SECURITY.md"
+        )
+    return lines
+
+
 @cli.group(section="mesh")
 def pair() -> None:
     """Pair two nodes with a one-time code (for headless machines)."""
@@ -164,6 +182,8 @@ def pair_open(ttl: float, as_json: bool, **opts: Any) -> None:
                 f"meshd pair join THIS-HOST:{window['peer_port']} {window['code']}",
                 highlight=False,
             )
+            for line in role_lines(send_work=True, build_for_me=False):
+                console.print(line, markup=False, highlight=False)
         return EXIT_OK
 
     run_client(opts, run)
@@ -186,6 +206,8 @@ def pair_join(address: str, code: str, as_json: bool, **opts: Any) -> None:
         else:
             name = clean(peer["name"] or "?")
             console.print(Text(f"paired: now trusting {name} ({clean(peer['fingerprint'][:16])})"))
+            for line in role_lines(send_work=False, build_for_me=True):
+                console.print(line, markup=False, highlight=False)
         return EXIT_OK
 
     run_client(opts, run)

@@ -17,7 +17,7 @@ The daemon calls ``start`` and ``stop``; the API sees this node only as a
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,7 @@ from meshd.link import LinkServer, LinkSession, Router, SessionConfig
 from meshd.mesh.content.artifacts import MAX_ARTIFACT_BYTES
 from meshd.mesh.content.blobs import BLOB_STREAM, BlobExchange
 from meshd.mesh.content.pruner import DEFAULT_BUILD_TTL, Pruner
-from meshd.mesh.content.store import ContentStore
+from meshd.mesh.content.stores import PeerQuota, StoreSet
 from meshd.mesh.dispatch.cache_store import SharedCacheStore
 from meshd.mesh.dispatch.offloader import RemoteCompileRunner
 from meshd.mesh.dispatch.placer import MeshPlacer
@@ -42,6 +42,7 @@ from meshd.mesh.security.identity import Identity, load_or_create
 from meshd.mesh.security.pairing import PairingCode, PairingReceiver, pair_join
 from meshd.mesh.security.trust import TrustedPeer, TrustStore
 from meshd.mesh.serving.cache_gateway import CacheGateway
+from meshd.mesh.serving.handlers import DEFAULT_MIN_FREE
 from meshd.mesh.serving.receiver import Receiver
 from meshd.toolchain.tools import Toolchain
 from meshd.version_policy import VersionPolicy
@@ -61,6 +62,10 @@ class MeshSettings:
     include_local: bool = True
     heartbeat: float = DEFAULT_HEARTBEAT
     build_ttl: float = DEFAULT_BUILD_TTL
+    # What one offloader may make this receiver hold, and the disk floor below which
+    # it declines compiles (docs/SECURITY.md).
+    peer_quota: PeerQuota = field(default_factory=PeerQuota)
+    min_free: int = DEFAULT_MIN_FREE
 
 
 class MeshNode:
@@ -89,12 +94,13 @@ class MeshNode:
             on_paired=lambda _peer: self.connections.trust_changed(),
         )
         # content
-        self.store = ContentStore(data_dir / "mesh" / "cas")
+        self.stores = StoreSet(data_dir / "mesh" / "cas", quota=settings.peer_quota)
+        self.store = self.stores.own
         self.builds_root = data_dir / "mesh" / "builds"
-        self.pruner = Pruner(self.builds_root, self.store, ttl=settings.build_ttl)
+        self.pruner = Pruner(self.builds_root, self.stores.all, ttl=settings.build_ttl)
         self.router = Router()
         self.blobs = BlobExchange(
-            self.store,
+            self.stores,
             max_blob=MAX_ARTIFACT_BYTES,
             accept_unrequested=lambda s: self.receiver.may_send_work(s),
         )
@@ -145,6 +151,7 @@ class MeshNode:
             accepts_builds=settings.receiver,
             esphome_version=esphome_version,
             env=env,
+            min_free=settings.min_free,
         )
         self.receiver.register(self.router)
         # the compile cache across the mesh: receivers' builds reach their offloader's

@@ -209,6 +209,10 @@ class SandboxArea:
     cache_dirs: tuple[Path, ...] = ()
     """Extra writable places: the compile cache of this area's offloader
     (``<data>/ccache/peers/<off16>``, meshd/toolchain/ccache.py); never another's."""
+    extra_writable: tuple[Path, ...] = ()
+    """More places the build may write, each bound at its own path (e.g. a compile
+    cache kept for this offloader); created 0700 like the others, and refused like
+    them if one contains the data dir."""
 
     @classmethod
     def for_offloader(
@@ -217,6 +221,7 @@ class SandboxArea:
         offloader_root: Path,
         shared_pio_core: Path | None = None,
         cache_dir: Path | None = None,
+        extra_writable: tuple[Path, ...] = (),
     ) -> SandboxArea:
         """The layout meshd uses: ``offloader_root/{home,platformio}`` next to the tree,
         and the offloader's compile cache (``CompileCaches.for_offloader``) if given."""
@@ -226,10 +231,11 @@ class SandboxArea:
             pio_core=offloader_root / "platformio",
             shared_pio_core=shared_pio_core,
             cache_dirs=() if cache_dir is None else (cache_dir,),
+            extra_writable=extra_writable,
         )
 
     def writable(self) -> tuple[Path, ...]:
-        return (self.workdir, self.home, self.pio_core, *self.cache_dirs)
+        return (self.workdir, self.home, self.pio_core, *self.cache_dirs, *self.extra_writable)
 
     def lent(self) -> list[tuple[Path, Path]]:
         """(shared source, private mount point) for every installed shared package/platform."""

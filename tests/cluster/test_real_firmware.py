@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.cluster.conftest import link, node, remote_jobs, wait_peer
+from tests.conftest import ESPHOME
 from tests.daemon.conftest import MeshdFactory
 from tests.daemon.test_install_host import _esphome_wrapper
 from tests.support.host_device import HostDevice, HostFirmware, host_yaml
@@ -23,11 +24,33 @@ def test_install_compiles_on_receiver_and_flashes_from_offloader(
     tmp_path: Path,
 ) -> None:
     wrapper = str(_esphome_wrapper(tmp_path))
-    common = ("--no-mdns", "--esphome", wrapper)
-    desk = node(meshd, "desk", "--no-offload", *common, env=host_firmware.env)
-    pi = node(meshd, "pi", "--no-receiver", "--no-include-local", *common, env=host_firmware.env)
+    # The receiver runs real esphome in the build sandbox, which takes the network away
+    # itself (--no-sandbox-network): the wrapper's own `unshare --net` is not allowed
+    # inside (no nested user namespaces).
+    desk = node(
+        meshd,
+        "desk",
+        "--no-offload",
+        "--no-mdns",
+        "--no-sandbox-network",
+        "--esphome",
+        ESPHOME,
+        env=host_firmware.env,
+    )
+    pi = node(
+        meshd,
+        "pi",
+        "--no-receiver",
+        "--no-include-local",
+        "--no-mdns",
+        "--esphome",
+        wrapper,
+        env=host_firmware.env,
+    )
     _, desk_fp = link(pi, desk)
     wait_peer(pi, desk_fp, connected=True, idle=True, esphome_version="2026.6.5")
+    # The receiver compiles the Pi's configuration in the build sandbox (docs/SECURITY.md).
+    assert str(desk.cli_json("status")["node"]["sandbox"]).startswith("bubblewrap")
 
     # The Pi's own copy of the project: it has never been compiled on the Pi.
     configs = tmp_path / "pi-configs"

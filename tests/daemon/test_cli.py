@@ -101,6 +101,7 @@ def test_status_and_peers_json(daemon: Meshd) -> None:
         "short",
         "esphome_version",
         "esphome",
+        "sandbox",
         "warnings",
         "version",
         "data_dir",

@@ -263,10 +263,12 @@ async def test_refused_by_the_receiver_keeps_retrying_and_says_what_to_run_there
     assert info is not None and info.connected and info.last_error is None
 
 
-async def test_our_own_refusal_stops_the_loop_until_trust_changes(
+async def test_a_spoofed_address_is_skipped_and_the_real_one_still_dialled(
     sides: Callable[..., Side],
 ) -> None:
-    """The receiver's address now answers with another key: stop, do not hammer it."""
+    """An advert puts the trusted receiver at an address where another key answers
+    (mallory): that address is skipped with back-off, and the receiver's real address
+    is still dialled (docs/SECURITY.md, the mDNS-spoof case)."""
     pi, desk, mallory = sides("pi"), sides("desk", dial=False), sides("mallory", dial=False)
     await desk.listen()
     await mallory.listen()
@@ -277,23 +279,23 @@ async def test_our_own_refusal_stops_the_loop_until_trust_changes(
         trust_sender(desk, pi)
         trust_sender(mallory, pi)
         pi.trust.add(desk.fingerprint, may_build_for_me=True)
+        real = f"127.0.0.1:{desk.server.port}"  # type: ignore[union-attr]
+        # The spoofed address is the newest, so it is tried first.
+        seen_by_mdns(pi, desk, real)
         seen_by_mdns(pi, desk, relay.address)
+        assert pi.registry.addresses(desk.fingerprint)[0] == relay.address
         await pi.connections.start()
-        target = DialTarget.peer(desk.fingerprint)
-        await pi.until("loop ended", lambda: target not in pi.connections.dialling())
-        info = pi.peer(desk.fingerprint)
-        assert info is not None and "key not trusted here" in (info.last_error or "")
-        assert relay.accepted == 1 and mallory.opened == []
-        # Still left alone when mDNS sees it again.
-        seen_by_mdns(pi, desk, relay.address)
-        await asyncio.sleep(0)
-        assert target not in pi.connections.dialling()
-        # The trust store changes (here: the address is fixed): dialled again at once.
-        relay.target = desk.server.port  # type: ignore[union-attr]
-        pi.connections.trust_changed()
-        assert target in pi.connections.dialling()
         await pi.until("session", lambda: pi.connections.session_for(desk.fingerprint))
-        assert relay.accepted == 2
+        assert relay.accepted == 1 and mallory.opened == []
+        assert set(pi.registry.addresses(desk.fingerprint)) == {real, relay.address}
+        # The session ends: the redial skips the backed-off spoofed address.
+        session = pi.connections.session_for(desk.fingerprint)
+        assert session is not None
+        await session.close()
+        await pi.until(
+            "redialled", lambda: pi.connections.session_for(desk.fingerprint) not in (None, session)
+        )
+        assert relay.accepted == 1
     finally:
         await pi.connections.stop()
         await relay.close()

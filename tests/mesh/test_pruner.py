@@ -34,7 +34,7 @@ async def test_prunes_what_went_unused_for_the_ttl(tmp_path: Path) -> None:
     stale_blob = store.path(store.put_bytes(b"old firmware"))
     age(stale_blob, 8 * DAY)
     kept_blob = store.path(store.put_bytes(b"new firmware"))
-    pruner = Pruner(builds, store, ttl=7 * DAY)
+    pruner = Pruner(builds, lambda: [store], ttl=7 * DAY)
     assert await pruner.prune_once() == (1, 1)
     assert not old.exists() and not old.parent.exists()  # the empty offloader dir too
     assert fresh.exists() and kept_blob.exists() and not stale_blob.exists()
@@ -44,7 +44,7 @@ async def test_prunes_what_went_unused_for_the_ttl(tmp_path: Path) -> None:
 async def test_the_loop_prunes_at_start_and_stops_cleanly(tmp_path: Path) -> None:
     builds, store = tmp_path / "builds", ContentStore(tmp_path / "cas")
     old = workdir(builds, "aaaa", "kitchen", unused_for=8 * DAY)
-    pruner = Pruner(builds, store, ttl=7 * DAY, interval=3600.0)
+    pruner = Pruner(builds, lambda: [store], ttl=7 * DAY, interval=3600.0)
     pruner.start()
     try:
         async with asyncio.timeout(30):

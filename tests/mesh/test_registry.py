@@ -286,6 +286,28 @@ def test_trusted_peers_are_listed_seen_or_not_and_never_dropped(
     assert reg.snapshot() == []
 
 
+def test_a_receivers_claimed_idle_since_is_ignored(reg: Registry, clock: FakeClock) -> None:
+    """A receiver claiming it has been idle since 1970 must not win every compile: the
+    order is when *this node* saw each become idle (docs/SECURITY.md, the clock claim)."""
+    honest, liar = random_fingerprint(), random_fingerprint()
+    reg.link_up(honest)
+    reg.link_status(honest, idle=True, idle_since=clock.now - 60, running=0, queued=0)
+    clock.now += 10
+    reg.link_up(liar)
+    reg.link_status(liar, idle=True, idle_since=0.0, running=0, queued=0)
+    clock.now += 10
+    reg.link_status(liar, idle=True, idle_since=0.0, running=0, queued=0)  # repeated claim
+    views = {v.fingerprint: v for v in reg.views()}
+    assert views[honest].idle_since == 1000.0
+    assert views[liar].idle_since == 1010.0
+    assert views[honest].idle_since < views[liar].idle_since
+    # Busy, then idle again: the new observation counts.
+    reg.link_status(honest, idle=False, idle_since=None, running=1, queued=0)
+    clock.now += 10
+    reg.link_status(honest, idle=True, idle_since=0.0, running=0, queued=0)
+    assert {v.fingerprint: v for v in reg.views()}[honest].idle_since == 1030.0
+
+
 def test_busy_status_drops_idle_since(reg: Registry) -> None:
     f = random_fingerprint()
     reg.link_up(f)

@@ -25,6 +25,7 @@ from meshd.link import (
 from meshd.link.messages import BlobReply, BlobRequest
 from meshd.mesh.content.blobs import BLOB_STREAM, BlobExchange
 from meshd.mesh.content.store import STALE_TEMP_SECONDS, TEMP_PREFIX, ContentStore
+from meshd.mesh.content.stores import StoreSet
 from meshd.mesh.security.identity import Identity
 
 
@@ -106,10 +107,11 @@ async def blob_link(
 ) -> AsyncIterator[tuple[ContentStore, BlobExchange, LinkSession, list[str]]]:
     """A server serving blob_request from its store; a client session that records the
     name of every blob stream it is sent."""
-    served = ContentStore(tmp_path / "server-cas")
-    received = ContentStore(tmp_path / "client-cas")
-    server_blobs = BlobExchange(served, max_blob=1 << 20, accept_unrequested=lambda _s: False)
-    client_blobs = BlobExchange(received, max_blob=1 << 20, accept_unrequested=lambda _s: False)
+    served_set = StoreSet(tmp_path / "server-cas")
+    received_set = StoreSet(tmp_path / "client-cas")
+    served = served_set.own
+    server_blobs = BlobExchange(served_set, max_blob=1 << 20, accept_unrequested=lambda _s: False)
+    client_blobs = BlobExchange(received_set, max_blob=1 << 20, accept_unrequested=lambda _s: False)
     streams: list[str] = []
 
     async def serve(session: LinkSession, message: BlobRequest) -> BlobReply:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -174,36 +175,141 @@ def collect_artifacts(
     return ArtifactManifest(record.name, record.esphome_version, str(root), tuple(files))
 
 
+_NAME = re.compile(r"^[A-Za-z0-9_-]{1,63}$")
+# ``esphome:`` then, in its block, ``name: literal`` (a substitution is not literal).
+_LITERAL_NAME = re.compile(
+    r"^esphome:[ \t]*\n(?:[ \t]+.*\n)*?[ \t]+name:[ \t]*['\"]?([A-Za-z0-9_-]+)['\"]?"
+    r"[ \t]*(?:#.*)?$",
+    re.MULTILINE,
+)
+
+
+def _claimed_names(root: Path, config: Path) -> set[str]:
+    """Device names other configurations of this data dir were built as (their records)."""
+    names: set[str] = set()
+    storage = root / "storage"
+    if not storage.is_dir():
+        return names
+    for record in storage.glob("*.json"):
+        if record.name == f"{config.name}.json":
+            continue
+        try:
+            name = json.loads(record.read_bytes()).get("name")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if isinstance(name, str):
+            names.add(name)
+    return names
+
+
+def expected_name(manifest: ArtifactManifest, config: Path, root: Path) -> str:
+    """The device name the artifacts may land under, checked against what *this* node
+    knows: the literal ``esphome: name:`` of the YAML when it has one, and never the
+    name another configuration of the same data dir was built as (a receiver trusted
+    for one configuration must not replace another's firmware)."""
+    name = manifest.name
+    if not _NAME.match(name):
+        raise BundleRejected(f"receiver's device name {name!r:.80} is not a valid name")
+    try:
+        text = config.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        text = ""
+    literal = _LITERAL_NAME.search(text)
+    if literal is not None and literal.group(1) != name:
+        raise BundleRejected(
+            f"receiver built {name!r}, but {config.name} names the device {literal.group(1)!r}"
+        )
+    if name in _claimed_names(root, config):
+        raise BundleRejected(f"device name {name!r} belongs to another configuration here")
+    return name
+
+
+def allowed_path(role: str, path: str, name: str, config: Path) -> bool:
+    """Whether an artifact of ``role`` may land at ``path`` (relative to the data dir)."""
+    if role == "storage":
+        return path == f"storage/{config.name}.json"
+    if role == "validated_config":
+        return path == f"storage/{config.name}.validated.yaml"
+    if role == "idedata":
+        return path == f"idedata/{name}.json"
+    return path.startswith(f"build/{name}/")
+
+
+def _write_private(target: Path, data: bytes, mode: int, root: Path) -> None:
+    """Write ``target`` with ``mode`` (whatever the umask), every dir below ``root`` 0700."""
+    levels = []
+    current = target.parent
+    while current != root:
+        levels.append(current)
+        current = current.parent
+    for level in reversed(levels):  # existing ones too: an earlier umask left them open
+        level.mkdir(mode=0o700, exist_ok=True)
+        level.chmod(0o700)
+    tmp = target.with_name(f".{target.name}.meshd-tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        out.write(data)
+    tmp.chmod(mode)
+    tmp.replace(target)
+
+
 def materialise_artifacts(
     manifest: ArtifactManifest,
     store: ContentStore,
     config: Path,
     env: Mapping[str, str] | None = None,
 ) -> list[Path]:
-    """Write every artifact where a local compile of ``config`` would have left it."""
+    """Write every artifact where a local compile of ``config`` would have left it.
+
+    Only this configuration's own places take artifacts: ``build/<name>/...``,
+    ``storage/<config file>.json`` and ``.validated.yaml``, ``idedata/<name>.json``;
+    rewritten records must point into that build directory. Files are 0600 (the app
+    image 0700), new directories 0700: the validated config holds inline secrets.
+    """
     local_root = data_dir(config, env)
-    local_root.mkdir(parents=True, exist_ok=True)
+    local_root.mkdir(parents=True, exist_ok=True, mode=0o700)
+    local_root.chmod(0o700)
     root = local_root.resolve()
-    written: list[Path] = []
-    ordered = sorted(manifest.files, key=lambda f: _WRITE_ORDER.get(f.role, 1))
-    for artifact in ordered:
+    name = expected_name(manifest, config, root)
+    build_dir = root / "build" / name
+    planned: list[tuple[Artifact, Path, bytes]] = []
+    for artifact in manifest.files:
+        if not allowed_path(artifact.role, artifact.path, name, config):
+            raise BundleRejected(
+                f"artifact {artifact.role} at {artifact.path!r:.80} is not this "
+                f"configuration's ({config.name}, device {name})"
+            )
         target = root / artifact.path
         if not target.resolve().is_relative_to(root):
             raise BundleRejected(f"artifact {artifact.path!r} resolves outside {root}")
         data = store.path(artifact.digest).read_bytes()
         if artifact.role in _JSON_ROLES:
             data = _rewrite_paths(data, manifest.data_dir, str(root))
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.meshd-tmp")
-        tmp.write_bytes(data)
-        tmp.chmod(0o755 if artifact.role == "app" else 0o644)
-        tmp.replace(target)
+        if artifact.role == "storage":
+            _check_record(data, build_dir)
+        planned.append((artifact, target, data))
+    written: list[Path] = []
+    for artifact, target, data in sorted(planned, key=lambda p: _WRITE_ORDER.get(p[0].role, 1)):
+        _write_private(target, data, 0o700 if artifact.role == "app" else 0o600, root)
         written.append(target)
     # Every file is newer than the YAML (and idedata than platformio.ini), as after a
     # local compile, so esphome upload trusts its caches.
     for path in written:
         os.utime(path)
     return written
+
+
+def _check_record(data: bytes, build_dir: Path) -> None:
+    """The rewritten storage record must point into this configuration's build dir."""
+    record = json.loads(data)
+    if not isinstance(record, dict):
+        raise BundleRejected("artifact storage record is not a map")
+    for key in ("build_path", "firmware_bin_path"):
+        value = record.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, str) or not Path(value).resolve().is_relative_to(build_dir):
+            raise BundleRejected(f"storage record's {key} {value!r:.80} is outside {build_dir}")
 
 
 def _rewrite_paths(data: bytes, remote_root: str, local_root: str) -> bytes:

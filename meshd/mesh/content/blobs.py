@@ -10,6 +10,11 @@ Limits are enforced before a byte is stored: a stream without a declared size, o
 larger than the cap, or (on the fetching side) a blob nobody asked for is refused.
 A blob this node cannot write (disk full, I/O error) fails its waiter with a
 ``LocalWriteError``: the fetching job fails here, and the sender is not blamed.
+
+Which store a blob lands in depends on why it came: a blob we asked for (artifacts
+of our own offloaded build) goes to the node's own store; one an offloader pushes
+(its bundle) goes to *that offloader's* store (:mod:`~meshd.mesh.content.stores`),
+within its quota of bytes in flight and bytes and blobs at rest.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from meshd.jobs.diskio import LocalWriteError, is_write_error
 from meshd.link import IncomingStream, LinkSession, RejectRequest
 from meshd.link.errors import ErrorCode, LinkError
 from meshd.mesh.content.store import ContentError, ContentStore, check_digest
+from meshd.mesh.content.stores import StoreSet, peer_key
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -41,16 +47,23 @@ class _SessionBlobs:
 class BlobExchange:
     def __init__(
         self,
-        store: ContentStore,
+        stores: StoreSet,
         *,
         max_blob: int,
         accept_unrequested: Callable[[LinkSession], bool],
     ) -> None:
         """``accept_unrequested(session)``: may this peer push blobs we did not ask for?"""
-        self.store = store
+        self.stores = stores
+        self.store: ContentStore = stores.own
         self.max_blob = max_blob
         self._accept_unrequested = accept_unrequested
         self._sessions: dict[LinkSession, _SessionBlobs] = {}
+        # Declared bytes of pushed blobs still arriving, per peer (all its sessions).
+        self._in_flight: dict[str, int] = {}
+
+    def store_for(self, session: LinkSession) -> ContentStore:
+        """The store of the offloader on the other end of ``session`` (receiver side)."""
+        return self.stores.for_peer(session.peer.fingerprint_hex)
 
     def _state(self, session: LinkSession) -> _SessionBlobs:
         return self._sessions.setdefault(session, _SessionBlobs())
@@ -82,15 +95,27 @@ class BlobExchange:
     ) -> None:
         digest = incoming.name
         waiter = state.expected.get(digest)
+        key = peer_key(session.peer.fingerprint_hex)
+        counted = 0
         try:
             size = self._admissible(session, incoming, requested=waiter is not None)
-            if self.store.has(digest):
+            store = self.store if waiter is not None else self.store_for(session)
+            if await asyncio.to_thread(store.has, digest):
                 async for _chunk in incoming:
                     pass
             else:
-                with self.store.writer(digest, size) as out:
+                if waiter is None:
+                    self._check_quota(key, store, size)
+                    counted = size
+                    self._in_flight[key] = self._in_flight.get(key, 0) + size
+                out = await asyncio.to_thread(store.writer, digest, size)
+                try:
                     async for chunk in incoming:
                         out.write(chunk)
+                except BaseException:
+                    out.abort()
+                    raise
+                await asyncio.to_thread(out.commit)
         except (ContentError, LinkError) as exc:
             _LOGGER.warning("refused blob from %s: %s", session.peer.fingerprint_hex[:12], exc)
             if waiter is not None and not waiter.done():
@@ -105,6 +130,13 @@ class BlobExchange:
             if waiter is not None and not waiter.done():
                 waiter.set_exception(error)
             return
+        finally:
+            if counted:
+                left = self._in_flight.get(key, 0) - counted
+                if left > 0:
+                    self._in_flight[key] = left
+                else:
+                    self._in_flight.pop(key, None)
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
@@ -120,6 +152,36 @@ class BlobExchange:
             raise ContentError(f"blob {digest[:12]} size {size} exceeds {self.max_blob}")
         return size
 
+    def _check_quota(self, key: str, store: ContentStore, size: int) -> None:
+        """Refuse a pushed blob that would take its offloader over its quota."""
+        quota = self.stores.quota
+        flying = self._in_flight.get(key, 0)
+        if flying + size > quota.in_flight_bytes:
+            raise ContentError(
+                f"over quota: {flying + size} bytes in flight from this peer "
+                f"(limit {quota.in_flight_bytes})"
+            )
+        if store.bytes + flying + size > quota.at_rest_bytes:
+            raise ContentError(
+                f"over quota: {store.bytes + flying + size} bytes stored for this peer "
+                f"(limit {quota.at_rest_bytes})"
+            )
+        if store.count >= quota.at_rest_blobs:
+            raise ContentError(
+                f"over quota: {store.count} blobs stored for this peer "
+                f"(limit {quota.at_rest_blobs})"
+            )
+
+    def over_quota(self, session: LinkSession) -> str | None:
+        """Why this offloader's store is full (for ``compile_reject busy``), or None."""
+        store = self.store_for(session)
+        quota = self.stores.quota
+        if store.bytes > quota.at_rest_bytes:
+            return f"your content here is {store.bytes} bytes (quota {quota.at_rest_bytes})"
+        if store.count > quota.at_rest_blobs:
+            return f"you have {store.count} blobs here (quota {quota.at_rest_blobs})"
+        return None
+
     async def settle(self, session: LinkSession, timeout: float = SETTLE_TIMEOUT) -> None:  # noqa: ASYNC109
         """Wait until every blob stream this session has opened so far has landed."""
         state = self._state(session)
@@ -130,12 +192,19 @@ class BlobExchange:
 
     # -- sending ------------------------------------------------------------------------
 
-    async def push(self, session: LinkSession, digests: Iterable[str]) -> int:
-        """Send blobs from our store; returns how many bytes were sent."""
+    async def push(
+        self, session: LinkSession, digests: Iterable[str], store: ContentStore | None = None
+    ) -> int:
+        """Send blobs from ``store`` (default: our own); returns how many bytes were sent."""
+        source = self.store if store is None else store
         sent = 0
         for digest in digests:
-            path = self.store.path(digest)
-            if not self.store.has(digest):  # re-verified: a damaged blob is never served
+            try:
+                path = source.path(digest)
+            except ContentError as exc:
+                raise RejectRequest(ErrorCode.BAD_REQUEST, str(exc)) from None
+            # re-verified: a damaged blob is never served
+            if not await asyncio.to_thread(source.has, digest):
                 raise RejectRequest(ErrorCode.NOT_FOUND, f"no blob {digest[:12]}")
             await session.send_file(path, kind=BLOB_STREAM, name=digest)
             sent += path.stat().st_size

@@ -200,7 +200,18 @@ def materialise(manifest: BundleManifest, store: ContentStore, workdir: Path) ->
     missing = store.missing([f.digest for f in manifest.files])
     if missing:
         raise BundleRejected(f"{len(missing)} bundle files were never received")
-    workdir.mkdir(parents=True, exist_ok=True)
+    # The bytes actually written count, not the manifest's declared sizes (a blob's
+    # digest fixes its content, so its stored size is what lands in the work dir).
+    real = 0
+    for entry in manifest.files:
+        real += store.path(entry.digest).stat().st_size
+        if real > MAX_BUNDLE_BYTES:
+            raise BundleRejected(f"bundle unpacks to more than {MAX_BUNDLE_BYTES} bytes")
+    workdir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    # The tree holds the offloader's secrets: only the meshd user may read it, whatever
+    # the umask or an earlier directory's mode.
+    workdir.parent.chmod(0o700)
+    workdir.chmod(0o700)
     root = workdir.resolve()
     wanted = {f.path: f for f in manifest.files}
     for existing in sorted(root.rglob("*"), reverse=True):
@@ -224,13 +235,25 @@ def materialise(manifest: BundleManifest, store: ContentStore, workdir: Path) ->
         )
         if unchanged:
             continue
-        target.parent.mkdir(parents=True, exist_ok=True)
+        _make_private_dirs(root, target.parent)
         tmp = target.with_name(f".{target.name}.meshd-tmp")
         shutil.copyfile(store.path(entry.digest), tmp)
-        tmp.chmod(0o755 if entry.executable else 0o644)
+        tmp.chmod(0o700 if entry.executable else 0o600)
         tmp.replace(target)
     (root / USED_MARKER).touch()
     return root / manifest.config_filename
+
+
+def _make_private_dirs(root: Path, directory: Path) -> None:
+    """Create ``directory`` below ``root`` with every new level 0700."""
+    missing = []
+    current = directory
+    while current != root and not current.exists():
+        missing.append(current)
+        current = current.parent
+    for level in reversed(missing):
+        level.mkdir(mode=0o700)
+        level.chmod(0o700)
 
 
 def prune_workdirs(root: Path, ttl_seconds: float, *, now: float | None = None) -> list[Path]:

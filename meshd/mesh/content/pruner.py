@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 from meshd.mesh.content.bundle import prune_workdirs
@@ -28,13 +29,13 @@ class Pruner:
     def __init__(
         self,
         builds_root: Path,
-        store: ContentStore,
+        stores: Callable[[], list[ContentStore]],
         *,
         ttl: float = DEFAULT_BUILD_TTL,
         interval: float = PRUNE_INTERVAL,
     ) -> None:
         self.builds_root = builds_root
-        self.store = store
+        self.stores = stores
         self.ttl = ttl
         self.interval = interval
         self._task: asyncio.Task[None] | None = None
@@ -54,7 +55,11 @@ class Pruner:
         removed = await asyncio.to_thread(prune_workdirs, self.builds_root, self.ttl)
         if removed:
             _LOGGER.info("removed %d build directories unused for the TTL", len(removed))
-        blobs, size = await asyncio.to_thread(self.store.prune, self.ttl)
+        blobs = size = 0
+        for store in await asyncio.to_thread(self.stores):
+            count, freed = await asyncio.to_thread(store.prune, self.ttl)
+            blobs += count
+            size += freed
         if blobs:
             _LOGGER.info("removed %d content blobs (%d bytes) unused for the TTL", blobs, size)
         return len(removed), blobs

@@ -67,9 +67,31 @@ class ContentStore:
     def __init__(self, root: Path) -> None:
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
+        root.chmod(0o700)
         # digest -> (inode, size, mtime_ns) of the file last hashed and found right.
         self._verified: dict[str, tuple[int, int, int]] = {}
+        # What the store holds, for quotas: counted at open, kept up to date by every
+        # commit and removal (a blob written twice at once is counted once).
+        self.bytes = 0
+        self.count = 0
         self.sweep()
+        self._recount()
+
+    def _recount(self) -> None:
+        size = count = 0
+        for blob in self.root.glob("??/*"):
+            if blob.name.startswith(TEMP_PREFIX):
+                continue
+            try:
+                size += blob.stat().st_size
+            except FileNotFoundError:
+                continue
+            count += 1
+        self.bytes, self.count = size, count
+
+    def _forget(self, size: int) -> None:
+        self.bytes = max(0, self.bytes - size)
+        self.count = max(0, self.count - 1)
 
     def path(self, digest: str) -> Path:
         check_digest(digest)
@@ -103,6 +125,7 @@ class ContentStore:
             )
             self._verified.pop(digest, None)
             path.unlink(missing_ok=True)
+            self._forget(info.st_size)
             return False
         self._verified[digest] = key
         return True
@@ -211,6 +234,7 @@ class ContentStore:
                 count += 1
                 size += info.st_size
         self.sweep(now=current)
+        self._recount()
         return count, size
 
 
@@ -225,6 +249,7 @@ class BlobWriter:
         self._written = 0
         target = store.path(digest)
         target.parent.mkdir(parents=True, exist_ok=True)
+        target.parent.chmod(0o700)
         fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=TEMP_PREFIX)
         self._tmp = Path(tmp)
         self._file: BinaryIO = os.fdopen(fd, "wb")
@@ -246,8 +271,12 @@ class BlobWriter:
                 f"({self._written}/{self.size} bytes, digest {actual[:12]})"
             )
         target = self._store.path(self.digest)
+        existed = target.exists()
         self._tmp.replace(target)
         self._store._remember(self.digest, target)
+        if not existed:
+            self._store.bytes += self._written
+            self._store.count += 1
 
     def abort(self) -> None:
         self._file.close()

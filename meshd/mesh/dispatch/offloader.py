@@ -62,6 +62,8 @@ FETCH_TIMEOUT = 300.0
 # loss cancels the job there anyway.
 CANCEL_TIMEOUT = 5.0
 
+# A remote job's log kept on the offloader; the rest is dropped with one line saying so.
+MAX_REMOTE_LOG_BYTES = 16 * 1024 * 1024
 _LOST = object()
 
 
@@ -248,12 +250,21 @@ class RemoteCompileRunner:
     async def _follow_remote(
         self, ctx: JobContext, queue: asyncio.Queue[object], fingerprint: str
     ) -> None:
+        logged = 0  # bytes of the receiver's log kept so far: a receiver cannot fill our disk
         while True:
             item = await queue.get()
             if item is _LOST:
                 raise ReceiverLost("lost the receiver during the compile", fingerprint)
             if isinstance(item, LogLine):
-                ctx.log(item.line)
+                if logged <= MAX_REMOTE_LOG_BYTES:
+                    logged += len(item.line.encode("utf-8", "replace")) + 1
+                    if logged <= MAX_REMOTE_LOG_BYTES:
+                        ctx.log(item.line)
+                    else:
+                        ctx.log(
+                            f"[meshd] log truncated: the receiver sent more than "
+                            f"{MAX_REMOTE_LOG_BYTES // (1024 * 1024)} MiB"
+                        )
             elif isinstance(item, JobState):
                 if item.state == "running":
                     if item.progress is not None:

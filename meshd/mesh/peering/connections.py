@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -49,6 +50,9 @@ _LOGGER = logging.getLogger(__name__)
 
 BACKOFF_START = 1.0
 BACKOFF_MAX = 60.0
+# An address where another key answered is skipped this long, doubling up to the max.
+BAD_ADDRESS_BACKOFF = 30.0
+BAD_ADDRESS_BACKOFF_MAX = 3600.0
 # A new session counts as "connecting" until the peer has said who it is and how busy
 # its lane is (node_info + lane_status, sent at once on open); a peer that never does
 # stops holding the scheduler back after this long.
@@ -164,6 +168,8 @@ class Connections:
         self._dialers: dict[DialTarget, asyncio.Task[None]] = {}
         self._kicks: dict[str, asyncio.Event] = {}
         self._refused: set[DialTarget] = set()
+        # (target key, address) -> (skip until, last back-off): another key answered there.
+        self._bad: dict[tuple[object, str], tuple[float, float]] = {}
         # Targets (by key) whose first dial since start or the last trust change has
         # not finished: the scheduler waits for them briefly.
         self._first_attempts: set[str] = set()
@@ -374,12 +380,22 @@ class Connections:
                 continue
             if target.fingerprint is not None and not self._builds_for_me(target.fingerprint):
                 return  # no longer trusted to build for us; a trust change may bring it back
-            for text in self._addresses_of(target):
+            for text in self._usable(target, self._addresses_of(target)):
                 handshake = _Handshake(target, self.trust)
                 try:
                     address = text if isinstance(text, HostPort) else parse_host_port(text)
                     session = await self._connect(address, handshake)
                 except TrustRefused as exc:
+                    if (
+                        not exc.by_peer
+                        and target.fingerprint is not None
+                        and handshake.seen is not None
+                        and handshake.seen != target.fingerprint
+                    ):
+                        # Another key answers at this address (a spoofed advert, a
+                        # reused DHCP lease): skip it for a while, keep trying the rest.
+                        self._bad_address(target, text, handshake.seen)
+                        continue
                     known = handshake.seen or known
                     if not exc.by_peer:
                         self._refused_here(target, handshake.seen, exc)
@@ -417,6 +433,27 @@ class Connections:
         if target.address is not None:
             self.registry.add_static(fingerprint, str(target.address))
         self.registry.set_error(fingerprint, error)
+
+    def _usable(self, target: DialTarget, addresses: list[str | HostPort]) -> list[str | HostPort]:
+        """``addresses`` minus those that answered with another key and are still backed
+        off; all of them if every one is (so a moved receiver is found again)."""
+        now = time.monotonic()
+        good = [a for a in addresses if self._bad.get((target.key, str(a)), (0.0, 0.0))[0] <= now]
+        return good or addresses
+
+    def _bad_address(self, target: DialTarget, address: str | HostPort, seen: str) -> None:
+        key = (target.key, str(address))
+        _, last = self._bad.get(key, (0.0, 0.0))
+        backoff = min(max(last * 2, BAD_ADDRESS_BACKOFF), BAD_ADDRESS_BACKOFF_MAX)
+        self._bad[key] = (time.monotonic() + backoff, backoff)
+        self._record(target, target.fingerprint, f"{address}: key {seen[:16]} answers there")
+        _LOGGER.warning(
+            "%s: key %s answers at %s, not the trusted one; skipping that address for %.0f s",
+            target.label,
+            seen[:16],
+            address,
+            backoff,
+        )
 
     def _refused_here(self, target: DialTarget, seen: str | None, exc: TrustRefused) -> None:
         """Our trust check refused the key: stop until the trust store changes."""

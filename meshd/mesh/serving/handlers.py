@@ -15,6 +15,7 @@ import asyncio
 import json
 import logging
 import re
+import shutil
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -50,6 +51,22 @@ MAX_MANIFEST_BYTES = 1024 * 1024
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 
+# Below this much free space under the build root the receiver declines compiles
+# instead of failing one half-way (an ESP32 build writes a few hundred MiB).
+DEFAULT_MIN_FREE = 2 * 1024 * 1024 * 1024
+
+
+def _read_manifest(path: Path) -> BundleManifest:
+    return BundleManifest.from_wire(json.loads(path.read_bytes()))
+
+
+def _low_on_disk(root: Path, min_free: int) -> str | None:
+    root.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(root).free
+    if free < min_free:
+        return f"receiver low on disk: {free // (1024 * 1024)} MiB free"
+    return None
+
 
 def _dirname(text: str) -> str:
     return _UNSAFE.sub("_", text)[:64] or "config"
@@ -67,7 +84,11 @@ class RequestHandlers:
         accepts_builds: bool,
         stopping: Callable[[], bool],
         env: Mapping[str, str] | None = None,
+        min_free: int = DEFAULT_MIN_FREE,
+        sandbox_error: Callable[[], str | None] = lambda: None,
     ) -> None:
+        """``sandbox_error()``: why remote builds cannot be sandboxed here (then every
+        compile is declined ``busy`` with that text), or None."""
         self.engine = engine
         self.trust = trust
         self.blobs = blobs
@@ -75,7 +96,11 @@ class RequestHandlers:
         self.builds_root = builds_root
         self.accepts_builds = accepts_builds
         self._stopping = stopping
-        self._env = env
+        # The receiver's own esphome finds its records in each work directory, never in
+        # a data dir the daemon's environment names (the sandbox drops it the same way).
+        self._env = {k: v for k, v in (env or {}).items() if k != "ESPHOME_DATA_DIR"}
+        self.min_free = min_free
+        self._sandbox_error = sandbox_error
 
     def register(self, router: Router) -> None:
         router.on(HaveQuery, self._on_have_query)
@@ -95,12 +120,15 @@ class RequestHandlers:
     async def _on_have_query(self, session: LinkSession, message: HaveQuery) -> HaveReply:
         self._require_offloader(session)
         wanted = [d.hex() for d in message.digests]
-        missing = self.blobs.store.missing(wanted)
+        # Only this offloader's own store answers: no cross-offloader probing.
+        missing = await asyncio.to_thread(self.blobs.store_for(session).missing, wanted)
         return HaveReply(tuple(bytes.fromhex(d) for d in missing))
 
     async def _on_blob_request(self, session: LinkSession, message: BlobRequest) -> BlobReply:
         self._require_offloader(session)
-        await self.blobs.push(session, [d.hex() for d in message.digests])
+        await self.blobs.push(
+            session, [d.hex() for d in message.digests], self.blobs.store_for(session)
+        )
         return BlobReply(len(message.digests))
 
     async def _on_compile(self, session: LinkSession, message: CompileRequest) -> Message:
@@ -114,18 +142,27 @@ class RequestHandlers:
             return reject("shutting_down", "this receiver is shutting down")
         if not self.accepts_builds:
             return reject("busy", "this node does not accept builds (--no-receiver)")
+        sandbox_error = self._sandbox_error()
+        if sandbox_error is not None:
+            return reject("busy", sandbox_error)
+        low = await asyncio.to_thread(_low_on_disk, self.builds_root, self.min_free)
+        if low is not None:
+            return reject("busy", low)
+        full = self.blobs.over_quota(session)
+        if full is not None:
+            return reject("busy", full)
         await self.blobs.settle(session)
+        store = self.blobs.store_for(session)
         digest = message.bundle_digest.hex()
         if message.bundle_size > MAX_MANIFEST_BYTES:
             return reject("invalid", f"bundle manifest of {message.bundle_size} bytes is too large")
-        if not self.blobs.store.has(digest):
+        if not await asyncio.to_thread(store.has, digest):
             return reject("missing_content", "the bundle manifest was never received")
         try:
-            raw = json.loads(self.blobs.store.path(digest).read_bytes())
-            manifest = BundleManifest.from_wire(raw)
+            manifest = await asyncio.to_thread(_read_manifest, store.path(digest))
         except (BundleRejected, ValueError) as exc:
             return reject("invalid", f"bundle refused: {exc}")
-        missing = self.blobs.store.missing([f.digest for f in manifest.files])
+        missing = await asyncio.to_thread(store.missing, [f.digest for f in manifest.files])
         if missing:
             return reject("missing_content", f"{len(missing)} bundle files were never received")
 
@@ -138,7 +175,7 @@ class RequestHandlers:
             if job.configuration == str(config_path.resolve()):
                 await self.engine.cancel(job.id)
         try:
-            config = await asyncio.to_thread(materialise, manifest, self.blobs.store, workdir)
+            config = await asyncio.to_thread(materialise, manifest, store, workdir)
         except (BundleRejected, OSError) as exc:
             return reject("invalid", f"cannot unpack bundle: {exc}")
         peer = self.trust.get(offloader)
@@ -165,17 +202,18 @@ class RequestHandlers:
         if job is None or job.status is not JobStatus.COMPLETED:
             raise RejectRequest(ErrorCode.NOT_FOUND, f"no completed compile {message.job_id}")
         method = FlashMethod(message.method)
+        store = self.blobs.store_for(session)
         try:
             manifest = await asyncio.to_thread(
                 collect_artifacts,
                 Path(job.configuration),
                 method,
-                self.blobs.store,
+                store,
                 include_elf=message.elf,
                 env=self._env,
             )
         except ArtifactError as exc:
             raise RejectRequest(ErrorCode.NOT_FOUND, str(exc)) from None
         data = json.dumps(manifest.to_wire()).encode()
-        digest = self.blobs.store.put_bytes(data)
+        digest = await asyncio.to_thread(store.put_bytes, data)
         return ArtifactReply(message.job_id, bytes.fromhex(digest), len(data))

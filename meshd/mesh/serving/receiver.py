@@ -20,7 +20,7 @@ from meshd.jobs.engine import Engine
 from meshd.link import LinkSession, Router
 from meshd.mesh.content.blobs import BlobExchange
 from meshd.mesh.security.trust import TrustStore
-from meshd.mesh.serving.handlers import RequestHandlers
+from meshd.mesh.serving.handlers import DEFAULT_MIN_FREE, RequestHandlers
 from meshd.mesh.serving.remote_jobs import RemoteJobs
 from meshd.mesh.serving.status import StatusPusher
 
@@ -36,8 +36,11 @@ class Receiver:
         accepts_builds: bool,
         esphome_version: Callable[[], str],
         env: Mapping[str, str] | None = None,
+        min_free: int = DEFAULT_MIN_FREE,
     ) -> None:
         self._stopping = False
+        # Why peers' builds cannot be sandboxed here (set by the daemon at start).
+        self.sandbox_error: str | None = None
         self.jobs = RemoteJobs(engine)
         self.handlers = RequestHandlers(
             engine,
@@ -48,6 +51,8 @@ class Receiver:
             accepts_builds=accepts_builds,
             stopping=lambda: self._stopping,
             env=env,
+            min_free=min_free,
+            sandbox_error=lambda: self.sandbox_error,
         )
         self.status = StatusPusher(
             engine, accepts_builds=accepts_builds, esphome_version=esphome_version
