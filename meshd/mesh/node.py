@@ -135,6 +135,8 @@ class MeshNode:
             self.builds_root,
             accepts_builds=settings.receiver,
             esphome_version=esphome_version,
+            identity=self.identity,
+            version_policy=settings.version_policy,
             env=env,
         )
         self.receiver.register(self.router)
@@ -145,6 +147,8 @@ class MeshNode:
             self._session_for,
             data_dir / "mesh" / "outgoing",
             esphome_version=esphome_version,
+            own_fingerprint=self.identity.fingerprint,
+            version_policy=settings.version_policy,
             on_duration=self.registry.record_compile,
             env=env,
         )

@@ -48,9 +48,17 @@ from meshd.mesh.content.artifacts import (
 from meshd.mesh.content.blobs import BlobExchange
 from meshd.mesh.content.bundle import BundleRejected, read_bundle
 from meshd.mesh.dispatch.reroute import ReceiverLost, after_loss
+from meshd.mesh.security.identity import short_fingerprint
+from meshd.mesh.security.provenance import (
+    ArtifactDigest,
+    ExpectedJob,
+    ProvenanceError,
+    verify,
+)
 from meshd.toolchain.commands import EsphomeFailed, create_bundle
 from meshd.toolchain.storage import FlashMethod, is_serial_device
 from meshd.toolchain.tools import Toolchain, ToolMissing
+from meshd.version_policy import VersionPolicy
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -61,6 +69,9 @@ FETCH_TIMEOUT = 300.0
 CANCEL_TIMEOUT = 5.0
 
 _LOST = object()
+
+# The policies under which the signed esphome version must be exactly ours.
+_EXACT_POLICIES = frozenset({VersionPolicy.EXACT, VersionPolicy.EXACT_REQUIRED})
 
 
 def _accepted(answer: object, fingerprint: str) -> CompileAccept:
@@ -97,6 +108,8 @@ class RemoteCompileRunner:
         work_dir: Path,
         *,
         esphome_version: Callable[[], str],
+        own_fingerprint: bytes = b"",
+        version_policy: VersionPolicy = VersionPolicy.ANY,
         on_duration: Callable[[str, float], None] = lambda _fp, _s: None,
         env: Mapping[str, str] | None = None,
     ) -> None:
@@ -105,6 +118,8 @@ class RemoteCompileRunner:
         self._session_for = session_for
         self.work_dir = work_dir
         self._esphome_version = esphome_version
+        self._own_fingerprint = own_fingerprint
+        self._version_policy = version_policy
         self._on_duration = on_duration
         self._env = env
         self._follow: dict[tuple[LinkSession, str], asyncio.Queue[object]] = {}
@@ -177,7 +192,15 @@ class RemoteCompileRunner:
             ctx.log(f"[meshd] receiver accepted the compile (queue position {accepted.position})")
             await self._follow_remote(ctx, queue, fingerprint)
             remote_done = True
-            await self._pull_artifacts(ctx, session, fingerprint, config)
+            expected = ExpectedJob(
+                offloader=self._own_fingerprint,
+                job_id=job.id,
+                bundle=bytes.fromhex(manifest_digest),
+                esphome_version=(
+                    self._esphome_version() if self._version_policy in _EXACT_POLICIES else None
+                ),
+            )
+            await self._pull_artifacts(ctx, session, fingerprint, config, expected)
         except BaseException as exc:
             # Once the request is out, the receiver may have queued the compile even if
             # we never saw its answer: tell it to stop, whatever ended our side.
@@ -244,7 +267,12 @@ class RemoteCompileRunner:
             self.blobs.done_expecting(session, digests)
 
     async def _pull_artifacts(
-        self, ctx: JobContext, session: LinkSession, fingerprint: str, config: Path
+        self,
+        ctx: JobContext,
+        session: LinkSession,
+        fingerprint: str,
+        config: Path,
+        expected: ExpectedJob,
     ) -> None:
         device = ctx.job.device or ""
         method = FlashMethod.SERIAL if is_serial_device(device) else FlashMethod.OTA
@@ -271,6 +299,7 @@ class RemoteCompileRunner:
             ) from None
         except (BundleRejected, ValueError) as exc:
             raise JobFailed(f"receiver sent unusable artifacts: {exc}") from None
+        self._check_provenance(ctx, session, reply, manifest, expected)
         written = await asyncio.to_thread(
             materialise_artifacts, manifest, self.blobs.store, config, self._env
         )
@@ -279,3 +308,41 @@ class RemoteCompileRunner:
             f"{len(missing)} transferred); wrote {len(written)} files for esphome upload"
         )
         ctx.progress(1.0)
+
+    def _check_provenance(
+        self,
+        ctx: JobContext,
+        session: LinkSession,
+        reply: ArtifactReply,
+        manifest: ArtifactManifest,
+        expected: ExpectedJob,
+    ) -> None:
+        """Verify the receiver's signed build record before anything is written (14.4).
+
+        A receiver that negotiated ``provenance`` must sign; one that did not (an older
+        meshd) is let through with a note in the log, as section 14.3 allows.
+        """
+        if "provenance" not in session.peer.caps:
+            ctx.log("[meshd] the receiver does not sign its builds (no provenance capability)")
+            return
+        if reply.provenance is None or reply.provenance_sig is None:
+            raise JobFailed("build provenance check failed (malformed): the receiver sent none")
+        received = [ArtifactDigest(f.path, f.role, bytes.fromhex(f.digest)) for f in manifest.files]
+        try:
+            record = verify(
+                reply.provenance,
+                reply.provenance_sig,
+                session.peer.public_key,
+                expected,
+                received,
+            )
+        except (ProvenanceError, ValueError) as exc:
+            reason = exc.reason if isinstance(exc, ProvenanceError) else "malformed"
+            raise JobFailed(
+                f"build provenance check failed ({reason}): {exc}; nothing was written"
+            ) from None
+        ctx.log(
+            f"[meshd] build provenance verified: built by {short_fingerprint(record.receiver)} "
+            f"with esphome {record.esphome_version} for {record.platform}, "
+            f"{len(record.artifacts)} artifacts signed"
+        )

@@ -15,11 +15,13 @@ import asyncio
 import json
 import logging
 import re
+import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from meshd.jobs.engine import Engine
-from meshd.jobs.model import JobStatus, JobType, LaneName
+from meshd.jobs.model import Job, JobStatus, JobType, LaneName
 from meshd.jobs.options import JobOptions
 from meshd.link import LinkSession, RejectRequest, Router
 from meshd.link.errors import ErrorCode
@@ -36,12 +38,20 @@ from meshd.link.messages import (
     HaveReply,
     Message,
 )
-from meshd.mesh.content.artifacts import collect_artifacts
+from meshd.mesh.content.artifacts import ArtifactManifest, collect_artifacts
 from meshd.mesh.content.blobs import BlobExchange
 from meshd.mesh.content.bundle import BundleManifest, BundleRejected, materialise
+from meshd.mesh.security.identity import Identity
+from meshd.mesh.security.provenance import (
+    ArtifactDigest,
+    ProvenanceRecord,
+    SignedProvenance,
+    sign,
+)
 from meshd.mesh.security.trust import Permission, TrustStore
 from meshd.mesh.serving.remote_jobs import RemoteJobs
-from meshd.toolchain.storage import ArtifactError, FlashMethod
+from meshd.toolchain.storage import ArtifactError, FlashMethod, load_storage
+from meshd.version_policy import VersionPolicy, compatible
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -49,6 +59,10 @@ _LOGGER = logging.getLogger(__name__)
 MAX_MANIFEST_BYTES = 1024 * 1024
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
+
+# The bundle each accepted compile built, for its provenance record; far more than the
+# compiles a receiver holds artifacts for, and bounded so a chatty offloader cannot grow it.
+MAX_REMEMBERED_BUNDLES = 1024
 
 
 def _dirname(text: str) -> str:
@@ -66,6 +80,9 @@ class RequestHandlers:
         *,
         accepts_builds: bool,
         stopping: Callable[[], bool],
+        identity: Identity | None = None,
+        esphome_version: Callable[[], str] = lambda: "",
+        version_policy: VersionPolicy = VersionPolicy.ANY,
         env: Mapping[str, str] | None = None,
     ) -> None:
         self.engine = engine
@@ -76,6 +93,12 @@ class RequestHandlers:
         self.accepts_builds = accepts_builds
         self._stopping = stopping
         self._env = env
+        # Signs the provenance of every build served; None serves unsigned (tests of
+        # old receivers only: a node always has its identity).
+        self._identity = identity
+        self._esphome_version = esphome_version
+        self._version_policy = version_policy
+        self._bundles: OrderedDict[str, bytes] = OrderedDict()
 
     def register(self, router: Router) -> None:
         router.on(HaveQuery, self._on_have_query)
@@ -114,6 +137,9 @@ class RequestHandlers:
             return reject("shutting_down", "this receiver is shutting down")
         if not self.accepts_builds:
             return reject("busy", "this node does not accept builds (--no-receiver)")
+        mismatch = self._version_mismatch(message.esphome_version)
+        if mismatch is not None:
+            return reject("version_mismatch", mismatch)
         await self.blobs.settle(session)
         digest = message.bundle_digest.hex()
         if message.bundle_size > MAX_MANIFEST_BYTES:
@@ -152,9 +178,31 @@ class RequestHandlers:
                 remote_job=message.job_id,
             ),
         )
+        self._bundles[job.id] = message.bundle_digest
+        while len(self._bundles) > MAX_REMEMBERED_BUNDLES:
+            self._bundles.popitem(last=False)
         position = self.engine.lane_status(LaneName.COMPILE).queued
         await self.jobs.adopt(session, message.job_id, job)
         return CompileAccept(message.job_id, position=position)
+
+    def _version_mismatch(self, wanted: str) -> str | None:
+        """Why this receiver cannot build with esphome ``wanted``, or None if it can.
+
+        The offloader's placement already applied *its* policy; this re-checks the
+        request against the receiver's own, so a request naming a version it does not
+        run (``1999.1.0``) is refused instead of silently built with another esphome.
+        """
+        own = self._esphome_version()
+        if self._version_policy is VersionPolicy.ANY:
+            return None
+        if not own:
+            return f"this receiver does not know its esphome version (asked for {wanted})"
+        if compatible(wanted, own, self._version_policy):
+            return None
+        return (
+            f"this receiver runs esphome {own}, not {wanted} "
+            f"(version policy {self._version_policy.value})"
+        )
 
     async def _on_cancel(self, session: LinkSession, message: Cancel) -> None:
         await self.jobs.cancel(session, message.job_id, message.reason)
@@ -178,4 +226,39 @@ class RequestHandlers:
             raise RejectRequest(ErrorCode.NOT_FOUND, str(exc)) from None
         data = json.dumps(manifest.to_wire()).encode()
         digest = self.blobs.store.put_bytes(data)
-        return ArtifactReply(message.job_id, bytes.fromhex(digest), len(data))
+        record = sig = None
+        if self._identity is not None and "provenance" in session.peer.caps:
+            signed = await asyncio.to_thread(
+                self._provenance, session, message.job_id, job, manifest
+            )
+            record, sig = signed.record, signed.signature
+        return ArtifactReply(
+            message.job_id, bytes.fromhex(digest), len(data), provenance=record, provenance_sig=sig
+        )
+
+    def _provenance(
+        self, session: LinkSession, job_id: str, job: Job, manifest: ArtifactManifest
+    ) -> SignedProvenance:
+        """Sign what this receiver built for ``job_id`` and serves (PROTOCOL.md 14)."""
+        assert self._identity is not None
+        bundle = self._bundles.get(job.id)
+        if bundle is None:
+            raise RejectRequest(ErrorCode.NOT_FOUND, f"no record of the bundle of {job_id}")
+        try:
+            platform = load_storage(Path(job.configuration), self._env).target_platform
+        except ArtifactError as exc:
+            raise RejectRequest(ErrorCode.NOT_FOUND, str(exc)) from None
+        version = manifest.esphome_version or self._esphome_version()
+        record = ProvenanceRecord(
+            receiver=self._identity.fingerprint,
+            offloader=session.peer.fingerprint,
+            job_id=job_id,
+            bundle=bundle,
+            esphome_version=version,
+            platform=platform,
+            artifacts=tuple(
+                ArtifactDigest(f.path, f.role, bytes.fromhex(f.digest)) for f in manifest.files
+            ),
+            time_ms=int(time.time() * 1000),
+        )
+        return sign(record, self._identity)

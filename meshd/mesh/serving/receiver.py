@@ -19,10 +19,12 @@ from pathlib import Path
 from meshd.jobs.engine import Engine
 from meshd.link import LinkSession, Router
 from meshd.mesh.content.blobs import BlobExchange
+from meshd.mesh.security.identity import Identity
 from meshd.mesh.security.trust import TrustStore
 from meshd.mesh.serving.handlers import RequestHandlers
 from meshd.mesh.serving.remote_jobs import RemoteJobs
 from meshd.mesh.serving.status import StatusPusher
+from meshd.version_policy import VersionPolicy
 
 
 class Receiver:
@@ -35,6 +37,8 @@ class Receiver:
         *,
         accepts_builds: bool,
         esphome_version: Callable[[], str],
+        identity: Identity | None = None,
+        version_policy: VersionPolicy = VersionPolicy.ANY,
         env: Mapping[str, str] | None = None,
     ) -> None:
         self._stopping = False
@@ -47,6 +51,9 @@ class Receiver:
             builds_root,
             accepts_builds=accepts_builds,
             stopping=lambda: self._stopping,
+            identity=identity,
+            esphome_version=esphome_version,
+            version_policy=version_policy,
             env=env,
         )
         self.status = StatusPusher(
