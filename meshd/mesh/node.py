@@ -57,6 +57,9 @@ class MeshSettings:
     static_peers: tuple[str, ...] = ()
     version_policy: VersionPolicy = VersionPolicy.RELEASE
     include_local: bool = True
+    provision: bool = False
+    """As a receiver, provision the esphome an offloader asks for (the engine's compile
+    runner must then have a ``ToolchainStore``)."""
     heartbeat: float = DEFAULT_HEARTBEAT
     build_ttl: float = DEFAULT_BUILD_TTL
 
@@ -137,6 +140,7 @@ class MeshNode:
             esphome_version=esphome_version,
             identity=self.identity,
             version_policy=settings.version_policy,
+            provisions=settings.provision,
             env=env,
         )
         self.receiver.register(self.router)

@@ -42,6 +42,8 @@ from meshd.toolchain.storage import (
     load_storage,
 )
 from meshd.toolchain.tools import Toolchain, ToolMissing
+from meshd.toolchain.versions import ProvisionError, ToolchainStore, ToolchainVersionError
+from meshd.toolchain.versions.store import HERMETIC_UNSET
 
 # rename compiles then uploads; compiling dominates the wall time.
 _RENAME_COMPILE_SHARE = 0.8
@@ -92,14 +94,44 @@ async def run_esphome(
 
 
 class CompileRunner:
-    """``esphome compile CFG``, with progress estimated from PlatformIO's object lines."""
+    """``esphome compile CFG``, with progress estimated from PlatformIO's object lines.
 
-    def __init__(self, toolchain: Toolchain) -> None:
+    A job that names another esphome than the node's own (``options.esphome_version``)
+    is built with that version's toolchain from ``store``, provisioned first if needed
+    and leased for the whole compile so no sweep removes it meanwhile.
+    """
+
+    def __init__(
+        self,
+        toolchain: Toolchain,
+        *,
+        store: ToolchainStore | None = None,
+        default_version: Callable[[], str | None] = lambda: None,
+    ) -> None:
         self.toolchain = toolchain
+        self.store = store
+        self._default_version = default_version
 
     async def run(self, ctx: JobContext) -> None:
         config = _config_file(ctx)
-        await run_esphome(self.toolchain, ctx, ["compile", str(config)], CompileProgress())
+        args = ["compile", str(config)]
+        wanted = ctx.job.options.esphome_version
+        if wanted is None or wanted == self._default_version():
+            await run_esphome(self.toolchain, ctx, args, CompileProgress())
+            return
+        if self.store is None:
+            raise JobFailed(
+                f"this node does not provision toolchains; cannot build with esphome {wanted}"
+            )
+        try:
+            async with self.store.use(wanted, on_line=ctx.log, on_process=ctx.on_process) as tc:
+                ctx.log(f"[meshd] building with esphome {tc.version} from {tc.path}")
+                toolchain = replace(self.toolchain, esphome=tc.esphome, unset=HERMETIC_UNSET)
+                await run_esphome(toolchain, ctx, args, CompileProgress())
+        except ToolchainVersionError as exc:
+            raise JobFailed(str(exc)) from None
+        except ProvisionError as exc:
+            raise JobFailed(f"cannot provision esphome {wanted} ({exc.stage}): {exc}") from None
 
 
 class UploadRunner:
@@ -296,12 +328,17 @@ class RenameRunner:
 
 
 def make_runners(
-    toolchain: Toolchain, *, verify_chip: bool = True, archive: BuildArchive | None = None
+    toolchain: Toolchain,
+    *,
+    verify_chip: bool = True,
+    archive: BuildArchive | None = None,
+    store: ToolchainStore | None = None,
+    default_version: Callable[[], str | None] = lambda: None,
 ) -> dict[JobType, Runner]:
     """One runner per job type, all driving ``toolchain`` (uploads may flash ``archive``'s
-    kept builds)."""
+    kept builds; compiles pinned to another esphome use ``store``'s toolchains)."""
     return {
-        JobType.COMPILE: CompileRunner(toolchain),
+        JobType.COMPILE: CompileRunner(toolchain, store=store, default_version=default_version),
         JobType.UPLOAD: UploadRunner(toolchain, verify_chip=verify_chip, archive=archive),
         JobType.CLEAN: CleanRunner(toolchain),
         JobType.RESET_BUILD_ENV: ResetBuildEnvRunner(toolchain),

@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
+from meshd.jobs.options import JobOptions
 from meshd.jobs.runner import JobContext, JobFailed
 from meshd.link import LinkError, LinkSession, RequestFailed, Router
 from meshd.link.messages import (
@@ -179,7 +180,7 @@ class RemoteCompileRunner:
                     CompileRequest(
                         job_id=job.id,
                         configuration=config.name,
-                        esphome_version=self._esphome_version(),
+                        esphome_version=self._wanted_version(job.options),
                         bundle_digest=bytes.fromhex(manifest_digest),
                         bundle_size=manifest_size,
                     )
@@ -197,7 +198,9 @@ class RemoteCompileRunner:
                 job_id=job.id,
                 bundle=bytes.fromhex(manifest_digest),
                 esphome_version=(
-                    self._esphome_version() if self._version_policy in _EXACT_POLICIES else None
+                    self._wanted_version(job.options)
+                    if job.options.esphome_version or self._version_policy in _EXACT_POLICIES
+                    else None
                 ),
             )
             await self._pull_artifacts(ctx, session, fingerprint, config, expected)
@@ -210,6 +213,10 @@ class RemoteCompileRunner:
         finally:
             self._follow.pop(key, None)
         self._on_duration(fingerprint, time.monotonic() - started)
+
+    def _wanted_version(self, options: JobOptions) -> str:
+        """The esphome the receiver is asked to build with: the job's pin, else ours."""
+        return options.esphome_version or self._esphome_version()
 
     async def _bundle(self, ctx: JobContext, config: Path) -> tuple[str, int, list[str]]:
         self.work_dir.mkdir(parents=True, exist_ok=True)

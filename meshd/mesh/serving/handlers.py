@@ -51,6 +51,7 @@ from meshd.mesh.security.provenance import (
 from meshd.mesh.security.trust import Permission, TrustStore
 from meshd.mesh.serving.remote_jobs import RemoteJobs
 from meshd.toolchain.storage import ArtifactError, FlashMethod, load_storage
+from meshd.toolchain.versions import is_version
 from meshd.version_policy import VersionPolicy, compatible
 
 _LOGGER = logging.getLogger(__name__)
@@ -83,6 +84,7 @@ class RequestHandlers:
         identity: Identity | None = None,
         esphome_version: Callable[[], str] = lambda: "",
         version_policy: VersionPolicy = VersionPolicy.ANY,
+        provisions: bool = False,
         env: Mapping[str, str] | None = None,
     ) -> None:
         self.engine = engine
@@ -98,6 +100,8 @@ class RequestHandlers:
         self._identity = identity
         self._esphome_version = esphome_version
         self._version_policy = version_policy
+        self.provisions = provisions
+        """Whether this receiver provisions the esphome an offloader asks for."""
         self._bundles: OrderedDict[str, bytes] = OrderedDict()
 
     def register(self, router: Router) -> None:
@@ -137,7 +141,7 @@ class RequestHandlers:
             return reject("shutting_down", "this receiver is shutting down")
         if not self.accepts_builds:
             return reject("busy", "this node does not accept builds (--no-receiver)")
-        mismatch = self._version_mismatch(message.esphome_version)
+        pin, mismatch = self._version_for(message.esphome_version)
         if mismatch is not None:
             return reject("version_mismatch", mismatch)
         await self.blobs.settle(session)
@@ -176,6 +180,7 @@ class RequestHandlers:
                 offloader=offloader,
                 offloader_name=peer.name if peer and peer.name else offloader[:16],
                 remote_job=message.job_id,
+                esphome_version=pin,
             ),
         )
         self._bundles[job.id] = message.bundle_digest
@@ -185,23 +190,30 @@ class RequestHandlers:
         await self.jobs.adopt(session, message.job_id, job)
         return CompileAccept(message.job_id, position=position)
 
-    def _version_mismatch(self, wanted: str) -> str | None:
-        """Why this receiver cannot build with esphome ``wanted``, or None if it can.
+    def _version_for(self, wanted: str) -> tuple[str | None, str | None]:
+        """``(pin, None)`` to build with esphome ``wanted``, or ``(None, why not)``.
 
-        The offloader's placement already applied *its* policy; this re-checks the
-        request against the receiver's own, so a request naming a version it does not
-        run (``1999.1.0``) is refused instead of silently built with another esphome.
+        The pin is the job's ``esphome_version``: None builds with the receiver's own
+        esphome. The offloader's placement already applied *its* policy; this re-checks
+        the request on the receiver, so a request naming a version it neither runs nor
+        may provision (``1999.1.0`` under ``release``) is refused instead of being built
+        silently with another esphome.
         """
         own = self._esphome_version()
+        if own and wanted == own:
+            return None, None
+        if self.provisions and is_version(wanted):
+            return wanted, None
         if self._version_policy is VersionPolicy.ANY:
-            return None
+            return None, None
         if not own:
-            return f"this receiver does not know its esphome version (asked for {wanted})"
+            return None, f"this receiver does not know its esphome version (asked for {wanted})"
         if compatible(wanted, own, self._version_policy):
-            return None
-        return (
+            return None, None
+        return None, (
             f"this receiver runs esphome {own}, not {wanted} "
-            f"(version policy {self._version_policy.value})"
+            f"(version policy {self._version_policy.value}"
+            + (", and it does not provision other versions)" if not self.provisions else ")")
         )
 
     async def _on_cancel(self, session: LinkSession, message: Cancel) -> None:

@@ -39,6 +39,7 @@ class Receiver:
         esphome_version: Callable[[], str],
         identity: Identity | None = None,
         version_policy: VersionPolicy = VersionPolicy.ANY,
+        provisions: bool = False,
         env: Mapping[str, str] | None = None,
     ) -> None:
         self._stopping = False
@@ -54,6 +55,7 @@ class Receiver:
             identity=identity,
             esphome_version=esphome_version,
             version_policy=version_policy,
+            provisions=provisions,
             env=env,
         )
         self.status = StatusPusher(
