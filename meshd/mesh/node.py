@@ -16,7 +16,7 @@ The daemon calls ``start`` and ``stop``; the API sees this node only as a
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -73,6 +73,7 @@ class MeshNode:
         settings: MeshSettings,
         *,
         esphome_version: Callable[[], str],
+        toolchains: Callable[[], Sequence[str]] = tuple,
     ) -> None:
         self.settings = settings
         self.engine = engine
@@ -118,6 +119,8 @@ class MeshNode:
             accepts_builds=settings.receiver,
             esphome_version=esphome_version,
             on_introduced=self.connections.introduced,
+            provisions=settings.provision,
+            toolchains=toolchains,
         )
         self.introductions.register(self.router)
         self.server = LinkServer(
@@ -141,6 +144,7 @@ class MeshNode:
             identity=self.identity,
             version_policy=settings.version_policy,
             provisions=settings.provision,
+            toolchains=toolchains,
             env=env,
         )
         self.receiver.register(self.router)

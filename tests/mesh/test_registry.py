@@ -31,6 +31,8 @@ SNAPSHOT_KEYS = {
     "connected",
     "protocol",
     "esphome_version",
+    "provisions",
+    "toolchains",
     "accepts_builds",
     "idle",
     "idle_since",

@@ -13,7 +13,7 @@ receiver restart are cancelled at start for the same reason.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from meshd.jobs.engine import Engine
@@ -40,6 +40,7 @@ class Receiver:
         identity: Identity | None = None,
         version_policy: VersionPolicy = VersionPolicy.ANY,
         provisions: bool = False,
+        toolchains: Callable[[], Sequence[str]] = tuple,
         env: Mapping[str, str] | None = None,
     ) -> None:
         self._stopping = False
@@ -59,7 +60,10 @@ class Receiver:
             env=env,
         )
         self.status = StatusPusher(
-            engine, accepts_builds=accepts_builds, esphome_version=esphome_version
+            engine,
+            accepts_builds=accepts_builds,
+            esphome_version=esphome_version,
+            toolchains=toolchains,
         )
 
     def register(self, router: Router) -> None:
