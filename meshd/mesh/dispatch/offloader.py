@@ -72,7 +72,9 @@ CANCEL_TIMEOUT = 5.0
 _LOST = object()
 
 # The policies under which the signed esphome version must be exactly ours.
-_EXACT_POLICIES = frozenset({VersionPolicy.EXACT, VersionPolicy.EXACT_REQUIRED})
+_EXACT_POLICIES = frozenset(
+    {VersionPolicy.PROVISION, VersionPolicy.EXACT, VersionPolicy.EXACT_REQUIRED}
+)
 
 
 def _accepted(answer: object, fingerprint: str) -> CompileAccept:
