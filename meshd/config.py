@@ -62,6 +62,10 @@ DEFAULT_ARMED_UPLOAD_TTL = 7 * 86400.0
 DEFAULT_KEPT_BUILDS = 3
 DEFAULT_HISTORY_KEEP = 1000
 DEFAULT_HISTORY_MAX_AGE = 30 * 86400.0
+# Provisioned toolchains (docs/TOOLCHAIN.md, "Toolchains by esphome version"): a venv of
+# esphome 2026.6.x is ~250 MB; these match meshd/toolchain/versions/sweep.py.
+DEFAULT_TOOLCHAIN_MAX_IDLE = 30 * 86400.0
+DEFAULT_TOOLCHAIN_DISK_BUDGET = 4 * 1024**3
 
 
 class ConfigError(ValueError):
@@ -79,7 +83,7 @@ def parse_host_port(text: str, *, default_port: int | None = None) -> HostPort:
 DEFAULT_API = HostPort("127.0.0.1", DEFAULT_API_PORT)
 """Loopback: the API can flash every device this node reaches (it is authenticated too)."""
 DEFAULT_PEER_LISTEN = HostPort("0.0.0.0", DEFAULT_PEER_PORT)  # noqa: S104 - the LAN is the point
-DEFAULT_VERSION_POLICY = VersionPolicy.RELEASE
+DEFAULT_VERSION_POLICY = VersionPolicy.PROVISION
 
 
 def default_data_dir(env: Mapping[str, str] | None = None) -> Path:
@@ -123,6 +127,16 @@ class Settings:
     """Finished jobs kept (with their logs); older ones are pruned."""
     history_max_age: float = DEFAULT_HISTORY_MAX_AGE
     """Seconds after which a finished job is pruned, whatever the count."""
+    toolchain_provision: bool = True
+    """Provision (pip) an esphome version a job or an offloader asks for."""
+    toolchain_index_url: str | None = None
+    """pip's index for provisioning; None: pip's default (or none with find-links only)."""
+    toolchain_find_links: tuple[str, ...] = ()
+    """Wheelhouse directories or URLs for pip; alone, an offline (``--no-index``) install."""
+    toolchain_max_idle: float = DEFAULT_TOOLCHAIN_MAX_IDLE
+    """Seconds unused after which a provisioned toolchain is swept."""
+    toolchain_disk_budget: int = DEFAULT_TOOLCHAIN_DISK_BUDGET
+    """Bytes all provisioned toolchains may take; the least recently used go first."""
     metrics_listen: HostPort | None = None
     """A second, unauthenticated listener serving only ``/metrics`` (for Prometheus)."""
     config_file: Path | None = None
@@ -225,6 +239,32 @@ def _name(value: Any) -> str:
     return text
 
 
+_SIZE_UNITS = {"k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
+
+
+def _size(value: Any) -> int:
+    """Bytes: a whole number, or with a binary unit (``500M``, ``4G``, ``4GiB``)."""
+    text = str(value).strip().lower().removesuffix("ib").removesuffix("b")
+    scale = 1
+    if text and text[-1] in _SIZE_UNITS:
+        scale = _SIZE_UNITS[text[-1]]
+        text = text[:-1]
+    try:
+        number = float(text) * scale
+    except ValueError:
+        raise ConfigError(f"{value!r} is not a size (e.g. 4G, 500M, 1073741824)") from None
+    if not 0 <= number < 2**63:
+        raise ConfigError(f"{value!r} must be a size of 0 or more")
+    return int(number)
+
+
+def _url(value: Any) -> str:
+    text = str(value).strip()
+    if not text.startswith(("http://", "https://", "file://")):
+        raise ConfigError(f"{value!r} is not an http(s):// or file:// URL")
+    return text
+
+
 def _policy(value: Any) -> VersionPolicy:
     try:
         return VersionPolicy(str(value))
@@ -253,6 +293,11 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "history_keep": _count,
     "history_max_age": _duration,
     "metrics_listen": lambda v: parse_host_port(str(v)),
+    "toolchain_provision": _bool,
+    "toolchain_index_url": _url,
+    "toolchain_find_links": lambda v: tuple(_list(v)),
+    "toolchain_max_idle": _duration,
+    "toolchain_disk_budget": _size,
 }
 
 SETTING_NAMES = tuple(_PARSERS)

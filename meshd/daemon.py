@@ -68,6 +68,8 @@ from meshd.toolchain.archive import BuildArchive
 from meshd.toolchain.runners import make_runners
 from meshd.toolchain.storage import ArtifactError, load_storage
 from meshd.toolchain.tools import Toolchain, ToolMissing, locate_tool
+from meshd.toolchain.versions import PipOptionError, PipOptions, SweepPolicy, ToolchainStore
+from meshd.toolchain.versions.service import ToolchainSweeper
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -113,9 +115,27 @@ class Daemon:
         self.toolchain = Toolchain(esphome=esphome.command, esptool=esptool.command)
         self.archive = BuildArchive(settings.data_dir / "artifacts", keep=settings.kept_builds)
         self.archive.clean_leftovers()
+        # Toolchains by esphome version: for compiles pinned to another esphome (local
+        # ones, and an offloader's when this receiver provisions). Raises PipOptionError.
+        self.store: ToolchainStore | None = None
+        if settings.toolchain_provision:
+            self.store = ToolchainStore(
+                settings.data_dir,
+                pip=PipOptions(
+                    index_url=settings.toolchain_index_url,
+                    find_links=settings.toolchain_find_links,
+                ),
+            )
         self.engine = Engine(
             settings.data_dir,
-            runners if runners is not None else make_runners(self.toolchain, archive=self.archive),
+            runners
+            if runners is not None
+            else make_runners(
+                self.toolchain,
+                archive=self.archive,
+                store=self.store,
+                default_version=lambda: self.node.esphome_version,
+            ),
             upload_slots=settings.upload_slots,
             armed_upload_ttl=settings.armed_upload_ttl,
             history=HistoryLimits(keep=settings.history_keep, max_age=settings.history_max_age),
@@ -180,15 +200,21 @@ class Daemon:
                 version_policy=s.version_policy,
                 include_local=s.include_local,
                 heartbeat=s.heartbeat,
+                provision=self.store is not None,
             ),
             esphome_version=lambda: self.node.esphome_version,
             version_known=self._version_probed.wait,
+            toolchains=self.store.ready_versions if self.store is not None else tuple,
         )
         self.hooks.mesh = mesh.node
         self.hooks.routes.extend(mesh_routes(mesh.node))
         self.metrics.link_bytes = link_bytes(mesh.node)
         bridge_peer_events(mesh.node, self.engine.bus)
-        return [mesh]
+        services: list[Service] = [mesh]
+        if self.store is not None:
+            policy = SweepPolicy(max_idle=s.toolchain_max_idle, disk_budget=s.toolchain_disk_budget)
+            services.append(ToolchainSweeper(self.store, policy))
+        return services
 
     def request_stop(self) -> None:
         """Begin a clean shutdown (what SIGTERM and SIGINT do)."""
@@ -327,7 +353,11 @@ def serve(settings: Settings, *, verbose: bool = False) -> int:
     except DatabaseUnusable as exc:
         _LOGGER.error("meshd cannot start: %s", exc)  # noqa: TRY400 - the message is the point
         return EXIT_BAD_DATA
-    daemon = Daemon(settings)
+    try:
+        daemon = Daemon(settings)
+    except PipOptionError as exc:
+        _LOGGER.error("meshd cannot start: %s", exc)  # noqa: TRY400 - the message is the point
+        return EXIT_FAILURE
     try:
         with contextlib.suppress(KeyboardInterrupt):
             return asyncio.run(daemon.run())

@@ -99,17 +99,29 @@ def _summarise(final: list[dict[str, Any]]) -> None:
 _detach = click.option("--detach", is_flag=True, help="Queue and return at once.")
 _local = click.option("--local", is_flag=True, help="Compile on this node, never on a peer.")
 _config = click.argument("configuration", type=click.Path(path_type=Path, dir_okay=False))
+_esphome_version = click.option(
+    "--esphome-version",
+    metavar="VERSION",
+    help="Build with exactly this esphome (provisioned on the builder if need be).",
+)
 
 
 @cli.command()
 @_config
 @click.option("--device", required=True, help="OTA address/hostname or serial port.")
 @_local
+@_esphome_version
 @_detach
 @json_option
 @client_options
 def install(
-    configuration: Path, device: str, local: bool, detach: bool, as_json: bool, **opts: Any
+    configuration: Path,
+    device: str,
+    local: bool,
+    esphome_version: str | None,
+    detach: bool,
+    as_json: bool,
+    **opts: Any,
 ) -> None:
     """Compile CONFIGURATION, then upload it to --device (a chain)."""
     body = {
@@ -118,18 +130,34 @@ def install(
         "device": device,
         "local": local,
     }
+    if esphome_version is not None:
+        body["esphome_version"] = esphome_version
     _submit(opts, body, detach=detach, as_json=as_json)
 
 
 @cli.command(name="compile")
 @_config
 @_local
+@_esphome_version
 @_detach
 @json_option
 @client_options
-def compile_(configuration: Path, local: bool, detach: bool, as_json: bool, **opts: Any) -> None:
+def compile_(
+    configuration: Path,
+    local: bool,
+    esphome_version: str | None,
+    detach: bool,
+    as_json: bool,
+    **opts: Any,
+) -> None:
     """Compile CONFIGURATION."""
-    body = {"type": "compile", "configuration": _config_arg(configuration), "local": local}
+    body: dict[str, Any] = {
+        "type": "compile",
+        "configuration": _config_arg(configuration),
+        "local": local,
+    }
+    if esphome_version is not None:
+        body["esphome_version"] = esphome_version
     _submit(opts, body, detach=detach, as_json=as_json)
 
 

@@ -22,8 +22,8 @@ whatever environment pip or meshd give it:
 from __future__ import annotations
 
 import base64
-import sys
 import hashlib
+import sys
 import zipfile
 from pathlib import Path
 
