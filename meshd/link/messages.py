@@ -230,6 +230,10 @@ class CompileRequest(Message):
     esphome_version: str = spec(NAME)
     bundle_digest: bytes = spec(DIGEST)
     bundle_size: int = spec(U64)
+    # True: build with exactly ``esphome_version`` (policy provision/exact, or a pinned
+    # job), provisioning it if need be; false (and older offloaders): a version the
+    # receiver's own policy finds compatible will do.
+    exact_version: bool = spec(Bool(), default=False)
 
 
 @register

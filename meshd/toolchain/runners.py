@@ -45,6 +45,10 @@ from meshd.toolchain.tools import Toolchain, ToolMissing
 from meshd.toolchain.versions import ProvisionError, ToolchainStore, ToolchainVersionError
 from meshd.toolchain.versions.store import HERMETIC_UNSET
 
+PROVISION_FAILED = "cannot provision esphome"
+"""How a compile's error starts when its toolchain could not be provisioned: an
+offloader reading it in a receiver's ``job_state`` re-routes instead of failing."""
+
 # rename compiles then uploads; compiling dominates the wall time.
 _RENAME_COMPILE_SHARE = 0.8
 
@@ -131,7 +135,7 @@ class CompileRunner:
         except ToolchainVersionError as exc:
             raise JobFailed(str(exc)) from None
         except ProvisionError as exc:
-            raise JobFailed(f"cannot provision esphome {wanted} ({exc.stage}): {exc}") from None
+            raise JobFailed(f"{PROVISION_FAILED} {wanted} ({exc.stage}): {exc}") from None
 
 
 class UploadRunner:

@@ -412,7 +412,7 @@ def frames_vector() -> dict[str, Any]:
         (PairProof(hashlib.sha256(b"proof").digest(), "pi"), 1),
         (PairAccept("desktop"), 2),
         (LaneStatus(False, 1, 2, None, "2026.6.5", ("2026.5.1",)), 0),
-        (CompileRequest("a1b2c3d4e5f6", "kitchen.yaml", "2026.6.5", digest, 123456), 3),
+        (CompileRequest("a1b2c3d4e5f6", "kitchen.yaml", "2026.6.5", digest, 123456, True), 3),
         (CompileAccept("a1b2c3d4e5f6", 0), 4),
         (CompileReject("a1b2c3d4e5f6", "busy", "compile lane busy"), 6),
         (LogLine("a1b2c3d4e5f6", "Compiling src/main.cpp.o", "stdout"), 0),

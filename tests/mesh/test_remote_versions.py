@@ -116,3 +116,31 @@ async def test_under_release_a_receiver_on_another_release_is_skipped(tmp_path: 
     finally:
         await stop_node(pi)
         await stop_node(desktop)
+
+
+async def test_a_receiver_that_cannot_provision_is_rerouted_and_local_is_the_last_resort(
+    tmp_path: Path,
+) -> None:
+    house = tmp_path / "wheelhouse"
+    build_standin_wheel(house, "2020.1.1")  # not the version asked for: pip finds nothing
+    store = ToolchainStore(tmp_path / "desktop", pip=PipOptions(find_links=(str(house),)))
+    pi = await start_node(tmp_path, "pi", receiver=False, version=A, policy=VersionPolicy.PROVISION)
+    desktop = await start_node(tmp_path, "desktop", offload=False, version=B, store=store)
+    try:
+        trust(pi, desktop)
+        await pi.wait_peer(desktop.fingerprint, connected=True, idle=True, provisions=True)
+        cfg = config(tmp_path, "kitchen")
+        compile_job, upload_job = pi.engine.install(str(cfg), "192.0.2.10")
+        done = await pi.wait_status(upload_job.id, *ENDED)
+        assert done.status is JobStatus.COMPLETED, pi.engine.get(compile_job.id).error
+        job = pi.engine.get(compile_job.id)
+        assert job.runner == "local"
+        assert job.options.excluded_receivers == (desktop.fingerprint,)
+        log = "\n".join(pi.engine.logs.read_lines(compile_job.id))
+        assert f"re-routing (attempt 1): receiver failed: cannot provision esphome {A}" in log
+        [remote] = desktop.engine.jobs_where(lambda j: j.options.remote_job == compile_job.id)
+        assert remote.status is JobStatus.FAILED
+        assert store.ready_versions() == []
+    finally:
+        await stop_node(pi)
+        await stop_node(desktop)

@@ -57,6 +57,7 @@ from meshd.mesh.security.provenance import (
     verify,
 )
 from meshd.toolchain.commands import EsphomeFailed, create_bundle
+from meshd.toolchain.runners import PROVISION_FAILED
 from meshd.toolchain.storage import FlashMethod, is_serial_device
 from meshd.toolchain.tools import Toolchain, ToolMissing
 from meshd.version_policy import VersionPolicy
@@ -183,6 +184,7 @@ class RemoteCompileRunner:
                         job_id=job.id,
                         configuration=config.name,
                         esphome_version=self._wanted_version(job.options),
+                        exact_version=self._exact(job.options),
                         bundle_digest=bytes.fromhex(manifest_digest),
                         bundle_size=manifest_size,
                     )
@@ -200,9 +202,7 @@ class RemoteCompileRunner:
                 job_id=job.id,
                 bundle=bytes.fromhex(manifest_digest),
                 esphome_version=(
-                    self._wanted_version(job.options)
-                    if job.options.esphome_version or self._version_policy in _EXACT_POLICIES
-                    else None
+                    self._wanted_version(job.options) if self._exact(job.options) else None
                 ),
             )
             await self._pull_artifacts(ctx, session, fingerprint, config, expected)
@@ -215,6 +215,10 @@ class RemoteCompileRunner:
         finally:
             self._follow.pop(key, None)
         self._on_duration(fingerprint, time.monotonic() - started)
+
+    def _exact(self, options: JobOptions) -> bool:
+        """Must the receiver build with exactly the wanted version (and sign it)?"""
+        return options.esphome_version is not None or self._version_policy in _EXACT_POLICIES
 
     def _wanted_version(self, options: JobOptions) -> str:
         """The esphome the receiver is asked to build with: the job's pin, else ours."""
@@ -257,6 +261,10 @@ class RemoteCompileRunner:
                 elif item.state == "completed":
                     return
                 elif item.state == "failed":
+                    if (item.error or "").startswith(PROVISION_FAILED):
+                        # The receiver could not get the esphome asked for (pip, an
+                        # offline LAN...): another receiver, or this node, may have it.
+                        raise ReceiverLost(f"receiver failed: {item.error}", fingerprint)
                     raise JobFailed(item.error or "compile failed on the receiver")
                 elif item.state == "cancelled":
                     raise ReceiverLost(

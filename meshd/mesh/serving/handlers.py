@@ -141,7 +141,7 @@ class RequestHandlers:
             return reject("shutting_down", "this receiver is shutting down")
         if not self.accepts_builds:
             return reject("busy", "this node does not accept builds (--no-receiver)")
-        pin, mismatch = self._version_for(message.esphome_version)
+        pin, mismatch = self._version_for(message.esphome_version, exact=message.exact_version)
         if mismatch is not None:
             return reject("version_mismatch", mismatch)
         await self.blobs.settle(session)
@@ -190,26 +190,38 @@ class RequestHandlers:
         await self.jobs.adopt(session, message.job_id, job)
         return CompileAccept(message.job_id, position=position)
 
-    def _version_for(self, wanted: str) -> tuple[str | None, str | None]:
+    def _version_for(self, wanted: str, *, exact: bool) -> tuple[str | None, str | None]:
         """``(pin, None)`` to build with esphome ``wanted``, or ``(None, why not)``.
 
         The pin is the job's ``esphome_version``: None builds with the receiver's own
         esphome. The offloader's placement already applied *its* policy; this re-checks
         the request on the receiver, so a request naming a version it neither runs nor
         may provision (``1999.1.0`` under ``release``) is refused instead of being built
-        silently with another esphome.
+        silently with another esphome. An ``exact`` request is built with exactly that
+        version or refused; otherwise the receiver's own policy decides whether its own
+        esphome will do (``provision`` reads as ``release`` there), and provisioning is
+        the fallback.
         """
         own = self._esphome_version()
         if own and wanted == own:
             return None, None
-        if self.provisions and is_version(wanted):
-            return wanted, None
-        if self._version_policy is VersionPolicy.ANY:
+        provisionable = self.provisions and is_version(wanted)
+        if exact:
+            if provisionable:
+                return wanted, None
+            return None, (
+                f"this receiver runs esphome {own or '(unknown)'}, not {wanted}, "
+                "and does not provision other versions"
+            )
+        policy = self._version_policy
+        if policy is VersionPolicy.PROVISION:
+            policy = VersionPolicy.RELEASE
+        if policy is VersionPolicy.ANY or (own and compatible(wanted, own, policy)):
             return None, None
+        if provisionable:
+            return wanted, None
         if not own:
             return None, f"this receiver does not know its esphome version (asked for {wanted})"
-        if compatible(wanted, own, self._version_policy):
-            return None, None
         return None, (
             f"this receiver runs esphome {own}, not {wanted} "
             f"(version policy {self._version_policy.value}"
