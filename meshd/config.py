@@ -68,6 +68,10 @@ DEFAULT_VERIFY_TIMEOUT = 120.0
 # The compile cache's budget per cache directory (meshd/toolchain/ccache.py): the
 # objects of a few ESP32 framework versions fit.
 DEFAULT_COMPILE_CACHE_SIZE = 5 * 1024**3
+# Provisioned toolchains (docs/TOOLCHAIN.md, "Toolchains by esphome version"): a venv of
+# esphome 2026.6.x is ~250 MB; these match meshd/toolchain/versions/sweep.py.
+DEFAULT_TOOLCHAIN_MAX_IDLE = 30 * 86400.0
+DEFAULT_TOOLCHAIN_DISK_BUDGET = 4 * 1024**3
 
 
 class ConfigError(ValueError):
@@ -85,7 +89,7 @@ def parse_host_port(text: str, *, default_port: int | None = None) -> HostPort:
 DEFAULT_API = HostPort("127.0.0.1", DEFAULT_API_PORT)
 """Loopback: the API can flash every device this node reaches (it is authenticated too)."""
 DEFAULT_PEER_LISTEN = HostPort("0.0.0.0", DEFAULT_PEER_PORT)  # noqa: S104 - the LAN is the point
-DEFAULT_VERSION_POLICY = VersionPolicy.RELEASE
+DEFAULT_VERSION_POLICY = VersionPolicy.PROVISION
 
 
 def default_data_dir(env: Mapping[str, str] | None = None) -> Path:
@@ -150,6 +154,16 @@ class Settings:
     """Blobs one offloader's content store on this receiver may hold."""
     min_free: int = 2 * 1024 * 1024 * 1024
     """Bytes free under the data dir below which compiles from peers are declined."""
+    toolchain_provision: bool = True
+    """Provision (pip) an esphome version a job or an offloader asks for."""
+    toolchain_index_url: str | None = None
+    """pip's index for provisioning; None: pip's default (or none with find-links only)."""
+    toolchain_find_links: tuple[str, ...] = ()
+    """Wheelhouse directories or URLs for pip; alone, an offline (``--no-index``) install."""
+    toolchain_max_idle: float = DEFAULT_TOOLCHAIN_MAX_IDLE
+    """Seconds unused after which a provisioned toolchain is swept."""
+    toolchain_disk_budget: int = DEFAULT_TOOLCHAIN_DISK_BUDGET
+    """Bytes all provisioned toolchains may take; the least recently used go first."""
     metrics_listen: HostPort | None = None
     """A second, unauthenticated listener serving only ``/metrics`` (for Prometheus)."""
     config_file: Path | None = None
@@ -276,6 +290,13 @@ def _name(value: Any) -> str:
     return text
 
 
+def _url(value: Any) -> str:
+    text = str(value).strip()
+    if not text.startswith(("http://", "https://", "file://")):
+        raise ConfigError(f"{value!r} is not an http(s):// or file:// URL")
+    return text
+
+
 def _policy(value: Any) -> VersionPolicy:
     try:
         return VersionPolicy(str(value))
@@ -314,6 +335,11 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "peer_max_stored": _positive_int,
     "peer_max_blobs": _positive_int,
     "min_free": _count,
+    "toolchain_provision": _bool,
+    "toolchain_index_url": _url,
+    "toolchain_find_links": lambda v: tuple(_list(v)),
+    "toolchain_max_idle": _duration,
+    "toolchain_disk_budget": _size,
 }
 
 SETTING_NAMES = tuple(_PARSERS)

@@ -77,6 +77,8 @@ from meshd.toolchain.runners import CompileRunner, RenameRunner, make_runners
 from meshd.toolchain.sandbox import SandboxUnavailable, receiver_sandbox
 from meshd.toolchain.storage import ArtifactError, load_storage
 from meshd.toolchain.tools import Toolchain, ToolMissing, locate_tool
+from meshd.toolchain.versions import PipOptionError, PipOptions, SweepPolicy, ToolchainStore
+from meshd.toolchain.versions.service import ToolchainSweeper
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -122,6 +124,17 @@ class Daemon:
         self.toolchain = Toolchain(esphome=esphome.command, esptool=esptool.command)
         self.archive = BuildArchive(settings.data_dir / "artifacts", keep=settings.kept_builds)
         self.archive.clean_leftovers()
+        # Toolchains by esphome version: for compiles pinned to another esphome (local
+        # ones, and an offloader's when this receiver provisions). Raises PipOptionError.
+        self.store: ToolchainStore | None = None
+        if settings.toolchain_provision:
+            self.store = ToolchainStore(
+                settings.data_dir,
+                pip=PipOptions(
+                    index_url=settings.toolchain_index_url,
+                    find_links=settings.toolchain_find_links,
+                ),
+            )
         self.caches, cache_warning = _compile_caches(settings)
         self.peer_compile: PeerCompileRunner | None = None
         if runners is None:
@@ -129,6 +142,8 @@ class Daemon:
                 self.toolchain,
                 archive=self.archive,
                 caches=self.caches,
+                store=self.store,
+                default_version=lambda: self.node.esphome_version,
                 resolve=lambda config, device: self.fleet.resolve(config, device),
                 verify=lambda config, address, log: self.fleet.verify_flash(config, address, log),
             )
@@ -138,6 +153,8 @@ class Daemon:
                 made[JobType.COMPILE], self.toolchain, settings.data_dir
             )
             self.peer_compile.caches = self.caches
+            self.peer_compile.store = self.store
+            self.peer_compile.default_version = lambda: self.node.esphome_version
             made[JobType.COMPILE] = self.peer_compile
             runners = made
         self.runners = runners
@@ -251,9 +268,11 @@ class Daemon:
                     at_rest_blobs=s.peer_max_blobs,
                 ),
                 min_free=s.min_free,
+                provision=self.store is not None,
             ),
             esphome_version=lambda: self.node.esphome_version,
             version_known=self._version_probed.wait,
+            toolchains=self.store.ready_versions if self.store is not None else tuple,
         )
         self.hooks.mesh = mesh.node
         self.hooks.routes.extend(mesh_routes(mesh.node))
@@ -264,7 +283,11 @@ class Daemon:
                 if isinstance(each, CompileRunner | RenameRunner | PeerCompileRunner):
                     each.remote_storage = mesh.node.cache_gateway.for_job
         bridge_peer_events(mesh.node, self.engine.bus)
-        return [mesh, self._fleet_service()]
+        services: list[Service] = [mesh, self._fleet_service()]
+        if self.store is not None:
+            policy = SweepPolicy(max_idle=s.toolchain_max_idle, disk_budget=s.toolchain_disk_budget)
+            services.append(ToolchainSweeper(self.store, policy))
+        return services
 
     def _fleet_service(self) -> FleetService:
         """The device monitor (pinned like the mesh's mDNS) driving armed uploads."""
@@ -469,7 +492,11 @@ def serve(settings: Settings, *, verbose: bool = False) -> int:
     except DatabaseUnusable as exc:
         _LOGGER.error("meshd cannot start: %s", exc)  # noqa: TRY400 - the message is the point
         return EXIT_BAD_DATA
-    daemon = Daemon(settings)
+    try:
+        daemon = Daemon(settings)
+    except PipOptionError as exc:
+        _LOGGER.error("meshd cannot start: %s", exc)  # noqa: TRY400 - the message is the point
+        return EXIT_FAILURE
     try:
         with contextlib.suppress(KeyboardInterrupt):
             return asyncio.run(daemon.run())

@@ -11,6 +11,7 @@ import enum
 
 
 class VersionPolicy(enum.StrEnum):
+    PROVISION = "provision"  # exactly ours; a receiver that provisions it counts too
     ANY = "any"
     RELEASE = "release"  # same YYYY.M release series
     EXACT = "exact"  # prefer identical versions, fall back to local

@@ -33,6 +33,7 @@ from aiohttp import web
 from meshd.jobs.engine import MAX_INSTALLS
 from meshd.jobs.model import JobType
 from meshd.jobs.options import JobOptions
+from meshd.toolchain.versions.validate import ToolchainVersionError, check_version
 
 INSTALL = "install"
 JOB_KINDS = (*(t.value for t in JobType), INSTALL)
@@ -46,7 +47,7 @@ _DEVICE_RE = re.compile(r"[A-Za-z0-9_.:/\[\]%@+=,~][\x21-\x7e]{0,254}")
 
 _FIELDS = frozenset(
     {"type", "configuration", "device", "new_name", "local", "cwd"}
-    | {"when_online", "device_name", "build"}
+    | {"when_online", "device_name", "build", "esphome_version"}
 )
 # A kept build's id is the id of the compile that made it (``meshd.toolchain.archive``).
 _BUILD_ID_RE = re.compile(r"^[0-9a-f]{12}$")
@@ -146,6 +147,23 @@ async def read_json(request: web.Request, *, empty: Any = None) -> Any:
 
 
 # -- strict scalar fields ----------------------------------------------------------
+
+
+def _esphome_version(body: dict[str, Any], kind: str) -> str | None:
+    """``esphome_version`` of a compile or install: a release version, or None."""
+    value = _string(body, "esphome_version")
+    if value is None:
+        return None
+    if kind not in (JobType.COMPILE.value, INSTALL):
+        raise bad_request(
+            "invalid_field",
+            "'esphome_version' is only for a compile or an install",
+            field="esphome_version",
+        )
+    try:
+        return check_version(value)
+    except ToolchainVersionError as exc:
+        raise bad_request("invalid_field", str(exc), field="esphome_version") from None
 
 
 def optional_bool(body: dict[str, Any], key: str, default: bool) -> bool:
@@ -410,8 +428,9 @@ def parse_job_request(body: Any, rules: ConfigRules | None = None) -> JobRequest
             raise bad_request(
                 "invalid_field", f"'build' must be a kept build's id, not {build!r}", field="build"
             )
+    pin = _esphome_version(body, kind)
     # Read by the mesh scheduler: never dispatch this compile to a peer.
-    options = JobOptions(force_local=local)
+    options = JobOptions(force_local=local, esphome_version=pin)
     upload_options = JobOptions()
     if kind == INSTALL:
         upload_options = waiting

@@ -114,6 +114,30 @@ from meshd.config import (
     metavar="SECONDS",
     help=f"How long a flashed device has to come back [{DEFAULT_VERIFY_TIMEOUT:g}].",
 )
+@click.option(
+    "--toolchain-provision/--no-toolchain-provision",
+    default=None,
+    help="Provision (pip) the esphome version a job or an offloader asks for [on].",
+)
+@click.option(
+    "--toolchain-index-url", metavar="URL", help="pip index for provisioning [pip's default]."
+)
+@click.option(
+    "--toolchain-find-links",
+    multiple=True,
+    metavar="DIR|URL",
+    help="A wheelhouse for provisioning (repeatable); alone, installs offline.",
+)
+@click.option(
+    "--toolchain-max-idle",
+    metavar="DURATION",
+    help="Remove a provisioned toolchain unused this long (e.g. 30d) [30d].",
+)
+@click.option(
+    "--toolchain-disk-budget",
+    metavar="SIZE",
+    help="Disk all provisioned toolchains may take (e.g. 4G) [4G].",
+)
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 def serve(config_file: Path | None, verbose: bool, **flags: Any) -> None:
     """Run the meshd daemon in the foreground (systemd: Type=notify)."""

@@ -113,19 +113,33 @@ def _summarise(final: list[dict[str, Any]]) -> None:
 _detach = click.option("--detach", is_flag=True, help="Queue and return at once.")
 _local = click.option("--local", is_flag=True, help="Compile on this node, never on a peer.")
 _config = click.argument("configuration", type=click.Path(path_type=Path, dir_okay=False))
+_esphome_version = click.option(
+    "--esphome-version",
+    metavar="VERSION",
+    help="Build with exactly this esphome (provisioned on the builder if need be).",
+)
 
 
 def submit_install(
-    configuration: Path, device: str, *, local: bool, detach: bool, as_json: bool, opts: Any
+    configuration: Path,
+    device: str,
+    *,
+    local: bool,
+    detach: bool,
+    as_json: bool,
+    opts: Any,
+    esphome_version: str | None = None,
 ) -> NoReturn:
     """One install chain to ``device``, followed like any job (``meshd install``, in
     meshd/cli/fleet.py, which also takes many configurations)."""
-    body = {
+    body: dict[str, Any] = {
         "type": "install",
         "configuration": _config_arg(configuration),
         "device": device,
         "local": local,
     }
+    if esphome_version is not None:
+        body["esphome_version"] = esphome_version
     _submit(opts, body, detach=detach, as_json=as_json)
 
 
@@ -138,6 +152,7 @@ def submit_install(
     help="Compile every configuration in this directory (pre-build a fleet).",
 )
 @_local
+@_esphome_version
 @_detach
 @json_option
 @client_options
@@ -145,6 +160,7 @@ def compile_(
     configuration: Path | None,
     all_dir: Path | None,
     local: bool,
+    esphome_version: str | None,
     detach: bool,
     as_json: bool,
     **opts: Any,
@@ -153,7 +169,13 @@ def compile_(
     if (configuration is None) == (all_dir is None):
         raise click.UsageError("give a CONFIGURATION or --all DIR")
     if configuration is not None:
-        body = {"type": "compile", "configuration": _config_arg(configuration), "local": local}
+        body: dict[str, Any] = {
+            "type": "compile",
+            "configuration": _config_arg(configuration),
+            "local": local,
+        }
+        if esphome_version is not None:
+            body["esphome_version"] = esphome_version
         _submit(opts, body, detach=detach, as_json=as_json)
     assert all_dir is not None
     # As esphome's dashboard lists a directory: *.yaml/*.yml, not secrets, not hidden.
@@ -174,6 +196,7 @@ def compile_(
             for path in paths
             for job in await client.create(
                 {"type": "compile", "configuration": _config_arg(path), "local": local}
+                | ({"esphome_version": esphome_version} if esphome_version else {})
             )
         ]
         if detach:

@@ -117,6 +117,10 @@ class JobOptions:
     """compile: objects the compile cache supplied (None: the cache was not used)."""
     cache_misses: int | None = None
     """compile: objects compiled and added to the compile cache."""
+    esphome_version: str | None = None
+    """compile: build with exactly this esphome (a provisioned toolchain when it is not
+    the node's own); None builds with the node's default. Checked where it enters (API,
+    compile request), since this layer imports nothing of the toolchain."""
     extra: Mapping[str, Any] = field(default_factory=dict, hash=False)
     """Keys this version does not interpret, kept verbatim (see the module docstring)."""
     schema: int = field(default=SCHEMA_VERSION, compare=False, repr=False)

@@ -49,7 +49,11 @@ class ReasonCode(enum.StrEnum):
     NO_ELIGIBLE_RECEIVER = "no_eligible_receiver"
     """No receiver may take it (untrusted, offline, other version...): built locally."""
     IDLE_RECEIVER = "idle_receiver"
-    """Sent to the eligible receiver idle the longest."""
+    """Sent to the eligible receiver idle the longest (under ``provision``: the one idle
+    the longest of those that have the esphome version ready)."""
+    IDLE_PROVISIONING_RECEIVER = "idle_provisioning_receiver"
+    """Policy ``provision``: no idle receiver has the version ready, so it went to the
+    idle one idle the longest that provisions it first."""
     RECEIVERS_BUSY = "receivers_busy"
     """Every eligible receiver is busy: the local slot, or wait for either."""
     RECEIVERS_BUSY_NO_LOCAL = "receivers_busy_no_local"

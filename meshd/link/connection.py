@@ -116,8 +116,9 @@ _LOCAL_INPUTS: Final = frozenset(
 )
 
 # Capabilities this implementation offers by default. "stream" = stream_* messages
-# with flow control; "pair" = the pairing exchange.
-DEFAULT_CAPS: Final = ("pair", "stream")
+# with flow control; "pair" = the pairing exchange; "provenance" = signed build records
+# in artifact_reply (PROTOCOL.md section 14).
+DEFAULT_CAPS: Final = ("pair", "provenance", "stream")
 
 
 # -- events --------------------------------------------------------------------------

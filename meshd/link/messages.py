@@ -198,6 +198,10 @@ class PairAccept(Message):
 # -- mesh: lanes and remote compiles -------------------------------------------------
 
 
+# Ready toolchains a node lists in node_info/lane_status; a receiver keeps a handful.
+MAX_TOOLCHAINS = 64
+
+
 @register
 @dataclass(frozen=True)
 class LaneStatus(Message):
@@ -209,6 +213,9 @@ class LaneStatus(Message):
     queued: int = spec(U32)
     idle_since: float | None = spec(Opt(Float(0.0)), default=None)
     esphome_version: str = spec(NAME, default="")
+    # esphome versions provisioned and ready besides the node's own (PROTOCOL.md 9);
+    # older peers omit it, which reads as none.
+    toolchains: tuple[str, ...] = spec(Seq(NAME, MAX_TOOLCHAINS), default=())
 
 
 @register
@@ -223,6 +230,10 @@ class CompileRequest(Message):
     esphome_version: str = spec(NAME)
     bundle_digest: bytes = spec(DIGEST)
     bundle_size: int = spec(U64)
+    # True: build with exactly ``esphome_version`` (policy provision/exact, or a pinned
+    # job), provisioning it if need be; false (and older offloaders): a version the
+    # receiver's own policy finds compatible will do.
+    exact_version: bool = spec(Bool(), default=False)
 
 
 @register
@@ -415,6 +426,10 @@ class NodeInfo(Message):
     name: str = spec(NAME, default="")
     esphome_version: str = spec(NAME, default="")
     accepts_builds: bool = spec(Bool(), default=False)
+    # Whether it provisions the esphome an offloader asks for, and which versions it
+    # has ready besides its own; older peers omit both (no, none).
+    provisions: bool = spec(Bool(), default=False)
+    toolchains: tuple[str, ...] = spec(Seq(NAME, MAX_TOOLCHAINS), default=())
 
 
 # -- streams -------------------------------------------------------------------------

@@ -16,7 +16,7 @@ The daemon calls ``start`` and ``stop``; the API sees this node only as a
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,6 +60,9 @@ class MeshSettings:
     static_peers: tuple[str, ...] = ()
     version_policy: VersionPolicy = VersionPolicy.RELEASE
     include_local: bool = True
+    provision: bool = False
+    """As a receiver, provision the esphome an offloader asks for (the engine's compile
+    runner must then have a ``ToolchainStore``)."""
     heartbeat: float = DEFAULT_HEARTBEAT
     build_ttl: float = DEFAULT_BUILD_TTL
     # What one offloader may make this receiver hold, and the disk floor below which
@@ -77,6 +80,7 @@ class MeshNode:
         settings: MeshSettings,
         *,
         esphome_version: Callable[[], str],
+        toolchains: Callable[[], Sequence[str]] = tuple,
     ) -> None:
         self.settings = settings
         self.engine = engine
@@ -130,6 +134,8 @@ class MeshNode:
             accepts_builds=settings.receiver,
             esphome_version=esphome_version,
             on_introduced=self.connections.introduced,
+            provisions=settings.provision,
+            toolchains=toolchains,
         )
         self.introductions.register(self.router)
         self.server = LinkServer(
@@ -150,6 +156,10 @@ class MeshNode:
             self.builds_root,
             accepts_builds=settings.receiver,
             esphome_version=esphome_version,
+            identity=self.identity,
+            version_policy=settings.version_policy,
+            provisions=settings.provision,
+            toolchains=toolchains,
             env=env,
             min_free=settings.min_free,
         )
@@ -164,6 +174,8 @@ class MeshNode:
             self._session_for,
             data_dir / "mesh" / "outgoing",
             esphome_version=esphome_version,
+            own_fingerprint=self.identity.fingerprint,
+            version_policy=settings.version_policy,
             on_duration=self.registry.record_compile,
             env=env,
         )

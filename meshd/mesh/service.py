@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 from meshd.jobs.engine import Engine
@@ -30,6 +30,7 @@ class MeshService:
         *,
         esphome_version: Callable[[], str | None],
         version_known: Callable[[], Awaitable[object]],
+        toolchains: Callable[[], Sequence[str]] = tuple,
     ) -> None:
         self._version_known = version_known
         self._esphome_version = esphome_version
@@ -40,6 +41,7 @@ class MeshService:
             toolchain,
             settings,
             esphome_version=lambda: esphome_version() or "",
+            toolchains=toolchains,
         )
 
     async def start(self) -> None:

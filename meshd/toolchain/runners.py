@@ -44,6 +44,12 @@ from meshd.toolchain.storage import (
     load_storage,
 )
 from meshd.toolchain.tools import Toolchain, ToolMissing
+from meshd.toolchain.versions import ProvisionError, ToolchainStore, ToolchainVersionError
+from meshd.toolchain.versions.store import HERMETIC_UNSET
+
+PROVISION_FAILED = "cannot provision esphome"
+"""How a compile's error starts when its toolchain could not be provisioned: an
+offloader reading it in a receiver's ``job_state`` re-routes instead of failing."""
 
 OTA_DEVICE = "OTA"
 """esphome's ``--device OTA``: resolve the device's address from its configuration."""
@@ -113,6 +119,31 @@ mesh's per-job cache gateway, meshd/mesh/serving/cache_gateway.py), or None."""
 
 
 @contextlib.asynccontextmanager
+async def pinned_toolchain(
+    toolchain: Toolchain, store: ToolchainStore | None, default: str | None, ctx: JobContext
+) -> AsyncIterator[Toolchain]:
+    """``toolchain``, or for a job pinned to another esphome (``options.esphome_version``)
+    that version's toolchain from ``store``: provisioned first if needed, and leased for
+    the whole compile so no sweep removes it meanwhile."""
+    wanted = ctx.job.options.esphome_version
+    if wanted is None or wanted == default:
+        yield toolchain
+        return
+    if store is None:
+        raise JobFailed(
+            f"this node does not provision toolchains; cannot build with esphome {wanted}"
+        )
+    try:
+        async with store.use(wanted, on_line=ctx.log, on_process=ctx.on_process) as tc:
+            ctx.log(f"[meshd] building with esphome {tc.version} from {tc.path}")
+            yield replace(toolchain, esphome=tc.esphome, unset=HERMETIC_UNSET)
+    except ToolchainVersionError as exc:
+        raise JobFailed(str(exc)) from None
+    except ProvisionError as exc:
+        raise JobFailed(f"{PROVISION_FAILED} {wanted} ({exc.stage}): {exc}") from None
+
+
+@contextlib.asynccontextmanager
 async def compile_cache(
     toolchain: Toolchain,
     caches: CompileCaches | None,
@@ -169,19 +200,34 @@ async def compile_cache(
 
 
 class CompileRunner:
-    """``esphome compile CFG``, with progress estimated from PlatformIO's object lines."""
+    """``esphome compile CFG``, with progress estimated from PlatformIO's object lines.
 
-    def __init__(self, toolchain: Toolchain, caches: CompileCaches | None = None) -> None:
+    A job that names another esphome than the node's own (``options.esphome_version``)
+    is built with that version's toolchain from ``store``, provisioned first if needed
+    and leased for the whole compile so no sweep removes it meanwhile.
+    """
+
+    def __init__(
+        self,
+        toolchain: Toolchain,
+        caches: CompileCaches | None = None,
+        *,
+        store: ToolchainStore | None = None,
+        default_version: Callable[[], str | None] = lambda: None,
+    ) -> None:
         self.toolchain = toolchain
         self.caches = caches
+        self.store = store
+        self._default_version = default_version
         self.remote_storage: RemoteStorage | None = None
         """Set by the daemon once the mesh exists (the cache gateway's ``for_job``)."""
 
     async def run(self, ctx: JobContext) -> None:
         config = _config_file(ctx)
-        async with compile_cache(
-            self.toolchain, self.caches, ctx, config, self.remote_storage
-        ) as toolchain:
+        async with (
+            pinned_toolchain(self.toolchain, self.store, self._default_version(), ctx) as base,
+            compile_cache(base, self.caches, ctx, config, self.remote_storage) as toolchain,
+        ):
             await run_esphome(toolchain, ctx, ["compile", str(config)], CompileProgress())
 
 
@@ -422,12 +468,17 @@ def make_runners(
     resolve: ResolveDevice | None = None,
     verify: VerifyFlash | None = None,
     caches: CompileCaches | None = None,
+    store: ToolchainStore | None = None,
+    default_version: Callable[[], str | None] = lambda: None,
 ) -> dict[JobType, Runner]:
     """One runner per job type, all driving ``toolchain`` (uploads may flash ``archive``'s
     kept builds, resolve ``--device OTA`` and verify the flash through the hooks;
-    compiles and renames use ``caches``, None: no compile cache)."""
+    compiles and renames use ``caches``, None: no compile cache; compiles pinned to
+    another esphome use ``store``'s toolchains)."""
     return {
-        JobType.COMPILE: CompileRunner(toolchain, caches),
+        JobType.COMPILE: CompileRunner(
+            toolchain, caches, store=store, default_version=default_version
+        ),
         JobType.UPLOAD: UploadRunner(
             toolchain, verify_chip=verify_chip, archive=archive, resolve=resolve, verify=verify
         ),

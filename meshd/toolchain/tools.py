@@ -39,6 +39,9 @@ class Toolchain:
     # ESPHome only prints its "\rUploading: [==  ] 42%" bar to a TTY or when run as
     # the dashboard runs it (``--dashboard``); meshd is in the dashboard's position.
     dashboard_mode: bool = True
+    unset: frozenset[str] = frozenset()
+    """Variables of the daemon's environment the commands must not inherit: a provisioned
+    venv's esphome must not see the daemon's ``PYTHONPATH`` (``hermetic_environ``)."""
 
     def __post_init__(self) -> None:
         if not self.esphome:
@@ -64,7 +67,7 @@ class Toolchain:
 
     def environ(self) -> dict[str, str]:
         """The daemon's current environment, plus streaming defaults, plus ``env``."""
-        merged = dict(os.environ)
+        merged = {k: v for k, v in os.environ.items() if k not in self.unset}
         for key, value in _STREAMING_ENV.items():
             merged.setdefault(key, value)
         merged.update(self.env)

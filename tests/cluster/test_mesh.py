@@ -231,7 +231,7 @@ def test_receiver_on_another_release_is_skipped(meshd: MeshdFactory, tmp_path: P
     new = node(
         meshd, "new", "--no-offload", "--no-mdns", env={"STANDIN_ESPHOME_VERSION": "2026.6.1"}
     )
-    pi = node(meshd, "pi", "--no-receiver", "--no-mdns")
+    pi = node(meshd, "pi", "--no-receiver", "--no-mdns", "--version-policy", "release")
     _, old_fp = link(pi, old)
     wait_peer(pi, old_fp, connected=True, idle=True, esphome_version="2026.5.2")
     _, new_fp = link(pi, new)  # idle for less time than `old`, but compatible

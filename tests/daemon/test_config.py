@@ -23,7 +23,10 @@ def test_defaults(tmp_path: Path) -> None:
     assert settings.api == HostPort("127.0.0.1", 6055)
     assert settings.esphome == ()  # found at start: beside the interpreter, then PATH
     assert settings.upload_slots == 4 and settings.receiver and settings.offload
-    assert settings.version_policy is VersionPolicy.RELEASE
+    assert settings.version_policy is VersionPolicy.PROVISION
+    assert settings.toolchain_provision and settings.toolchain_find_links == ()
+    assert settings.toolchain_index_url is None
+    assert settings.toolchain_max_idle == 30 * 86400 and settings.toolchain_disk_budget == 4 << 30
     assert settings.name  # the hostname
     assert settings.config_file is None
 
@@ -168,3 +171,40 @@ def test_fleet_settings_reject_bad_values(
 ) -> None:
     with pytest.raises(ConfigError, match=message):
         load_settings({"data_dir": str(tmp_path), key: value}, env={})
+
+
+def test_toolchain_settings_from_every_layer(tmp_path: Path) -> None:
+    (tmp_path / "meshd.toml").write_text(
+        '[meshd]\ntoolchain_find_links = ["/srv/wheels", "/mnt/more"]\n'
+        'toolchain_max_idle = "12h"\ntoolchain_disk_budget = "500M"\n'
+    )
+    settings = load_settings(
+        {"data_dir": str(tmp_path), "toolchain_provision": False},
+        env={"MESHD_TOOLCHAIN_INDEX_URL": "http://pypi.lan/simple"},
+    )
+    assert settings.toolchain_find_links == ("/srv/wheels", "/mnt/more")
+    assert settings.toolchain_max_idle == 12 * 3600
+    assert settings.toolchain_disk_budget == 500 << 20
+    assert settings.toolchain_index_url == "http://pypi.lan/simple"
+    assert settings.toolchain_provision is False
+    flagged = load_settings(
+        {"data_dir": str(tmp_path), "toolchain_find_links": ("/a", "/b")}, env={}
+    )
+    assert flagged.toolchain_find_links == ("/a", "/b")
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("toolchain_disk_budget", "lots", "is not a size"),
+        ("toolchain_disk_budget", "-1G", "at least 1M"),
+        ("toolchain_index_url", "ftp://x", "not an http"),
+        ("toolchain_max_idle", "soon", "not a duration"),
+    ],
+)
+def test_bad_toolchain_settings_name_the_problem(
+    tmp_path: Path, key: str, value: str, message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message) as caught:
+        load_settings({"data_dir": str(tmp_path), key: value}, env={})
+    assert key in str(caught.value)

@@ -20,6 +20,7 @@ from meshd.jobs.model import Job, JobStatus
 from meshd.mesh.node import MeshNode, MeshSettings
 from meshd.toolchain.runners import make_runners
 from meshd.toolchain.tools import Toolchain
+from meshd.toolchain.versions import ToolchainStore
 from meshd.version_policy import VersionPolicy
 
 STANDIN = Path(__file__).resolve().parents[1] / "support" / "standin_esphome.py"
@@ -94,10 +95,12 @@ async def start_node(
     policy: VersionPolicy = VersionPolicy.RELEASE,
     include_local: bool = True,
     heartbeat: float = 0.5,
+    store: ToolchainStore | None = None,
 ) -> Node:
+    """A node; with ``store`` it provisions other esphome versions from it."""
     data_dir = root / name
     toolchain = standin(version)
-    engine = Engine(data_dir, make_runners(toolchain))
+    engine = Engine(data_dir, make_runners(toolchain, store=store, default_version=lambda: version))
     mesh = MeshNode(
         data_dir,
         engine,
@@ -112,8 +115,10 @@ async def start_node(
             version_policy=policy,
             include_local=include_local,
             heartbeat=heartbeat,
+            provision=store is not None,
         ),
         esphome_version=lambda: version,
+        toolchains=store.ready_versions if store is not None else tuple,
     )
     await engine.start()
     await mesh.start()

@@ -31,6 +31,8 @@ SNAPSHOT_KEYS = {
     "connected",
     "protocol",
     "esphome_version",
+    "provisions",
+    "toolchains",
     "accepts_builds",
     "idle",
     "idle_since",
@@ -106,10 +108,27 @@ def test_mdns_advert_creates_a_record_with_every_field(
             "last_error": None,
             "compile_durations": [],
             "mdns_instances": [f"desk-{f[:8]}._meshd._tcp.local."],
+            "provisions": False,
+            "toolchains": [],
         }
     )
     json.dumps(reg.snapshot())  # JSON-able as is
     assert changes == [PeerChange(ChangeKind.ADDED, f)]
+
+
+def test_node_info_and_lane_status_carry_provisioning_to_the_scheduler(reg: Registry) -> None:
+    f = random_fingerprint()
+    reg.mdns_seen(advert(f))
+    reg.link_hello(f, provisions=True, toolchains=("2026.5.1",))
+    [view] = reg.views()
+    assert view.provisions and view.toolchains == frozenset({"2026.5.1"})
+    assert view.has_ready("2026.5.1") and view.has_ready("2026.6.5")
+    assert not view.has_ready("2026.7.0")
+    reg.link_status(f, idle=True, idle_since=1.0, running=0, queued=0, toolchains=())
+    [view] = reg.views()
+    assert view.toolchains == frozenset() and view.provisions
+    [snap] = reg.snapshot()
+    assert snap["provisions"] is True and snap["toolchains"] == []
 
 
 def test_refresh_without_change_is_not_announced_but_moves_last_seen(

@@ -199,3 +199,75 @@ def test_reroute_policy_excludes_each_lost_receiver_then_gives_up() -> None:
 
 def test_a_user_forced_job_is_not_mistaken_for_a_given_up_one() -> None:
     assert not gave_up(JobOptions(force_local=True))
+
+
+# -- policy provision ---------------------------------------------------------------
+
+PROV = VersionPolicy.PROVISION
+OTHER = "2025.12.1"
+
+
+def test_provision_prefers_a_ready_receiver_over_an_older_idle_one_that_must_provision() -> None:
+    must = peer("must", 10.0, esphome_version=OTHER, provisions=True)
+    ready = peer("ready", 300.0, esphome_version=OTHER, toolchains=frozenset({V}))
+    d = one(JOB, [must, ready], policy=PROV)
+    assert (d.where, d.code, d.receiver) == (Where.REMOTE, ReasonCode.IDLE_RECEIVER, "fp-ready")
+
+
+def test_provision_tie_breaks_by_oldest_idle_among_ready_ones() -> None:
+    own = peer("own", 200.0)
+    tc = peer("tc", 100.0, esphome_version=OTHER, toolchains=frozenset({V}))
+    d = one(JOB, [own, tc, peer("must", 1.0, esphome_version=OTHER, provisions=True)], policy=PROV)
+    assert (d.code, d.receiver) == (ReasonCode.IDLE_RECEIVER, "fp-tc")
+
+
+def test_provision_uses_a_must_provision_receiver_when_no_ready_one_is_idle() -> None:
+    busy_ready = peer("ready", 1.0, idle=False)
+    must = peer("must", 50.0, esphome_version=OTHER, provisions=True)
+    d = one(JOB, [busy_ready, must], policy=PROV)
+    assert (d.where, d.code, d.receiver) == (
+        Where.REMOTE,
+        ReasonCode.IDLE_PROVISIONING_RECEIVER,
+        "fp-must",
+    )
+
+
+def test_provision_skips_a_receiver_on_another_version_that_does_not_provision() -> None:
+    d = one(JOB, [peer("old", 1.0, esphome_version=OTHER)], policy=PROV)
+    assert what(d) == (Where.LOCAL, ReasonCode.NO_ELIGIBLE_RECEIVER)
+    # The same receiver under `release` is skipped too; under `any` it is used as is.
+    assert (
+        what(one(JOB, [peer("old", 1.0, esphome_version=OTHER)], policy=VersionPolicy.RELEASE))[1]
+        is ReasonCode.NO_ELIGIBLE_RECEIVER
+    )
+    assert one(JOB, [peer("old", esphome_version=OTHER)], policy=VersionPolicy.ANY).receiver
+
+
+def test_a_pinned_job_wants_its_version_whatever_the_policy() -> None:
+    pinned = WaitingJob("j1", esphome_version=OTHER)
+    same = peer("same", 1.0)  # runs our V, not the pin
+    ready = peer("ready", 500.0, esphome_version=OTHER)
+    d = one(pinned, [same, ready], policy=VersionPolicy.RELEASE)
+    assert (d.code, d.receiver) == (ReasonCode.IDLE_RECEIVER, "fp-ready")
+    must = peer("must", 9.0, provisions=True)
+    d = one(pinned, [same, must], policy=VersionPolicy.ANY)
+    assert (d.code, d.receiver) == (ReasonCode.IDLE_PROVISIONING_RECEIVER, "fp-must")
+    assert what(one(pinned, [same], policy=VersionPolicy.EXACT_REQUIRED)) == (
+        Where.FAIL,
+        ReasonCode.NO_EXACT_RECEIVER,
+    )
+
+
+def test_waiting_job_carries_the_pin() -> None:
+    job = Job(JobType.COMPILE, "/c/x.yaml", options=JobOptions(esphome_version=OTHER))
+    assert waiting_job(job).esphome_version == OTHER
+    assert waiting_job(Job(JobType.COMPILE, "/c/x.yaml")).esphome_version is None
+
+
+def test_two_pinned_jobs_take_two_receivers_ready_first() -> None:
+    a, b = WaitingJob("a", esphome_version=OTHER), WaitingJob("b", esphome_version=OTHER)
+    ready = peer("ready", 100.0, toolchains=frozenset({OTHER}))
+    must = peer("must", 1.0, provisions=True)
+    first, second = plan([a, b], [must, ready], local_version=V, local_free=False)
+    assert (first.code, first.receiver) == (ReasonCode.IDLE_RECEIVER, "fp-ready")
+    assert (second.code, second.receiver) == (ReasonCode.IDLE_PROVISIONING_RECEIVER, "fp-must")

@@ -13,13 +13,17 @@ whatever environment pip or meshd give it:
 * ``reports``: the version ``esphome version`` claims (a lying package);
 * ``version_exit``: the exit status of ``esphome version``;
 * ``gate``: a path; ``esphome version`` first creates ``<gate>.waiting``, then waits
-  until ``<gate>`` exists, so a test can hold provisioning inside the version check.
+  until ``<gate>`` exists, so a test can hold provisioning inside the version check;
+* ``delegate``: a path to ``standin_esphome.py``; every other command is handed to it
+  (as esphome ``<version>``, run by the interpreter that built the wheel, which has the
+  stand-in's PyYAML), so a provisioned toolchain can really compile.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import sys
 import zipfile
 from pathlib import Path
 
@@ -33,6 +37,8 @@ VERSION = {version!r}
 REPORTS = {reports!r}
 VERSION_EXIT = {version_exit!r}
 GATE = {gate!r}
+DELEGATE = {delegate!r}
+DELEGATE_PYTHON = {delegate_python!r}
 # The test that set a gate opens it within seconds; this bound only stops a stand-in
 # that lost its test from running forever.
 GATE_LIMIT = 300.0
@@ -55,6 +61,9 @@ def main() -> int:
             _wait_for_gate()
         print(f"Version: {{REPORTS}}", flush=True)
         return VERSION_EXIT
+    if DELEGATE:
+        os.environ["STANDIN_ESPHOME_VERSION"] = VERSION
+        os.execv(DELEGATE_PYTHON, [DELEGATE_PYTHON, DELEGATE, *sys.argv[1:]])
     print(f"stand-in esphome {{VERSION}}: unsupported command {{sys.argv[1:]}}", file=sys.stderr)
     return 2
 
@@ -76,6 +85,7 @@ def build_standin_wheel(
     reports: str | None = None,
     version_exit: int = 0,
     gate: Path | None = None,
+    delegate: Path | None = None,
 ) -> Path:
     """Write ``esphome-<version>-py3-none-any.whl`` into ``wheelhouse``; return its path."""
     wheelhouse.mkdir(parents=True, exist_ok=True)
@@ -87,6 +97,8 @@ def build_standin_wheel(
             reports=reports if reports is not None else version,
             version_exit=version_exit,
             gate=str(gate) if gate is not None else "",
+            delegate=str(delegate) if delegate is not None else "",
+            delegate_python=sys.executable,
         ).encode(),
         f"{dist_info}/METADATA": (
             "Metadata-Version: 2.1\n"

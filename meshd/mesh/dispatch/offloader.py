@@ -25,6 +25,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from meshd.jobs.diskio import LocalWriteError, is_write_error
+from meshd.jobs.options import JobOptions
 from meshd.jobs.runner import JobContext, JobFailed
 from meshd.link import LinkError, LinkSession, RequestFailed, Router
 from meshd.link.messages import (
@@ -50,9 +51,18 @@ from meshd.mesh.content.blobs import BlobExchange
 from meshd.mesh.content.bundle import BundleRejected, read_bundle
 from meshd.mesh.content.store import ContentError
 from meshd.mesh.dispatch.reroute import ReceiverLost, after_loss
+from meshd.mesh.security.identity import short_fingerprint
+from meshd.mesh.security.provenance import (
+    ArtifactDigest,
+    ExpectedJob,
+    ProvenanceError,
+    verify,
+)
 from meshd.toolchain.commands import EsphomeFailed, create_bundle
+from meshd.toolchain.runners import PROVISION_FAILED
 from meshd.toolchain.storage import FlashMethod, is_serial_device
 from meshd.toolchain.tools import Toolchain, ToolMissing
+from meshd.version_policy import VersionPolicy
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -65,6 +75,11 @@ CANCEL_TIMEOUT = 5.0
 # A remote job's log kept on the offloader; the rest is dropped with one line saying so.
 MAX_REMOTE_LOG_BYTES = 16 * 1024 * 1024
 _LOST = object()
+
+# The policies under which the signed esphome version must be exactly ours.
+_EXACT_POLICIES = frozenset(
+    {VersionPolicy.PROVISION, VersionPolicy.EXACT, VersionPolicy.EXACT_REQUIRED}
+)
 
 
 def _accepted(answer: object, fingerprint: str) -> CompileAccept:
@@ -117,6 +132,8 @@ class RemoteCompileRunner:
         work_dir: Path,
         *,
         esphome_version: Callable[[], str],
+        own_fingerprint: bytes = b"",
+        version_policy: VersionPolicy = VersionPolicy.ANY,
         on_duration: Callable[[str, float], None] = lambda _fp, _s: None,
         env: Mapping[str, str] | None = None,
     ) -> None:
@@ -125,6 +142,8 @@ class RemoteCompileRunner:
         self._session_for = session_for
         self.work_dir = work_dir
         self._esphome_version = esphome_version
+        self._own_fingerprint = own_fingerprint
+        self._version_policy = version_policy
         self._on_duration = on_duration
         self._env = env
         self._follow: dict[tuple[LinkSession, str], asyncio.Queue[object]] = {}
@@ -188,7 +207,8 @@ class RemoteCompileRunner:
                     CompileRequest(
                         job_id=job.id,
                         configuration=config.name,
-                        esphome_version=self._esphome_version(),
+                        esphome_version=self._wanted_version(job.options),
+                        exact_version=self._exact(job.options),
                         bundle_digest=bytes.fromhex(manifest_digest),
                         bundle_size=manifest_size,
                     )
@@ -201,7 +221,15 @@ class RemoteCompileRunner:
             ctx.log(f"[meshd] receiver accepted the compile (queue position {accepted.position})")
             await self._follow_remote(ctx, queue, fingerprint)
             remote_done = True
-            await self._pull_artifacts(ctx, session, fingerprint, config)
+            expected = ExpectedJob(
+                offloader=self._own_fingerprint,
+                job_id=job.id,
+                bundle=bytes.fromhex(manifest_digest),
+                esphome_version=(
+                    self._wanted_version(job.options) if self._exact(job.options) else None
+                ),
+            )
+            await self._pull_artifacts(ctx, session, fingerprint, config, expected)
         except BaseException as exc:
             # Once the request is out, the receiver may have queued the compile even if
             # we never saw its answer: tell it to stop, whatever ended our side.
@@ -211,6 +239,14 @@ class RemoteCompileRunner:
         finally:
             self._follow.pop(key, None)
         self._on_duration(fingerprint, time.monotonic() - started)
+
+    def _exact(self, options: JobOptions) -> bool:
+        """Must the receiver build with exactly the wanted version (and sign it)?"""
+        return options.esphome_version is not None or self._version_policy in _EXACT_POLICIES
+
+    def _wanted_version(self, options: JobOptions) -> str:
+        """The esphome the receiver is asked to build with: the job's pin, else ours."""
+        return options.esphome_version or self._esphome_version()
 
     async def _bundle(self, ctx: JobContext, config: Path) -> tuple[str, int, list[str]]:
         try:
@@ -272,6 +308,10 @@ class RemoteCompileRunner:
                 elif item.state == "completed":
                     return
                 elif item.state == "failed":
+                    if (item.error or "").startswith(PROVISION_FAILED):
+                        # The receiver could not get the esphome asked for (pip, an
+                        # offline LAN...): another receiver, or this node, may have it.
+                        raise ReceiverLost(f"receiver failed: {item.error}", fingerprint)
                     raise JobFailed(item.error or "compile failed on the receiver")
                 elif item.state == "cancelled":
                     raise ReceiverLost(
@@ -303,7 +343,12 @@ class RemoteCompileRunner:
                     arrival.exception()  # retrieved: no "never retrieved" noise
 
     async def _pull_artifacts(
-        self, ctx: JobContext, session: LinkSession, fingerprint: str, config: Path
+        self,
+        ctx: JobContext,
+        session: LinkSession,
+        fingerprint: str,
+        config: Path,
+        expected: ExpectedJob,
     ) -> None:
         """Fetch and write what the flash needs; who is to blame decides what follows.
 
@@ -343,6 +388,7 @@ class RemoteCompileRunner:
             if not is_write_error(exc):
                 raise
             raise LocalWriteError.of(exc, self.blobs.store.root) from None
+        self._check_provenance(ctx, session, reply, manifest, expected)
         try:
             written = await asyncio.to_thread(
                 materialise_artifacts, manifest, self.blobs.store, config, self._env
@@ -359,3 +405,41 @@ class RemoteCompileRunner:
             f"{len(missing)} transferred); wrote {len(written)} files for esphome upload"
         )
         ctx.progress(1.0)
+
+    def _check_provenance(
+        self,
+        ctx: JobContext,
+        session: LinkSession,
+        reply: ArtifactReply,
+        manifest: ArtifactManifest,
+        expected: ExpectedJob,
+    ) -> None:
+        """Verify the receiver's signed build record before anything is written (14.4).
+
+        A receiver that negotiated ``provenance`` must sign; one that did not (an older
+        meshd) is let through with a note in the log, as section 14.3 allows.
+        """
+        if "provenance" not in session.peer.caps:
+            ctx.log("[meshd] the receiver does not sign its builds (no provenance capability)")
+            return
+        if reply.provenance is None or reply.provenance_sig is None:
+            raise JobFailed("build provenance check failed (malformed): the receiver sent none")
+        received = [ArtifactDigest(f.path, f.role, bytes.fromhex(f.digest)) for f in manifest.files]
+        try:
+            record = verify(
+                reply.provenance,
+                reply.provenance_sig,
+                session.peer.public_key,
+                expected,
+                received,
+            )
+        except (ProvenanceError, ValueError) as exc:
+            reason = exc.reason if isinstance(exc, ProvenanceError) else "malformed"
+            raise JobFailed(
+                f"build provenance check failed ({reason}): {exc}; nothing was written"
+            ) from None
+        ctx.log(
+            f"[meshd] build provenance verified: built by {short_fingerprint(record.receiver)} "
+            f"with esphome {record.esphome_version} for {record.platform}, "
+            f"{len(record.artifacts)} artifacts signed"
+        )

@@ -23,6 +23,7 @@ def waiting_job(job: Job) -> WaitingJob:
         force_local=job.options.force_local,
         gave_up=gave_up(job.options),
         excluded=frozenset(job.options.excluded_receivers),
+        esphome_version=job.options.esphome_version,
     )
 
 

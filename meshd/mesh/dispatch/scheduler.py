@@ -11,8 +11,13 @@ Rules (DESIGN.md, "Scheduling"):
 * eligible receivers are trusted, connected, accepting builds, compatible under the
   version policy, not already running one of our compiles, and not excluded for this
   job (a receiver that was lost mid-build of it);
+* under ``provision`` (and for a job pinned to an esphome version, whatever the
+  policy), a receiver is compatible when it has the wanted version *ready* (its own
+  esphome or a provisioned toolchain) or when it *provisions* toolchains;
 * the idle eligible receiver idle the longest (oldest ``idle_since``) gets the oldest
-  waiting job; each receiver takes one job at a time;
+  waiting job; each receiver takes one job at a time. Under ``provision`` that
+  tie-break runs among the idle receivers that have the version ready; a receiver
+  that must provision first is chosen only when no ready one is idle;
 * with eligible receivers but none idle: run locally if include-local is on and the
   local slot is free, else wait;
 * with no eligible receiver at all: run locally (wait for the local slot if busy),
@@ -47,6 +52,14 @@ class PeerView:
     idle_since: float | None
     in_flight: bool = False
     """One of our compiles is already running there (or on its way)."""
+    provisions: bool = False
+    """It provisions the esphome version an offloader asks for (``node_info``, mDNS)."""
+    toolchains: frozenset[str] = frozenset()
+    """esphome versions it has provisioned and ready, besides its own."""
+
+    def has_ready(self, version: str) -> bool:
+        """Can it build with esphome ``version`` without provisioning first?"""
+        return bool(version) and (self.esphome_version == version or version in self.toolchains)
 
 
 @dataclass(frozen=True)
@@ -57,6 +70,17 @@ class WaitingJob:
     """Forced local because too many receivers were lost building it (not by the user)."""
     excluded: frozenset[str] = frozenset()
     """Receivers not to use for this job (lost mid-build of it before)."""
+    esphome_version: str | None = None
+    """The job is pinned to this esphome (``--esphome-version``); None: ours."""
+
+
+def _wanted(job: WaitingJob, local_version: str) -> str:
+    return job.esphome_version or local_version
+
+
+def _exact_or_provision(job: WaitingJob, policy: VersionPolicy) -> bool:
+    """Must the receiver build with exactly the wanted version, provisioning allowed?"""
+    return policy is VersionPolicy.PROVISION or job.esphome_version is not None
 
 
 def _ineligibility(
@@ -68,9 +92,13 @@ def _ineligibility(
         return "not connected"
     if not peer.accepts_builds:
         return "does not accept builds"
-    if not local_version and policy is not VersionPolicy.ANY:
+    wanted = _wanted(job, local_version)
+    if not wanted and policy is not VersionPolicy.ANY:
         return "the local esphome version is not known yet"
-    if not compatible(local_version, peer.esphome_version, policy):
+    if _exact_or_provision(job, policy):
+        if not peer.has_ready(wanted) and not peer.provisions:
+            return f"esphome {peer.esphome_version} is not {wanted} and it does not provision"
+    elif not compatible(wanted, peer.esphome_version, policy):
         return f"esphome {peer.esphome_version} is not {policy.value}-compatible"
     if peer.fingerprint in job.excluded:
         return "lost earlier while building this job"
@@ -141,7 +169,8 @@ def _decide(
             return Placement(
                 Where.FAIL,
                 ReasonCode.NO_EXACT_RECEIVER,
-                f"no connected, trusted receiver runs esphome {local_version} exactly "
+                f"no connected, trusted receiver runs esphome {_wanted(job, local_version)} "
+                "exactly "
                 "(policy exact_required)",
             )
         why = _summarise_ineligible(peers, local_version, policy, job)
@@ -158,6 +187,26 @@ def _decide(
         )
 
     idle = [p for p in eligible if p.idle and not p.in_flight and p.fingerprint not in taken]
+    if idle and _exact_or_provision(job, policy):
+        wanted = _wanted(job, local_version)
+        ready = [p for p in idle if p.has_ready(wanted)]
+        if ready:
+            chosen = min(ready, key=lambda p: (_since(p), p.fingerprint))
+            return Placement(
+                Where.REMOTE,
+                ReasonCode.IDLE_RECEIVER,
+                f"receiver {chosen.name} has esphome {wanted} ready and has been idle the "
+                f"longest of {len(ready)} such",
+                receiver=chosen.fingerprint,
+            )
+        chosen = min(idle, key=lambda p: (_since(p), p.fingerprint))
+        return Placement(
+            Where.REMOTE,
+            ReasonCode.IDLE_PROVISIONING_RECEIVER,
+            f"no idle receiver has esphome {wanted} ready; receiver {chosen.name} "
+            f"provisions it (idle the longest of {len(idle)} idle)",
+            receiver=chosen.fingerprint,
+        )
     if idle:
         chosen = min(idle, key=lambda p: (_since(p), p.fingerprint))
         return Placement(

@@ -10,10 +10,10 @@ still connecting, can judge it now (``on_introduced``).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from meshd.link import LinkError, LinkSession, Router
-from meshd.link.messages import LaneStatus, NodeInfo
+from meshd.link.messages import MAX_TOOLCHAINS, LaneStatus, NodeInfo
 from meshd.mesh.peering.registry import Registry
 from meshd.mesh.tasks import TaskSet
 
@@ -31,7 +31,11 @@ class Introductions:
         accepts_builds: bool,
         esphome_version: Callable[[], str],
         on_introduced: Callable[[str], None],
+        provisions: bool = False,
+        toolchains: Callable[[], Sequence[str]] = tuple,
     ) -> None:
+        self.provisions = provisions
+        self._toolchains = toolchains
         self.registry = registry
         self.name = name
         self.accepts_builds = accepts_builds
@@ -67,6 +71,8 @@ class Introductions:
                     name=self.name,
                     esphome_version=self._esphome_version(),
                     accepts_builds=self.accepts_builds,
+                    provisions=self.provisions,
+                    toolchains=tuple(self._toolchains())[:MAX_TOOLCHAINS],
                 )
             )
 
@@ -85,6 +91,7 @@ class Introductions:
             running=message.running,
             queued=message.queued,
             esphome_version=message.esphome_version or None,
+            toolchains=message.toolchains,
         )
         self._heard_from(session, _LANE_STATUS)
 
@@ -95,5 +102,7 @@ class Introductions:
             protocol=session.peer.version,
             esphome_version=message.esphome_version or None,
             accepts_builds=message.accepts_builds,
+            provisions=message.provisions,
+            toolchains=message.toolchains,
         )
         self._heard_from(session, _NODE_INFO)

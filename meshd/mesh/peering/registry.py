@@ -134,6 +134,10 @@ class PeerRecord:
     compile_durations: tuple[float, ...]
     mdns_instances: tuple[str, ...]
     claimed_idle_since: float | None = None
+    provisions: bool = False
+    """It provisions the esphome an offloader asks for (its ``node_info``)."""
+    toolchains: tuple[str, ...] = ()
+    """esphome versions it has ready besides its own (``node_info``, ``lane_status``)."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -156,6 +160,8 @@ class PeerRecord:
             "last_error": self.last_error,
             "compile_durations": list(self.compile_durations),
             "mdns_instances": list(self.mdns_instances),
+            "provisions": self.provisions,
+            "toolchains": list(self.toolchains),
         }
 
     def _comparable(self) -> tuple[Any, ...]:
@@ -184,6 +190,8 @@ class _Peer:
     last_error: str | None = None
     durations: deque[float] = field(default_factory=lambda: deque(maxlen=RECENT_COMPILES))
     instances: list[str] = field(default_factory=list)
+    provisions: bool = False
+    toolchains: tuple[str, ...] = ()
 
     def info(self) -> PeerRecord:
         return PeerRecord(
@@ -206,6 +214,8 @@ class _Peer:
             compile_durations=tuple(self.durations),
             mdns_instances=tuple(self.instances),
             claimed_idle_since=self.claimed_idle_since,
+            provisions=self.provisions,
+            toolchains=self.toolchains,
         )
 
     def add_addresses(self, new: Iterable[str]) -> None:
@@ -286,6 +296,8 @@ class Registry:
                 idle=p.idle,
                 idle_since=p.idle_since,
                 in_flight=p.fingerprint in in_flight,
+                provisions=p.provisions,
+                toolchains=frozenset(p.toolchains),
             )
             for p in self._peers.values()
         ]
@@ -523,6 +535,8 @@ class Registry:
         protocol: int | None = None,
         esphome_version: str | None = None,
         accepts_builds: bool | None = None,
+        provisions: bool | None = None,
+        toolchains: Sequence[str] | None = None,
     ) -> None:
         """What the verified peer said about itself; it overrides the advert's claims."""
 
@@ -535,6 +549,10 @@ class Registry:
                 p.esphome_version = esphome_version
             if accepts_builds is not None:
                 p.accepts_builds = accepts_builds
+            if provisions is not None:
+                p.provisions = provisions
+            if toolchains is not None:
+                p.toolchains = tuple(toolchains)
 
         self._edit(fingerprint, apply)
 
@@ -547,6 +565,7 @@ class Registry:
         running: int,
         queued: int,
         esphome_version: str | None = None,
+        toolchains: Sequence[str] | None = None,
     ) -> None:
         """A compile-lane status push (``{idle, idle_since, running, queued}``)."""
 
@@ -557,6 +576,8 @@ class Registry:
             p.lane_via = LaneVia.LINK
             if esphome_version:
                 p.esphome_version = esphome_version
+            if toolchains is not None:
+                p.toolchains = tuple(toolchains)
 
         self._edit(fingerprint, apply)
 

@@ -16,11 +16,13 @@ import json
 import logging
 import re
 import shutil
+import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from meshd.jobs.engine import Engine
-from meshd.jobs.model import JobStatus, JobType, LaneName
+from meshd.jobs.model import Job, JobStatus, JobType, LaneName
 from meshd.jobs.options import JobOptions
 from meshd.link import LinkSession, RejectRequest, Router
 from meshd.link.errors import ErrorCode
@@ -37,12 +39,21 @@ from meshd.link.messages import (
     HaveReply,
     Message,
 )
-from meshd.mesh.content.artifacts import collect_artifacts
+from meshd.mesh.content.artifacts import ArtifactManifest, collect_artifacts
 from meshd.mesh.content.blobs import BlobExchange
 from meshd.mesh.content.bundle import BundleManifest, BundleRejected, materialise
+from meshd.mesh.security.identity import Identity
+from meshd.mesh.security.provenance import (
+    ArtifactDigest,
+    ProvenanceRecord,
+    SignedProvenance,
+    sign,
+)
 from meshd.mesh.security.trust import Permission, TrustStore
 from meshd.mesh.serving.remote_jobs import RemoteJobs
-from meshd.toolchain.storage import ArtifactError, FlashMethod
+from meshd.toolchain.storage import ArtifactError, FlashMethod, load_storage
+from meshd.toolchain.versions import is_version
+from meshd.version_policy import VersionPolicy, compatible
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -68,6 +79,11 @@ def _low_on_disk(root: Path, min_free: int) -> str | None:
     return None
 
 
+# The bundle each accepted compile built, for its provenance record; far more than the
+# compiles a receiver holds artifacts for, and bounded so a chatty offloader cannot grow it.
+MAX_REMEMBERED_BUNDLES = 1024
+
+
 def _dirname(text: str) -> str:
     return _UNSAFE.sub("_", text)[:64] or "config"
 
@@ -83,6 +99,10 @@ class RequestHandlers:
         *,
         accepts_builds: bool,
         stopping: Callable[[], bool],
+        identity: Identity | None = None,
+        esphome_version: Callable[[], str] = lambda: "",
+        version_policy: VersionPolicy = VersionPolicy.ANY,
+        provisions: bool = False,
         env: Mapping[str, str] | None = None,
         min_free: int = DEFAULT_MIN_FREE,
         sandbox_error: Callable[[], str | None] = lambda: None,
@@ -101,6 +121,14 @@ class RequestHandlers:
         self._env = {k: v for k, v in (env or {}).items() if k != "ESPHOME_DATA_DIR"}
         self.min_free = min_free
         self._sandbox_error = sandbox_error
+        # Signs the provenance of every build served; None serves unsigned (tests of
+        # old receivers only: a node always has its identity).
+        self._identity = identity
+        self._esphome_version = esphome_version
+        self._version_policy = version_policy
+        self.provisions = provisions
+        """Whether this receiver provisions the esphome an offloader asks for."""
+        self._bundles: OrderedDict[str, bytes] = OrderedDict()
 
     def register(self, router: Router) -> None:
         router.on(HaveQuery, self._on_have_query)
@@ -151,6 +179,9 @@ class RequestHandlers:
         full = self.blobs.over_quota(session)
         if full is not None:
             return reject("busy", full)
+        pin, mismatch = self._version_for(message.esphome_version, exact=message.exact_version)
+        if mismatch is not None:
+            return reject("version_mismatch", mismatch)
         await self.blobs.settle(session)
         store = self.blobs.store_for(session)
         digest = message.bundle_digest.hex()
@@ -187,11 +218,53 @@ class RequestHandlers:
                 offloader=offloader,
                 offloader_name=peer.name if peer and peer.name else offloader[:16],
                 remote_job=message.job_id,
+                esphome_version=pin,
             ),
         )
+        self._bundles[job.id] = message.bundle_digest
+        while len(self._bundles) > MAX_REMEMBERED_BUNDLES:
+            self._bundles.popitem(last=False)
         position = self.engine.lane_status(LaneName.COMPILE).queued
         await self.jobs.adopt(session, message.job_id, job)
         return CompileAccept(message.job_id, position=position)
+
+    def _version_for(self, wanted: str, *, exact: bool) -> tuple[str | None, str | None]:
+        """``(pin, None)`` to build with esphome ``wanted``, or ``(None, why not)``.
+
+        The pin is the job's ``esphome_version``: None builds with the receiver's own
+        esphome. The offloader's placement already applied *its* policy; this re-checks
+        the request on the receiver, so a request naming a version it neither runs nor
+        may provision (``1999.1.0`` under ``release``) is refused instead of being built
+        silently with another esphome. An ``exact`` request is built with exactly that
+        version or refused; otherwise the receiver's own policy decides whether its own
+        esphome will do (``provision`` reads as ``release`` there), and provisioning is
+        the fallback.
+        """
+        own = self._esphome_version()
+        if own and wanted == own:
+            return None, None
+        provisionable = self.provisions and is_version(wanted)
+        if exact:
+            if provisionable:
+                return wanted, None
+            return None, (
+                f"this receiver runs esphome {own or '(unknown)'}, not {wanted}, "
+                "and does not provision other versions"
+            )
+        policy = self._version_policy
+        if policy is VersionPolicy.PROVISION:
+            policy = VersionPolicy.RELEASE
+        if policy is VersionPolicy.ANY or (own and compatible(wanted, own, policy)):
+            return None, None
+        if provisionable:
+            return wanted, None
+        if not own:
+            return None, f"this receiver does not know its esphome version (asked for {wanted})"
+        return None, (
+            f"this receiver runs esphome {own}, not {wanted} "
+            f"(version policy {self._version_policy.value}"
+            + (", and it does not provision other versions)" if not self.provisions else ")")
+        )
 
     async def _on_cancel(self, session: LinkSession, message: Cancel) -> None:
         await self.jobs.cancel(session, message.job_id, message.reason)
@@ -216,4 +289,39 @@ class RequestHandlers:
             raise RejectRequest(ErrorCode.NOT_FOUND, str(exc)) from None
         data = json.dumps(manifest.to_wire()).encode()
         digest = await asyncio.to_thread(store.put_bytes, data)
-        return ArtifactReply(message.job_id, bytes.fromhex(digest), len(data))
+        record = sig = None
+        if self._identity is not None and "provenance" in session.peer.caps:
+            signed = await asyncio.to_thread(
+                self._provenance, session, message.job_id, job, manifest
+            )
+            record, sig = signed.record, signed.signature
+        return ArtifactReply(
+            message.job_id, bytes.fromhex(digest), len(data), provenance=record, provenance_sig=sig
+        )
+
+    def _provenance(
+        self, session: LinkSession, job_id: str, job: Job, manifest: ArtifactManifest
+    ) -> SignedProvenance:
+        """Sign what this receiver built for ``job_id`` and serves (PROTOCOL.md 14)."""
+        assert self._identity is not None
+        bundle = self._bundles.get(job.id)
+        if bundle is None:
+            raise RejectRequest(ErrorCode.NOT_FOUND, f"no record of the bundle of {job_id}")
+        try:
+            platform = load_storage(Path(job.configuration), self._env).target_platform
+        except ArtifactError as exc:
+            raise RejectRequest(ErrorCode.NOT_FOUND, str(exc)) from None
+        version = manifest.esphome_version or self._esphome_version()
+        record = ProvenanceRecord(
+            receiver=self._identity.fingerprint,
+            offloader=session.peer.fingerprint,
+            job_id=job_id,
+            bundle=bundle,
+            esphome_version=version,
+            platform=platform,
+            artifacts=tuple(
+                ArtifactDigest(f.path, f.role, bytes.fromhex(f.digest)) for f in manifest.files
+            ),
+            time_ms=int(time.time() * 1000),
+        )
+        return sign(record, self._identity)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
 
 from meshd.jobs.runner import JobContext, JobFailed, Runner
@@ -23,9 +24,10 @@ from meshd.mesh.content.stores import peer_key
 from meshd.toolchain.ccache import CompileCaches
 from meshd.toolchain.commands import EsphomeFailed, invoke_esphome
 from meshd.toolchain.progress import CompileProgress
-from meshd.toolchain.runners import RemoteStorage, compile_cache
+from meshd.toolchain.runners import RemoteStorage, compile_cache, pinned_toolchain
 from meshd.toolchain.sandbox import TIMEOUT_EXIT, Sandbox, SandboxArea, SandboxUnavailable
 from meshd.toolchain.tools import Toolchain, ToolMissing
+from meshd.toolchain.versions import ToolchainStore
 
 # Directory overrides of the daemon that must not steer a peer's build (the sandbox
 # drops them too): its records stay in the work tree, where the receiver collects them.
@@ -52,6 +54,9 @@ class PeerCompileRunner:
         # sandbox only, and the mesh-wide store reached through the cache gateway.
         self.caches: CompileCaches | None = None
         self.remote_storage: RemoteStorage | None = None
+        # Toolchains by version: an offloader's compile pinned to another esphome.
+        self.store: ToolchainStore | None = None
+        self.default_version: Callable[[], str | None] = lambda: None
 
     @property
     def state(self) -> str:
@@ -85,9 +90,12 @@ class PeerCompileRunner:
             # A bad fingerprint: compile_cache logs it and builds without the cache.
             with contextlib.suppress(ValueError):
                 extra = (*extra, self.caches.for_offloader(offloader).directory)
-        async with compile_cache(
-            _with_env(toolchain, env), self.caches, ctx, config, self.remote_storage
-        ) as cached:
+        async with (
+            pinned_toolchain(
+                _with_env(toolchain, env), self.store, self.default_version(), ctx
+            ) as pinned,
+            compile_cache(pinned, self.caches, ctx, config, self.remote_storage) as cached,
+        ):
             if self.sandbox is None:
                 await self._compile(ctx, cached, config)
                 return

@@ -13,16 +13,18 @@ receiver restart are cancelled at start for the same reason.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from meshd.jobs.engine import Engine
 from meshd.link import LinkSession, Router
 from meshd.mesh.content.blobs import BlobExchange
+from meshd.mesh.security.identity import Identity
 from meshd.mesh.security.trust import TrustStore
 from meshd.mesh.serving.handlers import DEFAULT_MIN_FREE, RequestHandlers
 from meshd.mesh.serving.remote_jobs import RemoteJobs
 from meshd.mesh.serving.status import StatusPusher
+from meshd.version_policy import VersionPolicy
 
 
 class Receiver:
@@ -35,6 +37,10 @@ class Receiver:
         *,
         accepts_builds: bool,
         esphome_version: Callable[[], str],
+        identity: Identity | None = None,
+        version_policy: VersionPolicy = VersionPolicy.ANY,
+        provisions: bool = False,
+        toolchains: Callable[[], Sequence[str]] = tuple,
         env: Mapping[str, str] | None = None,
         min_free: int = DEFAULT_MIN_FREE,
     ) -> None:
@@ -50,12 +56,19 @@ class Receiver:
             builds_root,
             accepts_builds=accepts_builds,
             stopping=lambda: self._stopping,
+            identity=identity,
+            esphome_version=esphome_version,
+            version_policy=version_policy,
+            provisions=provisions,
             env=env,
             min_free=min_free,
             sandbox_error=lambda: self.sandbox_error,
         )
         self.status = StatusPusher(
-            engine, accepts_builds=accepts_builds, esphome_version=esphome_version
+            engine,
+            accepts_builds=accepts_builds,
+            esphome_version=esphome_version,
+            toolchains=toolchains,
         )
 
     def register(self, router: Router) -> None:

@@ -11,21 +11,27 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from meshd.jobs.engine import Engine
 from meshd.jobs.events import Event, LaneStatusChanged
 from meshd.jobs.model import LaneName
 from meshd.link import LinkError, LinkSession
-from meshd.link.messages import LaneStatus
+from meshd.link.messages import MAX_TOOLCHAINS, LaneStatus
 from meshd.mesh.tasks import TaskSet
 
 
 class StatusPusher:
     def __init__(
-        self, engine: Engine, *, accepts_builds: bool, esphome_version: Callable[[], str]
+        self,
+        engine: Engine,
+        *,
+        accepts_builds: bool,
+        esphome_version: Callable[[], str],
+        toolchains: Callable[[], Sequence[str]] = tuple,
     ) -> None:
         self.engine = engine
+        self._toolchains = toolchains
         self.accepts_builds = accepts_builds
         self._esphome_version = esphome_version
         self._wanted: dict[LinkSession, asyncio.Event] = {}
@@ -68,6 +74,7 @@ class StatusPusher:
             queued=status.queued,
             idle_since=status.idle_since,
             esphome_version=self._esphome_version(),
+            toolchains=tuple(self._toolchains())[:MAX_TOOLCHAINS],
         )
 
     def _on_event(self, event: Event) -> None:

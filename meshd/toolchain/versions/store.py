@@ -90,6 +90,8 @@ _LEAKY_ENV: Final = (
     "PIP_USER",
     "PIP_REQUIRE_VIRTUALENV",
 )
+# The same, as ``Toolchain.unset``: what a command run from a provisioned venv drops.
+HERMETIC_UNSET: Final = frozenset(_LEAKY_ENV)
 _PROVISION_ENV: Final = {
     "PYTHONUNBUFFERED": "1",
     "PIP_DISABLE_PIP_VERSION_CHECK": "1",
