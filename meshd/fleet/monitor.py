@@ -60,6 +60,7 @@ from meshd.fleet.advert import (
 )
 from meshd.fleet.model import DeviceEvent, DeviceEventKind, DeviceState
 from meshd.fleet.store import FleetStore
+from meshd.logonce import LogOnce
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -77,7 +78,6 @@ MAX_DEVICES: Final = 1024
 """Device names kept. Fleets are 10-100 devices; the cap stops a hostile LAN from
 growing the table (and the database) without bound."""
 
-MAX_LOGGED: Final = 256
 """Distinct (device, problem) pairs logged before the monitor goes quiet."""
 
 OFFLINE_GOODBYE: Final = "left mDNS (goodbye)"
@@ -88,25 +88,6 @@ _SERVICE_RECORD_TYPES: Final = frozenset({16, 33})
 """DNS record types TXT (RFC 1035) and SRV (RFC 2782): the records naming an instance."""
 
 Listener = Callable[[DeviceEvent], None]
-
-
-class _LogOnce:
-    def __init__(self, limit: int = MAX_LOGGED) -> None:
-        self._seen: set[tuple[str, str]] = set()
-        self._limit = limit
-        self._silenced = False
-
-    def warn(self, subject: str, reason: str) -> None:
-        key = (subject, reason)
-        if key in self._seen:
-            return
-        if len(self._seen) >= self._limit:
-            if not self._silenced:
-                self._silenced = True
-                _LOGGER.warning("too many bad ESPHome adverts; no longer logging them")
-            return
-        self._seen.add(key)
-        _LOGGER.warning("ESPHome advert %r: %s", subject[:120], reason)
 
 
 class _Returns(RecordUpdateListener):
@@ -164,7 +145,7 @@ class DeviceMonitor:
         self._resolving: dict[str, asyncio.Task[None]] = {}
         self._again: set[str] = set()
         self._listeners: list[Listener] = []
-        self._bad = _LogOnce()
+        self._bad = LogOnce(_LOGGER, "ESPHome advert")
 
     # -- life cycle ---------------------------------------------------------------------
 

@@ -39,6 +39,7 @@ from zeroconf import BadTypeInNameException, InterfaceChoice, ServiceStateChange
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
 from meshd.address import format_host_port
+from meshd.logonce import LogOnce
 from meshd.mesh.peering.registry import MAX_ADDRESSES, MdnsAdvert, Registry
 
 _LOGGER = logging.getLogger(__name__)
@@ -81,7 +82,6 @@ MAX_VERSION_LEN: Final = 32
 MAX_IDLE_SINCE_DIGITS: Final = 15
 """Epoch milliseconds have 13 digits until the year 2286; 15 rejects absurd values."""
 
-MAX_LOGGED: Final = 256
 """Distinct bad adverts logged before going quiet (a flood must not flood the log)."""
 
 LABEL_NAME_LEN: Final = 40
@@ -240,27 +240,6 @@ def parse_advert(
     )
 
 
-class _LogOnce:
-    """Log each (instance, reason) once, remembering a bounded number of them."""
-
-    def __init__(self, limit: int = MAX_LOGGED) -> None:
-        self._seen: set[tuple[str, str]] = set()
-        self._limit = limit
-        self._silenced = False
-
-    def warn(self, instance: str, reason: str) -> None:
-        key = (instance, reason)
-        if key in self._seen:
-            return
-        if len(self._seen) >= self._limit:
-            if not self._silenced:
-                self._silenced = True
-                _LOGGER.warning("too many bad mDNS adverts; no longer logging them")
-            return
-        self._seen.add(key)
-        _LOGGER.warning("ignoring mDNS advert %r: %s", instance, reason)
-
-
 def _local_ipv4() -> list[str]:
     return sorted(
         {
@@ -317,7 +296,7 @@ class Discovery:
         self._resolving: dict[str, asyncio.Task[None]] = {}
         self._tasks: set[asyncio.Task[None]] = set()  # every resolve, also cancelled ones
         self._again: set[str] = set()
-        self._bad = _LogOnce()
+        self._bad = LogOnce(_LOGGER, "mDNS advert")
         self._seq = 0
         self.updates_sent = 0
         """TXT updates published since start (not counting the registration)."""
