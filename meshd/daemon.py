@@ -72,7 +72,7 @@ from meshd.mesh.serving.peer_runner import PeerCompileRunner
 from meshd.observe import bridge_peer_events, link_bytes
 from meshd.sdnotify import Notifier
 from meshd.toolchain.archive import BuildArchive
-from meshd.toolchain.ccache import CacheUnavailable, CompileCaches, find_ccache
+from meshd.toolchain.ccache import PRE_SCRIPT, CacheUnavailable, CompileCaches, find_ccache
 from meshd.toolchain.runners import CompileRunner, RenameRunner, make_runners
 from meshd.toolchain.sandbox import SandboxUnavailable, receiver_sandbox
 from meshd.toolchain.storage import ArtifactError, load_storage
@@ -321,6 +321,9 @@ class Daemon:
                 [s.data_dir],
                 unsafe_no_sandbox=s.unsafe_no_sandbox,
                 network=s.sandbox_network,
+                # The compile cache's PlatformIO pre-script: meshd's own code, lent
+                # read-only (an editable or separate install is not in esphome's venv).
+                readonly=[PRE_SCRIPT.parent] if self.caches is not None else [],
             )
         except SandboxUnavailable as exc:
             error = str(exc)

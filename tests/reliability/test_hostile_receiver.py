@@ -24,30 +24,31 @@ from meshd.jobs.model import JobStatus
 from meshd.link import LinkSession
 from meshd.link.messages import ArtifactReply, ArtifactRequest
 from meshd.mesh.content.artifacts import ArtifactManifest
+from meshd.mesh.content.store import ContentStore
 from tests.mesh.nodes import Node, host_yaml, start_node, stop_node, trust
 
 ENDED = tuple(status for status in JobStatus if status.terminal)
 
 
-def _not_json(node: Node, manifest: dict[str, Any]) -> bytes:
+def _not_json(node: Node, manifest: dict[str, Any], store: ContentStore) -> bytes:
     return b'{"name": "kitchen", "files": [truncated'
 
 
-def _no_app(node: Node, manifest: dict[str, Any]) -> bytes:
+def _no_app(node: Node, manifest: dict[str, Any], store: ContentStore) -> bytes:
     manifest["files"] = [f for f in manifest["files"] if f["role"] != "app"]
     return json.dumps(manifest).encode()
 
 
-def _storage_not_json(node: Node, manifest: dict[str, Any]) -> bytes:
+def _storage_not_json(node: Node, manifest: dict[str, Any], store: ContentStore) -> bytes:
     garbage = b"<html>storage record</html>"
-    digest = node.mesh.store.put_bytes(garbage)
+    digest = store.put_bytes(garbage)
     for entry in manifest["files"]:
         if entry["role"] == "storage":
             entry["digest"], entry["size"] = digest, len(garbage)
     return json.dumps(manifest).encode()
 
 
-Tamper = Callable[[Node, dict[str, Any]], bytes]
+Tamper = Callable[[Node, dict[str, Any], ContentStore], bytes]
 
 
 def _hostile(node: Node, tamper: Tamper) -> None:
@@ -57,11 +58,26 @@ def _hostile(node: Node, tamper: Tamper) -> None:
 
     async def lie(session: LinkSession, message: ArtifactRequest) -> ArtifactReply:
         reply = await honest(session, message)
-        manifest = json.loads(node.mesh.store.path(reply.manifest_digest.hex()).read_bytes())
+        store = handlers.blobs.store_for(session)  # that offloader's own store
+        manifest = json.loads(store.path(reply.manifest_digest.hex()).read_bytes())
         ArtifactManifest.from_wire(manifest)  # the honest one is fine
-        data = tamper(node, manifest)
-        digest = node.mesh.store.put_bytes(data)
-        return ArtifactReply(message.job_id, bytes.fromhex(digest), len(data))
+        data = tamper(node, manifest, store)
+        digest = store.put_bytes(data)
+        # A hostile receiver signs what it sends: the provenance checks out, so what is
+        # tested is the offloader's handling of the malformed content itself.
+        record = sig = None
+        try:
+            tampered = ArtifactManifest.from_wire(json.loads(data))
+        except (ValueError, TypeError):
+            tampered = None  # unparseable: the offloader refuses it before provenance
+        if tampered is not None:
+            job = handlers.jobs.find(session, message.job_id)
+            assert job is not None
+            signed = handlers._provenance(session, message.job_id, job, tampered)
+            record, sig = signed.record, signed.signature
+        return ArtifactReply(
+            message.job_id, bytes.fromhex(digest), len(data), provenance=record, provenance_sig=sig
+        )
 
     node.mesh.router.on(ArtifactRequest, lie)
 

@@ -49,13 +49,19 @@ def _offloader(meshd: MeshdFactory, *args: str, **kwargs: Any) -> Meshd:
     return node(meshd, "pi", "--no-receiver", "--no-mdns", "--no-include-local", *args, **kwargs)
 
 
+# These tests are about faults between peers, not the build sandbox (tests/cluster/
+# test_sandboxed_receiver.py): the stand-in's journals and big artifacts live in the
+# test's directories, which a sandboxed build does not see.
+NO_SANDBOX = "--unsafe-no-sandbox"
+
+
 def _receiver(meshd: MeshdFactory, name: str, *args: str, **kwargs: Any) -> Meshd:
-    return node(meshd, name, "--no-offload", "--no-mdns", *args, **kwargs)
+    return node(meshd, name, "--no-offload", "--no-mdns", NO_SANDBOX, *args, **kwargs)
 
 
 def _incoming(daemon: Meshd) -> bool:
     """Is a blob landing in the daemon's content store right now?"""
-    return any((daemon.data_dir / "mesh" / "cas").glob("??/.incoming-*"))
+    return any((daemon.data_dir / "mesh" / "cas").glob("*/??/.incoming-*"))
 
 
 @pytest.fixture
@@ -190,7 +196,15 @@ def test_a_receiver_whose_clock_is_hours_off_does_not_jump_the_queue(
     honest = _receiver(meshd, "honest")
     skewed = meshd(
         "skewed",
-        args=("--name", "skewed", "--heartbeat", HEARTBEAT, "--no-offload", "--no-mdns"),
+        args=(
+            "--name",
+            "skewed",
+            "--heartbeat",
+            HEARTBEAT,
+            "--no-offload",
+            "--no-mdns",
+            NO_SANDBOX,
+        ),
         wrap=("faketime", "-m", "--exclude-monotonic", "-f", "-5h"),
     ).start()
     pi = _offloader(meshd)
@@ -232,6 +246,7 @@ def _ns_node(meshd: MeshdFactory, net: MeshNet, i: int, name: str, *args: str) -
             "--no-mdns",
             "--peer-listen",
             f"{address}:0",
+            NO_SANDBOX,
             *args,
         ),
         wrap=tuple(net.exec_prefix(i)),
