@@ -49,14 +49,8 @@ def _offloader(meshd: MeshdFactory, *args: str, **kwargs: Any) -> Meshd:
     return node(meshd, "pi", "--no-receiver", "--no-mdns", "--no-include-local", *args, **kwargs)
 
 
-# These tests are about faults between peers, not the build sandbox (tests/cluster/
-# test_sandboxed_receiver.py): the stand-in's journals and big artifacts live in the
-# test's directories, which a sandboxed build does not see.
-NO_SANDBOX = "--unsafe-no-sandbox"
-
-
 def _receiver(meshd: MeshdFactory, name: str, *args: str, **kwargs: Any) -> Meshd:
-    return node(meshd, name, "--no-offload", "--no-mdns", NO_SANDBOX, *args, **kwargs)
+    return node(meshd, name, "--no-offload", "--no-mdns", *args, **kwargs)
 
 
 def _incoming(daemon: Meshd) -> bool:
@@ -160,7 +154,9 @@ def test_offloader_killed_mid_build_the_receiver_cancels_and_cleans_up(
     meshd: MeshdFactory, tmp_path: Path
 ) -> None:
     journal = tmp_path / "desk-journal.jsonl"
-    desk = _receiver(meshd, "desk", env={"STANDIN_JOURNAL": str(journal)})
+    # The stand-in's journal is a file of this test's: a sandboxed build neither sees
+    # STANDIN_JOURNAL (the sandbox clears the environment) nor may write there.
+    desk = _receiver(meshd, "desk", "--unsafe-no-sandbox", env={"STANDIN_JOURNAL": str(journal)})
     pi = _offloader(meshd)
     _, desk_fp = link(pi, desk)
     wait_peer(pi, desk_fp, connected=True, idle=True)
@@ -203,7 +199,6 @@ def test_a_receiver_whose_clock_is_hours_off_does_not_jump_the_queue(
             HEARTBEAT,
             "--no-offload",
             "--no-mdns",
-            NO_SANDBOX,
         ),
         wrap=("faketime", "-m", "--exclude-monotonic", "-f", "-5h"),
     ).start()
@@ -246,7 +241,6 @@ def _ns_node(meshd: MeshdFactory, net: MeshNet, i: int, name: str, *args: str) -
             "--no-mdns",
             "--peer-listen",
             f"{address}:0",
-            NO_SANDBOX,
             *args,
         ),
         wrap=tuple(net.exec_prefix(i)),
