@@ -165,6 +165,11 @@ def test_offloader_killed_mid_build_the_receiver_cancels_and_cleans_up(
     until(
         "remote compile running", lambda: any(j["status"] == "running" for j in remote_jobs(desk))
     )
+    # The job is running a moment before the stand-in has written its journal line.
+    until(
+        "the compiler's journal line",
+        lambda: journal.exists() and '"compile"' in journal.read_text(),
+    )
     compiler = next(json.loads(x) for x in journal.read_text().splitlines() if '"compile"' in x)
     pi.kill()
 
@@ -199,6 +204,8 @@ def test_a_receiver_whose_clock_is_hours_off_does_not_jump_the_queue(
             HEARTBEAT,
             "--no-offload",
             "--no-mdns",
+            # faketime's LD_PRELOAD does not reach a build the sandbox starts afresh
+            "--unsafe-no-sandbox",
         ),
         wrap=("faketime", "-m", "--exclude-monotonic", "-f", "-5h"),
     ).start()
