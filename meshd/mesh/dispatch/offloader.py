@@ -81,6 +81,27 @@ _EXACT_POLICIES = frozenset(
     {VersionPolicy.PROVISION, VersionPolicy.EXACT, VersionPolicy.EXACT_REQUIRED}
 )
 
+# The one log line that says where a remote compile's time went (parsed by the
+# benchmark, tests/bench/scenarios/remote_overhead.py; read by people wondering why an
+# offloaded compile took longer than the build).
+PHASES_PREFIX = "[meshd] remote compile phases (s):"
+
+
+class _Phases:
+    """Monotonic stamps at each step of a remote compile, reported as one log line."""
+
+    def __init__(self) -> None:
+        self._last = time.monotonic()
+        self.spent: dict[str, float] = {}
+
+    def mark(self, phase: str) -> None:
+        now = time.monotonic()
+        self.spent[phase] = self.spent.get(phase, 0.0) + now - self._last
+        self._last = now
+
+    def line(self) -> str:
+        return PHASES_PREFIX + " " + ", ".join(f"{k} {v:.3f}" for k, v in self.spent.items())
+
 
 def _accepted(answer: object, fingerprint: str) -> CompileAccept:
     """The receiver's answer to compile_request, or the exception it amounts to."""
@@ -184,8 +205,10 @@ class RemoteCompileRunner:
             raise ReceiverLost(f"receiver {fingerprint[:16]} is not connected", fingerprint)
         config = Path(job.configuration)
         started = time.monotonic()
+        phases = _Phases()
         ctx.log(f"[meshd] offloading compile to {fingerprint[:16]}")
         manifest_digest, manifest_size, digests = await self._bundle(ctx, config)
+        phases.mark("bundle")
 
         queue: asyncio.Queue[object] = asyncio.Queue()
         key = (session, job.id)
@@ -196,8 +219,10 @@ class RemoteCompileRunner:
                 reply = await session.request(HaveQuery(tuple(bytes.fromhex(d) for d in digests)))
                 if not isinstance(reply, HaveReply):
                     raise ReceiverLost("receiver answered have_query oddly", fingerprint)
+                phases.mark("have/need")
                 missing = [d.hex() for d in reply.missing]
                 sent = await self.blobs.push(session, missing)
+                phases.mark("push")
                 ctx.log(
                     f"[meshd] sent {len(missing)} of {len(digests)} bundle files ({sent} bytes); "
                     "the rest the receiver already had"
@@ -218,8 +243,9 @@ class RemoteCompileRunner:
                     f"lost receiver while sending the bundle: {exc}", fingerprint
                 ) from None
             accepted = _accepted(answer, fingerprint)
+            phases.mark("accept")
             ctx.log(f"[meshd] receiver accepted the compile (queue position {accepted.position})")
-            await self._follow_remote(ctx, queue, fingerprint)
+            await self._follow_remote(ctx, queue, fingerprint, phases)
             remote_done = True
             expected = ExpectedJob(
                 offloader=self._own_fingerprint,
@@ -229,7 +255,7 @@ class RemoteCompileRunner:
                     self._wanted_version(job.options) if self._exact(job.options) else None
                 ),
             )
-            await self._pull_artifacts(ctx, session, fingerprint, config, expected)
+            await self._pull_artifacts(ctx, session, fingerprint, config, expected, phases)
         except BaseException as exc:
             # Once the request is out, the receiver may have queued the compile even if
             # we never saw its answer: tell it to stop, whatever ended our side.
@@ -238,6 +264,7 @@ class RemoteCompileRunner:
             raise
         finally:
             self._follow.pop(key, None)
+        ctx.log(phases.line())
         self._on_duration(fingerprint, time.monotonic() - started)
 
     def _exact(self, options: JobOptions) -> bool:
@@ -284,9 +311,10 @@ class RemoteCompileRunner:
         return digest, len(data), [digest, *(f.digest for f in manifest.files)]
 
     async def _follow_remote(
-        self, ctx: JobContext, queue: asyncio.Queue[object], fingerprint: str
+        self, ctx: JobContext, queue: asyncio.Queue[object], fingerprint: str, phases: _Phases
     ) -> None:
         logged = 0  # bytes of the receiver's log kept so far: a receiver cannot fill our disk
+        queued = True
         while True:
             item = await queue.get()
             if item is _LOST:
@@ -303,9 +331,14 @@ class RemoteCompileRunner:
                         )
             elif isinstance(item, JobState):
                 if item.state == "running":
+                    if queued:
+                        # From the accept until the receiver's lane started it.
+                        phases.mark("queued on receiver")
+                        queued = False
                     if item.progress is not None:
                         ctx.progress(item.progress * 0.95)
                 elif item.state == "completed":
+                    phases.mark("remote compile")
                     return
                 elif item.state == "failed":
                     if (item.error or "").startswith(PROVISION_FAILED):
@@ -349,6 +382,7 @@ class RemoteCompileRunner:
         fingerprint: str,
         config: Path,
         expected: ExpectedJob,
+        phases: _Phases,
     ) -> None:
         """Fetch and write what the flash needs; who is to blame decides what follows.
 
@@ -370,8 +404,10 @@ class RemoteCompileRunner:
                 json.loads(self.blobs.store.path(manifest_digest).read_bytes())
             )
             manifest.check_roles(method)
+            phases.mark("artifact manifest")
             missing = self.blobs.store.missing([f.digest for f in manifest.files])
             await self._fetch(session, missing)
+            phases.mark("pull")
         except RequestFailed as exc:
             # Before LinkError (its base): it answered, but cannot give what it built.
             raise ReceiverLost(
@@ -389,6 +425,7 @@ class RemoteCompileRunner:
                 raise
             raise LocalWriteError.of(exc, self.blobs.store.root) from None
         self._check_provenance(ctx, session, reply, manifest, expected)
+        phases.mark("provenance")
         try:
             written = await asyncio.to_thread(
                 materialise_artifacts, manifest, self.blobs.store, config, self._env
@@ -400,6 +437,7 @@ class RemoteCompileRunner:
             if not is_write_error(exc):
                 raise
             raise LocalWriteError.of(exc) from None
+        phases.mark("materialise")
         ctx.log(
             f"[meshd] received {len(manifest.files)} artifacts ({manifest.total_size} bytes, "
             f"{len(missing)} transferred); wrote {len(written)} files for esphome upload"
