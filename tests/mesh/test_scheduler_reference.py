@@ -11,6 +11,7 @@ included, over random snapshots and queues.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -235,6 +236,7 @@ jobs_strategy = st.lists(
     policy=st.sampled_from(list(VersionPolicy)),
     include_local=st.booleans(),
     receivers_connecting=st.booleans(),
+    in_flight=st.frozensets(st.sampled_from(FINGERPRINTS), max_size=3),
 )
 def test_plan_matches_the_rules_read_one_job_at_a_time(
     jobs: list[WaitingJob],
@@ -244,6 +246,7 @@ def test_plan_matches_the_rules_read_one_job_at_a_time(
     policy: VersionPolicy,
     include_local: bool,
     receivers_connecting: bool,
+    in_flight: frozenset[str],
 ) -> None:
     kwargs = {
         "local_version": local_version,
@@ -252,7 +255,10 @@ def test_plan_matches_the_rules_read_one_job_at_a_time(
         "include_local": include_local,
         "receivers_connecting": receivers_connecting,
     }
-    assert plan(jobs, peers, **kwargs) == reference_plan(jobs, peers, **kwargs)  # type: ignore[arg-type]
+    # ``in_flight`` is the dispatch pool's set; the rules read it as each view's flag.
+    flagged = [replace(p, in_flight=p.in_flight or p.fingerprint in in_flight) for p in peers]
+    expected = reference_plan(jobs, flagged, **kwargs)  # type: ignore[arg-type]
+    assert plan(jobs, peers, in_flight=in_flight, **kwargs) == expected  # type: ignore[arg-type]
 
 
 def test_a_long_queue_behind_busy_receivers_gets_one_shared_answer() -> None:
@@ -274,3 +280,24 @@ def test_a_long_queue_behind_busy_receivers_gets_one_shared_answer() -> None:
     assert (decisions[2].where, decisions[3].where) == (Where.LOCAL, Where.WAIT)
     assert decisions[3] is decisions[4] is decisions[5]
     assert decisions[6].where is Where.WAIT
+
+
+def test_the_placer_sees_a_requeued_jobs_new_options() -> None:
+    from meshd.jobs.model import Job, JobType
+    from meshd.mesh.dispatch.placer import MeshPlacer
+
+    peers = [
+        PeerView("fp-a", "a", True, True, True, V, idle=True, idle_since=1.0),
+        PeerView("fp-b", "b", True, True, True, V, idle=True, idle_since=2.0),
+    ]
+    placer = MeshPlacer(lambda: peers, local_version=lambda: V)
+    placer.ready = True
+    job = Job(JobType.COMPILE, "a.yaml")
+    [first] = placer.place([job], local_free=False, busy_receivers=frozenset())
+    assert first.receiver == "fp-a"
+    # Re-routed after losing fp-a: the engine puts new options on the same job.
+    job.options = replace(job.options, reroutes=1, excluded_receivers=("fp-a",))
+    [second] = placer.place([job], local_free=False, busy_receivers=frozenset())
+    assert second.receiver == "fp-b"
+    [busy] = placer.place([job], local_free=False, busy_receivers=frozenset({"fp-b"}))
+    assert busy.where is Where.WAIT

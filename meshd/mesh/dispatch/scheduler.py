@@ -31,7 +31,7 @@ Rules (DESIGN.md, "Scheduling"):
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 from meshd.jobs.placement import Placement, ReasonCode, Where
@@ -143,12 +143,19 @@ class _Pool:
     _eligible: dict[_Wants, tuple[tuple[str, ...], frozenset[str]]]
 
     @classmethod
-    def of(cls, peers: Sequence[PeerView], policy: VersionPolicy) -> _Pool:
+    def of(
+        cls, peers: Sequence[PeerView], policy: VersionPolicy, in_flight: Collection[str]
+    ) -> _Pool:
         idle = sorted(
             (
                 p
                 for p in peers
-                if p.trusted and p.connected and p.accepts_builds and p.idle and not p.in_flight
+                if p.trusted
+                and p.connected
+                and p.accepts_builds
+                and p.idle
+                and not p.in_flight
+                and p.fingerprint not in in_flight
             ),
             key=lambda p: (_since(p), p.fingerprint),
         )
@@ -203,9 +210,15 @@ def plan(
     policy: VersionPolicy = VersionPolicy.RELEASE,
     include_local: bool = True,
     receivers_connecting: bool = False,
+    in_flight: Collection[str] = frozenset(),
 ) -> list[Placement]:
-    """One placement per job, in the jobs' (FIFO) order."""
-    pool = _Pool.of(peers, policy)
+    """One placement per job, in the jobs' (FIFO) order.
+
+    ``in_flight`` names receivers already running one of our compiles, like a
+    ``PeerView.in_flight`` flag (the dispatch pool passes its set instead of copying
+    every view).
+    """
+    pool = _Pool.of(peers, policy, in_flight)
     local_available = local_free
     decisions: list[Placement] = []
     # Once the idle receivers are handed out, every later job without exclusions that
