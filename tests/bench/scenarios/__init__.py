@@ -1,0 +1,87 @@
+"""The benchmark's scenarios, numbered as in issue 17, each in its own module.
+
+A scenario is an ``async def run(bench, result)`` that adds figures to ``result`` as
+it measures them (an error later keeps them), plus the figure keys it always
+reports (the ``--quick`` smoke test checks those keys, so a scenario cannot silently
+stop measuring something). Scenarios that need features not merged yet are listed
+as *pending* with the figures they will report, and appear so in the table and JSON.
+
+Adding one: write ``tests/bench/scenarios/<name>.py`` with a ``SCENARIO`` of its own
+and replace its pending entry below with it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from tests.bench.harness import Bench, Result
+
+
+@dataclass(frozen=True)
+class Scenario:
+    number: int
+    name: str
+    title: str
+    keys: tuple[str, ...]
+    """Figure keys every run reports (full and ``--quick``)."""
+    run: Callable[[Bench, Result], Awaitable[None]] | None = None
+    pending: str = ""
+    """Why it does not run yet (the feature it waits for); empty once it runs."""
+
+    @property
+    def ident(self) -> str:
+        return f"{self.number}-{self.name}"
+
+
+FLEET_UPDATE = Scenario(
+    3,
+    "fleet-update",
+    "Fleet update: 12 configurations, 2 receivers, 2 devices online mid-run",
+    keys=("update_to_last_verified", "excess_per_job"),
+    pending="waits for the fleet features (meshd update, devices, armed uploads)",
+)
+COMPILE_CACHE = Scenario(
+    5,
+    "compile-cache",
+    "Compile cache: first vs later cold compiles, same node and across receivers",
+    keys=("cold_then_cached_same_node", "cold_then_cached_other_receiver", "hit_rate"),
+    pending="waits for the compile cache integration",
+)
+
+
+def all_scenarios() -> list[Scenario]:
+    """Every scenario in issue order; imported lazily so ``--list`` stays cheap."""
+    from tests.bench.scenarios import (
+        footprint,
+        link_discovery,
+        mesh_scaling,
+        pipelining,
+        remote_overhead,
+        simulated_mesh,
+    )
+
+    return [
+        pipelining.SCENARIO,
+        mesh_scaling.SCENARIO,
+        FLEET_UPDATE,
+        remote_overhead.SCENARIO,
+        COMPILE_CACHE,
+        link_discovery.SCENARIO,
+        footprint.SCENARIO,
+        simulated_mesh.SCENARIO,
+    ]
+
+
+def select(scenarios: list[Scenario], wanted: list[str] | None) -> list[Scenario]:
+    """``--only``: by number (``1``), name (``pipelining``) or both (``1-pipelining``)."""
+    if not wanted:
+        return scenarios
+    chosen = []
+    for item in wanted:
+        matches = [s for s in scenarios if item in (str(s.number), s.name, s.ident)]
+        if not matches:
+            known = ", ".join(s.ident for s in scenarios)
+            raise SystemExit(f"unknown scenario {item!r} (known: {known})")
+        chosen.extend(m for m in matches if m not in chosen)
+    return sorted(chosen, key=lambda s: s.number)
