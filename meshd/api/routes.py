@@ -344,7 +344,7 @@ async def events_ws(request: web.Request) -> web.WebSocketResponse:
         reader = asyncio.create_task(_drain_client(ws, subscription.close))
         try:
             while (event := await subscription.get()) is not None:
-                await ws.send_json(event.to_wire())
+                await ws.send_str(event.wire_text)
             if subscription.overflowed:
                 await ws.send_json({"type": "overflow", "message": "client fell behind; reconnect"})
                 await ws.close(code=WS_OVERFLOW_CLOSE, message=b"fell behind")

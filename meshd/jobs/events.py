@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import json
 import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -42,8 +44,24 @@ LANE_STATUS = "lane_status"
 DEFAULT_SUBSCRIBER_QUEUE = 4096
 
 
+class _WireText:
+    """``wire_text``: the event's JSON, encoded once however many clients follow."""
+
+    def to_wire(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    @functools.cached_property
+    def wire_text(self) -> str:
+        """``json.dumps(to_wire())``, the websocket text frame; computed on first use.
+
+        Each websocket follower sends every event; encoding it per follower made the
+        events stream cost O(followers) in JSON work (docs/PERFORMANCE.md, scenario 7).
+        """
+        return json.dumps(self.to_wire())
+
+
 @dataclass(frozen=True)
-class JobEvent:
+class JobEvent(_WireText):
     """Something happened to ``job``: a snapshot taken when it happened (do not mutate)."""
 
     job: Job
@@ -136,7 +154,7 @@ class JobFinished(JobEvent):
 
 
 @dataclass(frozen=True)
-class LaneStatusChanged:
+class LaneStatusChanged(_WireText):
     """A lane's snapshot changed (running, queued, idle...)."""
 
     snapshot: LaneSnapshot
@@ -154,7 +172,7 @@ PEER_CHANGED = "peer_changed"
 
 
 @dataclass(frozen=True)
-class PeerChanged:
+class PeerChanged(_WireText):
     """A peer of this node's registry was added, updated or removed (``peer`` is None).
 
     The bus carries it so the events websocket shows peers live; it is plain data (the

@@ -9,7 +9,8 @@
   that exits at once, so the jobs cost only meshd's own work (SQLite, logs, events),
   and the jobs per second are the engine's fixed cost per job;
 * events: one job printing N compiler-like lines, timed with no follower and with 10
-  websocket followers (in this process), and the rate each follower receives;
+  websocket followers (in this process, counting messages without parsing them), and
+  the rate each follower receives;
 * CLI: ``meshd status`` (against the daemon with peers) and ``meshd jobs`` (against
   the one with 1,000 jobs), whole commands in fresh processes, median of 20,
   alternating with ``python -c pass``. When ``status`` misses its target, the
@@ -189,7 +190,7 @@ async def _jobs(bench: Bench, result: Result, bare: Node, fast: Path) -> None:
 
 async def _one_job(bare: Node, config: Path, followers: int) -> tuple[float, list[dict[str, Any]]]:
     """Run one chatty job with ``followers`` websocket clients; its duration and their views."""
-    contexts = [bare.events() for _ in range(followers + 1)]
+    contexts = [bare.events(parse=index == 0) for index in range(followers + 1)]
     opened = [await c.__aenter__() for c in contexts]
     try:
         watcher, *clients = opened
