@@ -8,9 +8,9 @@ was, to ``tests/bench/results/bench.json`` (gitignored).
 
 Every figure is a ratio of two things measured side by side in the same run; the
 absolute values are printed beside it. Nothing is asserted: targets are reported as
-met or not. ``--quick`` runs every scenario with tiny sizes (the default test suite
-runs it, tests/bench/test_bench_quick.py, so the benchmark cannot rot); its numbers
-mean nothing.
+met or not. ``--quick`` runs every scenario with tiny sizes, all at once (the default
+test suite runs it, tests/bench/test_bench_quick.py, so the benchmark cannot rot); its
+numbers mean nothing.
 
 Unless ``--no-netns`` is given (or it already runs in one), the command re-executes
 itself in a private network namespace with only loopback, like ``scripts/test``.
@@ -99,6 +99,11 @@ async def _run_one(scenario: Scenario, root: Path, quick: bool) -> dict[str, Any
 
 
 async def _run_all(scenarios: list[Scenario], root: Path, quick: bool) -> dict[str, Any]:
+    """One after another; ``--quick`` runs them all at once (its numbers mean nothing,
+    and the default test suite runs it, so its wall time matters)."""
+    if quick:
+        entries = await asyncio.gather(*(_run_one(s, root, quick) for s in scenarios))
+        return {s.ident: entry for s, entry in zip(scenarios, entries, strict=True)}
     return {s.ident: await _run_one(s, root, quick) for s in scenarios}
 
 

@@ -507,9 +507,8 @@ class Bench:
         return host, emulator
 
 
-async def link(offloader: Node, receiver: Node, *, wait: bool = True) -> float:
-    """Both trusts (as ``meshd trust`` does); returns seconds until the receiver is usable."""
-    started = time.perf_counter()
+async def trust_receiver(offloader: Node, receiver: Node) -> None:
+    """On the offloader: ``meshd trust RECEIVER --no-send-work --address ...``."""
     await offloader.call(
         "POST",
         "/trust",
@@ -520,11 +519,23 @@ async def link(offloader: Node, receiver: Node, *, wait: bool = True) -> float:
             "may_send_work": False,
         },
     )
+
+
+async def trust_offloader(receiver: Node, offloader: Node) -> None:
+    """On the receiver: ``meshd trust OFFLOADER --no-build-for-me``."""
     await receiver.call(
         "POST",
         "/trust",
         {"fingerprint": offloader.fingerprint, "name": offloader.name, "may_build_for_me": False},
     )
+
+
+async def link(offloader: Node, receiver: Node, *, wait: bool = True) -> float:
+    """Both trusts, the receiver's first (so the offloader's first dial is accepted);
+    returns seconds from the first until the receiver is usable at the offloader."""
+    started = time.perf_counter()
+    await trust_offloader(receiver, offloader)
+    await trust_receiver(offloader, receiver)
     if not wait:
         return 0.0
     usable = await offloader.wait_peer(receiver.fingerprint, connected=True, idle=True)

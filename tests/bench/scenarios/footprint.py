@@ -86,7 +86,9 @@ async def run(bench: Bench, result: Result) -> None:
 
 async def _idle(bench: Bench, result: Result, hub: Node, bare: Node, peers: list[Node]) -> None:
     window = 10.0 if bench.quick else 60.0
-    await asyncio.sleep(2.0)  # let start-up work (first adverts, introductions) settle
+    await asyncio.sleep(
+        1.0 if bench.quick else 5.0
+    )  # let start-up work (first adverts, introductions) settle
     watched = [hub, bare, *peers]
     cpu_before = {n.name: cpu_seconds(n.pid) for n in watched}
     rss_max = {n.name: 0 for n in watched}
@@ -285,7 +287,7 @@ def import_profile(argv: list[str], env: dict[str, str], top: int = 8) -> list[d
 
 
 async def _cli(bench: Bench, result: Result, hub: Node, bare: Node) -> None:
-    runs = 3 if bench.quick else 20
+    runs = 2 if bench.quick else 20
     env = {**base_env(), "COLUMNS": "200"}
     meshd = [sys.executable, "-m", "meshd"]
     commands = {

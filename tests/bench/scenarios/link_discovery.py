@@ -40,6 +40,8 @@ from tests.bench.harness import (
     cpu_seconds,
     link,
     median,
+    trust_offloader,
+    trust_receiver,
     write_config,
 )
 from tests.bench.scenarios import Scenario
@@ -59,6 +61,7 @@ KEYS = (
     "inprocess.lane_change",
     "daemon.restart_to_usable",
     "daemon.lane_change",
+    "daemon.trust_offloader_first",
 )
 
 
@@ -234,8 +237,12 @@ async def _raw_copy(port: int, payload: bytes) -> None:
 
 
 async def _daemons(bench: Bench, result: Result) -> None:
-    off, rx = await bench.start_nodes(
-        [("offloader", ["--no-receiver"]), ("receiver", ["--no-offload"])]
+    off, rx, late = await bench.start_nodes(
+        [
+            ("offloader", ["--no-receiver"]),
+            ("receiver", ["--no-offload"]),
+            ("late", ["--no-offload"]),
+        ]
     )
     await link(off, rx)
     restarts, starts, lanes = [], [], []
@@ -275,11 +282,34 @@ async def _daemons(bench: Bench, result: Result) -> None:
             note="polled every 20 ms through the offloader's API",
         ),
     )
+    # The other order: the offloader trusts first, its dial is refused, and it backs off
+    # (1 s, doubling up to 60 s); the receiver's operator runs their `trust` a little later.
+    delay = 1.0 if bench.quick else 5.0
+    await trust_receiver(off, late)
+    await asyncio.sleep(delay)
+    second = time.perf_counter()
+    await trust_offloader(late, off)
+    usable = await off.wait_peer(late.fingerprint, connected=True, idle=True)
+    result.add(
+        "daemon.trust_offloader_first",
+        Figure(
+            f"offloader trusted first, receiver {delay:.0f} s later → usable after that",
+            usable - second,
+            reference=await link(off, await _fresh(bench)),
+            reference_label="receiver trusted first",
+            note="the offloader's dial back-off, not a new dial, decides this wait",
+        ),
+    )
     result.details["daemons"] = {
         "restart_to_usable_s": [round(v, 3) for v in restarts],
         "start_to_api_s": [round(v, 3) for v in starts],
         "lane_change_ms": [round(v * 1000, 1) for v in lanes],
     }
+
+
+async def _fresh(bench: Bench) -> Node:
+    [node] = await bench.start_nodes([("fresh", ["--no-offload"])])
+    return node
 
 
 async def _until_disconnected(node: Node, fingerprint: str, timeout: float = 60.0) -> None:

@@ -33,6 +33,7 @@ from tests.bench.harness import (
     write_config,
 )
 from tests.bench.scenarios import Scenario
+from tests.bench.scenarios.remote_overhead import PHASES, parse_phases
 
 FIRMWARE_BYTES = 64 * 1024
 UPLOAD_QUICK = 0.05
@@ -43,7 +44,7 @@ KEYS = tuple(
 
 
 async def run(bench: Bench, result: Result) -> None:
-    installs, compile_s, transfer_s = (4, 0.3, 0.05) if bench.quick else (12, 2.0, 0.1)
+    installs, compile_s, transfer_s = (3, 0.2, 0.05) if bench.quick else (12, 2.0, 0.1)
     specs = [("offloader", ["--no-mdns", "--no-receiver"])]
     specs += [(f"rx{i + 1}", ["--no-mdns", "--no-offload"]) for i in range(max(RECEIVERS))]
     offloader, *receivers = await bench.start_nodes(specs)
@@ -146,6 +147,7 @@ async def run(bench: Bench, result: Result) -> None:
             ),
         )
         remote = [c for c in compiles if c["runner"] != "local"]
+        phases = [parse_phases(await offloader.log(c["id"])) for c in remote]
         result.details[f"k{k}"] = {
             "makespan_s": round(makespan, 3),
             "bound_s": round(bound, 3),
@@ -157,6 +159,11 @@ async def run(bench: Bench, result: Result) -> None:
             ),
             "compile_job_s_median_remote": _median_duration(remote),
             "max_compiles_in_flight": _max_overlap(compiles),
+            "remote_phases_median_ms": {
+                p: round(median(x.get(p, 0.0) for x in phases) * 1000, 1) for p in PHASES
+            }
+            if phases
+            else None,
         }
     result.details["trust_to_usable_s"] = [round(u, 3) for u in usable]
     await asyncio.gather(*(d.stop() for _h, d in devices))

@@ -88,7 +88,7 @@ def diagnostics(chains: list[tuple[dict[str, Any], dict[str, Any]]]) -> dict[str
 
 
 async def run(bench: Bench, result: Result) -> None:
-    installs = 3 if bench.quick else 6
+    installs = 2 if bench.quick else 6
     regimes = QUICK if bench.quick else FULL
     [node] = await bench.start_nodes([("pipeline", ["--no-mdns"])])
     slots = (await node.call("GET", "/status"))["lanes"]["upload"]["slots"]

@@ -148,7 +148,7 @@ def _phase_medians(phases: list[dict[str, float]]) -> dict[str, float]:
 
 
 async def run(bench: Bench, result: Result) -> None:
-    rounds = 2 if bench.quick else 6
+    rounds = 1 if bench.quick else 6
     off, rx = await bench.start_nodes(
         [("offloader", ["--no-mdns", "--no-receiver"]), ("receiver", ["--no-mdns", "--no-offload"])]
     )
