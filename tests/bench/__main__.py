@@ -71,6 +71,12 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--list", action="store_true", help="list the scenarios and exit")
     parser.add_argument("--no-netns", action="store_true", help="run in this network namespace")
     parser.add_argument("--keep", action="store_true", help="keep the scratch directory")
+    parser.add_argument(
+        "--markdown",
+        type=Path,
+        metavar="JSON",
+        help="print an earlier run's tables as Markdown (for docs/PERFORMANCE.md) and exit",
+    )
     return parser.parse_args(argv)
 
 
@@ -162,9 +168,54 @@ def print_tables(report: dict[str, Any]) -> None:
             console.print(f"  skipped {part}: {why}")
 
 
+def markdown(report: dict[str, Any]) -> str:
+    """The run's tables as Markdown, one per scenario, with the machine line first."""
+    info = report["machine"]
+    out = [
+        f"Run {report['started']}, commit {str(info['git_commit'])[:12]}"
+        f"{' (uncommitted changes)' if info.get('git_dirty') else ''}, {info['cores']} cores "
+        f"({info['cpu']}), {info['platform']}; Python {info['python']}, esphome "
+        f"{info['esphome']}, PlatformIO {info['platformio']}, meshd {info['meshd']}. "
+        f"Load average (1 min) {info['load_before'][0]} before, "
+        f"{report['load']['load1_min']}-{report['load']['load1_max']} during "
+        f"(median {report['load']['load1_median']}), machine CPU busy "
+        f"{round(100 * (report['load']['machine_cpu_busy'] or 0))} % over the run "
+        f"({report['seconds']} s).",
+        "",
+    ]
+    for ident, entry in report["scenarios"].items():
+        out.append(f"#### {ident}: {entry['title']}")
+        out.append("")
+        if entry["status"] == "pending":
+            out += [f"Pending: {entry['pending']}.", ""]
+            continue
+        load = entry["load"]
+        out.append(f"{entry['seconds']} s, load {load['load1_min']}-{load['load1_max']}.")
+        out.append("")
+        out.append("| figure | measured | reference | ratio | target | met |")
+        out.append("|---|---:|---|---:|---|---|")
+        for figure in entry["figures"].values():
+            reference = ""
+            if figure["reference"] is not None:
+                reference = (
+                    f"{_fmt(figure['reference'], figure['unit'])} ({figure['reference_label']})"
+                )
+            met = {True: "yes", False: "**no**", None: ""}[figure["met"]]
+            label = figure["label"].strip() + (f" ({figure['note']})" if figure["note"] else "")
+            out.append(
+                f"| {label} | {_fmt(figure['measured'], figure['unit'])} | {reference} "
+                f"| {_fmt(figure['ratio'])} | {figure['target']} | {met} |"
+            )
+        out.append("")
+    return "\n".join(out)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = _parse(argv)
+    if args.markdown is not None:
+        print(markdown(json.loads(args.markdown.read_text(encoding="utf-8"))))
+        return 0
     scenarios = select(all_scenarios(), args.only)
     if args.list:
         for s in scenarios:

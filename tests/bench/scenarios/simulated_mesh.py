@@ -15,8 +15,10 @@ Measured with P = 50 and 200 receivers and 500 queued compiles (100 in ``--quick
   written) on the same snapshot;
 * idle → dispatch: with every receiver busy and the queue still long, one receiver
   finishes; the time until the lane has started the next job there (two SQLite
-  commits, events, a re-plan), one receiver at a time; also with 10 event followers
-  (each serialises every event as the websocket does), whose ratio is the fan-out cost;
+  commits, events, a re-plan), one receiver at a time; the same with the database on
+  tmpfs (what the commits cost); and with 10 event followers (each takes every event's
+  wire text, as the websocket handler does before writing it), whose ratio is the
+  fan-out cost;
 * memory: what the registry and the queued jobs hold (tracemalloc);
 * the dialer's pass over the trust store that every registry change triggers in a
   daemon (``Connections._targets``, one SQLite lookup per trusted peer).
@@ -131,10 +133,11 @@ def _registry(fingerprints: list[str]) -> Registry:
     return registry
 
 
-async def _follow(subscription: Any, counter: list[int]) -> None:
-    # What each events websocket does per event: to_wire() and JSON (aiohttp send_json).
+async def _follow(subscription: Any, counter: list[int], sizes: list[int]) -> None:
+    # What each events websocket handler does per event, short of the socket write:
+    # take the event's wire text (encoded once per event, shared by all followers).
     async for event in subscription:
-        json.dumps(event.to_wire())
+        sizes.append(len(event.wire_text))
         counter[0] += 1
 
 
@@ -151,8 +154,9 @@ async def _dispatch_latency(
     engine.use_mesh(placer, sim)
     remove = registry.add_listener(lambda _change: engine.reschedule())
     counter = [0]
+    sizes: list[int] = []
     subscriptions = [engine.bus.subscribe(maxsize=100_000) for _ in range(followers)]
-    tasks = [asyncio.create_task(_follow(s, counter)) for s in subscriptions]
+    tasks = [asyncio.create_task(_follow(s, counter, sizes)) for s in subscriptions]
     config = root / "sim.yaml"
     config.write_text("esphome:\n  name: sim\nhost:\n", encoding="utf-8")
     await engine.start()
@@ -194,7 +198,8 @@ async def _dispatch_latency(
         "latencies_ms": [v * 1000 for v in latencies],
         "store_save_ms_median": median(saves) * 1000,
         "lane_status_event_bytes": len(lane_event),
-        "events_serialised": counter[0],
+        "events_followed": counter[0],
+        "bytes_per_follower": sum(sizes) // followers if followers else 0,
     }
 
 
@@ -402,7 +407,8 @@ async def run(bench: Bench, result: Result) -> None:
             "with_followers_ms": {
                 "median": round(loud_ms, 2),
                 "p90": round(quantile(loud["latencies_ms"], 0.9), 2),
-                "events_serialised": loud["events_serialised"],
+                "events_per_follower": loud["events_followed"] // FOLLOWERS,
+                "bytes_per_follower": loud["bytes_per_follower"],
             },
             "submit_ms_per_job": round(quiet["submit_ms_per_job"], 3),
             "fill_all_receivers_s": round(quiet["fill_all_receivers_s"], 3),
