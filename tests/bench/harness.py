@@ -41,7 +41,9 @@ RESULTS = REPO / "tests" / "bench" / "results"
 ESPHOME_VERSION = "2026.6.5"
 # Safety nets against hangs, never measurements.
 WAIT = 300.0
-START_TIMEOUT = 60.0
+# Daemons starting at once across scenarios (``--quick`` runs them all together):
+# a storm of a dozen Python start-ups on two cores can outlast Meshd's start timeout.
+CONCURRENT_STARTS = 3
 
 
 class BenchError(RuntimeError):
@@ -433,6 +435,15 @@ def ensure_all_completed(jobs: dict[str, dict[str, Any]], node: Node) -> None:
         raise BenchError(f"{node.name}: jobs did not complete: {bad}\n{node.daemon.log()}")
 
 
+_SLOTS: dict[asyncio.AbstractEventLoop, asyncio.Semaphore] = {}
+
+
+def _start_slots() -> asyncio.Semaphore:
+    """One start-up semaphore per event loop, shared by every scenario on it."""
+    loop = asyncio.get_running_loop()
+    return _SLOTS.setdefault(loop, asyncio.Semaphore(CONCURRENT_STARTS))
+
+
 class Bench:
     """One benchmark run: scratch space, mode, and everything started (stopped at the end)."""
 
@@ -443,6 +454,7 @@ class Bench:
         self.devices: list[OtaEmulator] = []
         self._http: aiohttp.ClientSession | None = None
         self._next_device = 10
+        self._starts = _start_slots()
 
     async def __aenter__(self) -> Bench:
         self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None))
@@ -489,8 +501,13 @@ class Bench:
             node = Node(name, daemon, self._http)
             self.nodes.append(node)
             nodes.append(node)
-        await asyncio.gather(*(asyncio.to_thread(n.daemon.start) for n in nodes))
-        await asyncio.gather(*(n.identify() for n in nodes))
+
+        async def start(node: Node) -> None:
+            async with self._starts:
+                await asyncio.to_thread(node.daemon.start)
+            await node.identify()
+
+        await asyncio.gather(*(start(n) for n in nodes))
         return nodes
 
     async def stop_node(self, node: Node) -> None:

@@ -35,8 +35,13 @@ def test_quick_run_reports_every_scenario(tmp_path: Path) -> None:
         timeout=QUICK_TIMEOUT,
         check=False,
     )
-    assert done.returncode == 0, f"{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
-    report = json.loads(output.read_text())
+    report = json.loads(output.read_text()) if output.exists() else {}
+    errors = {
+        ident: entry.get("traceback")
+        for ident, entry in report.get("scenarios", {}).items()
+        if entry["status"] == "error"
+    }
+    assert done.returncode == 0, f"{errors}\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
     assert report["quick"] is True
     machine = report["machine"]
     for key in ("cores", "load_before", "load_after", "python", "esphome", "meshd", "git_commit"):
