@@ -23,11 +23,13 @@ import asyncio
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 import time
 import traceback
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -47,18 +49,15 @@ def _reexec_isolated(argv: list[str]) -> int | None:
     if probe.returncode != 0:
         return None
     env = {**os.environ, IN_NETNS: "1"}
-    command = [
-        *unshare,
-        "sh",
-        "-c",
-        ISOLATE_SCRIPT,
-        "sh",
-        sys.executable,
-        "-m",
-        "tests.bench",
-        *argv,
-    ]
-    return subprocess.run(command, env=env, check=False).returncode
+    command = [*unshare, "sh", "-c", ISOLATE_SCRIPT, "sh", sys.executable, "-m", "tests.bench"]
+    child = subprocess.Popen([*command, *argv], env=env)
+
+    def forward(signum: int, _frame: object) -> None:
+        child.send_signal(signum)  # the run inside stops and kills its daemons
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, forward)
+    return child.wait()
 
 
 def _parse(argv: list[str]) -> argparse.Namespace:
@@ -111,6 +110,20 @@ async def _run_all(scenarios: list[Scenario], root: Path, quick: bool) -> dict[s
         entries = await asyncio.gather(*(_run_one(s, root, quick) for s in scenarios))
         return {s.ident: entry for s, entry in zip(scenarios, entries, strict=True)}
     return {s.ident: await _run_one(s, root, quick) for s in scenarios}
+
+
+async def _stoppable(work: Coroutine[Any, Any, dict[str, Any]]) -> dict[str, Any]:
+    """Run ``work``; SIGTERM or SIGINT cancel it, so every scenario's daemons are killed
+    on the way out (a background run ignores SIGINT, and SIGTERM would skip cleanup)."""
+    task = asyncio.ensure_future(work)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, task.cancel)
+    try:
+        return await task
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
 
 
 def _fmt(value: Any, unit: str = "") -> str:
@@ -238,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     root = Path(tempfile.mkdtemp(prefix="meshd-bench-"))
     try:
         with LoadSampler() as load:
-            report["scenarios"] = asyncio.run(_run_all(scenarios, root, args.quick))
+            report["scenarios"] = asyncio.run(_stoppable(_run_all(scenarios, root, args.quick)))
     finally:
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)

@@ -504,7 +504,15 @@ class Bench:
 
         async def start(node: Node) -> None:
             async with self._starts:
-                await asyncio.to_thread(node.daemon.start)
+                starting = asyncio.ensure_future(asyncio.to_thread(node.daemon.start))
+                try:
+                    await asyncio.shield(starting)
+                except asyncio.CancelledError:
+                    # The thread cannot be stopped: let it finish starting (bounded by
+                    # Meshd's own timeout) so cleanup() finds the process and kills it.
+                    with contextlib.suppress(Exception):
+                        await starting
+                    raise
             await node.identify()
 
         await asyncio.gather(*(start(n) for n in nodes))
