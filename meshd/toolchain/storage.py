@@ -213,6 +213,9 @@ def flash_plan(
     support.append(
         FlashFile("validated_config", validated_config_path(config, env), required=False)
     )
+    # What the new firmware will report (meshd/fleet/buildinfo.py): without it an
+    # offloader that flashes a receiver's build cannot verify the flash.
+    support.append(FlashFile("build_info", record.build_path / "build_info.json", required=False))
     app = record.firmware_bin_path
     family = record.family
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from meshd.fleet.buildinfo import read_build_info
 from meshd.mesh.content.artifacts import (
     MAX_ARTIFACT_BYTES,
     ArtifactManifest,
@@ -18,6 +19,11 @@ from meshd.mesh.content.store import ContentStore
 from meshd.toolchain.storage import ArtifactError, FlashMethod, flash_plan, load_storage
 
 PROGRAM = b"\x7fELF host program" * 100
+BUILD_INFO = {
+    "config_hash": 0x1A2B3C4D,
+    "esphome_version": "2026.6.5",
+    "build_time_str": "2026-12-02 00:00:00 +0000",
+}
 
 
 def fake_host_build(config_dir: Path, name: str = "meshd-host") -> Path:
@@ -42,6 +48,7 @@ def fake_host_build(config_dir: Path, name: str = "meshd-host") -> Path:
         "toolchain": "platformio",
         "framework": "host",
     }
+    (build / "build_info.json").write_text(json.dumps(BUILD_INFO))
     (data / "storage").mkdir(parents=True)
     (data / "storage" / "host.yaml.json").write_text(json.dumps(storage))
     (data / "storage" / "host.yaml.validated.yaml").write_text("esphome:\n  name: x\n")
@@ -53,7 +60,7 @@ def test_collect_then_materialise_gives_a_flashable_local_build(tmp_path: Path) 
     remote_config = fake_host_build(tmp_path / "receiver" / "work")
     manifest = collect_artifacts(remote_config, FlashMethod.OTA, receiver_store)
     roles = {f.role for f in manifest.files}
-    assert roles == {"app", "storage", "validated_config"}, "the ELF comes only when asked"
+    assert roles == {"app", "storage", "validated_config", "build_info"}, "no ELF unless asked"
     assert manifest.name == "meshd-host"
 
     # The offloader receives the manifest over the wire and the blobs into its store.
@@ -73,6 +80,8 @@ def test_collect_then_materialise_gives_a_flashable_local_build(tmp_path: Path) 
     assert record.firmware_bin_path == local_data / "build/meshd-host/.pioenvs/meshd-host/program"
     assert record.build_path == local_data / "build/meshd-host"
     assert record.firmware_bin_path.read_bytes() == PROGRAM
+    # What the firmware will report lands too, so the offloader can verify the flash.
+    assert read_build_info(record.build_path).config_hash == f"{BUILD_INFO['config_hash']:08x}"
     plan = flash_plan(record, FlashMethod.OTA, local_config)
     assert plan.missing() == []
     assert str(tmp_path / "receiver") not in (local_data / "storage/host.yaml.json").read_text()

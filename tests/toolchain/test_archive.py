@@ -81,7 +81,7 @@ async def test_a_kept_build_holds_the_flash_plan_with_digests(
     assert (build.name, build.platform, build.methods) == ("kitchen", "ESP32", ("ota",))
     assert build.esphome_version == "2026.6.5"
     roles = {f.role: f for f in build.files}
-    assert set(roles) == {"app", "storage", "validated_config"}
+    assert set(roles) == {"app", "storage", "validated_config", "build_info"}
     assert roles["app"].path == "build/kitchen/.pioenvs/kitchen/firmware.bin"
     app = build.directory / "files" / roles["app"].path
     assert roles["app"].sha256 == hashlib.sha256(_firmware(config).read_bytes()).hexdigest()
