@@ -34,25 +34,11 @@ class Scenario:
         return f"{self.number}-{self.name}"
 
 
-FLEET_UPDATE = Scenario(
-    3,
-    "fleet-update",
-    "Fleet update: 12 configurations, 2 receivers, 2 devices online mid-run",
-    keys=("update_to_last_verified", "excess_per_job"),
-    pending="waits for the fleet features (meshd update, devices, armed uploads)",
-)
-COMPILE_CACHE = Scenario(
-    5,
-    "compile-cache",
-    "Compile cache: first vs later cold compiles, same node and across receivers",
-    keys=("cold_then_cached_same_node", "cold_then_cached_other_receiver", "hit_rate"),
-    pending="waits for the compile cache integration",
-)
-
-
 def all_scenarios() -> list[Scenario]:
     """Every scenario in issue order; imported lazily so ``--list`` stays cheap."""
     from tests.bench.scenarios import (
+        compile_cache,
+        fleet_update,
         footprint,
         link_discovery,
         mesh_scaling,
@@ -64,9 +50,9 @@ def all_scenarios() -> list[Scenario]:
     return [
         pipelining.SCENARIO,
         mesh_scaling.SCENARIO,
-        FLEET_UPDATE,
+        fleet_update.SCENARIO,
         remote_overhead.SCENARIO,
-        COMPILE_CACHE,
+        compile_cache.SCENARIO,
         link_discovery.SCENARIO,
         footprint.SCENARIO,
         simulated_mesh.SCENARIO,

@@ -85,9 +85,9 @@ async def run(bench: Bench, result: Result) -> None:
 
 
 async def _idle(bench: Bench, result: Result, hub: Node, bare: Node, peers: list[Node]) -> None:
-    window = 10.0 if bench.quick else 60.0
+    window = 3.0 if bench.quick else 60.0
     await asyncio.sleep(
-        1.0 if bench.quick else 5.0
+        0.5 if bench.quick else 5.0
     )  # let start-up work (first adverts, introductions) settle
     watched = [hub, bare, *peers]
     cpu_before = {n.name: cpu_seconds(n.pid) for n in watched}
@@ -140,7 +140,7 @@ async def _submit_all(node: Node, configs: Sequence[Path]) -> list[str]:
 
 
 async def _jobs(bench: Bench, result: Result, bare: Node, fast: Path) -> None:
-    count = 100 if bench.quick else 1000
+    count = 30 if bench.quick else 1000
     directory = bench.path("jobs")
     configs = []
     for index in range(count):
@@ -209,7 +209,7 @@ async def _one_job(bare: Node, config: Path, followers: int) -> tuple[float, lis
 
 
 async def _events(bench: Bench, result: Result, bare: Node) -> None:
-    lines = 2000 if bench.quick else 20000
+    lines = 500 if bench.quick else 20000
     config = bench.path("events") / "chatty.yaml"
     config.write_text(f"# lines={lines}\nesphome:\n  name: chatty\nhost:\n", encoding="utf-8")
     alone, _ = await _one_job(bare, config, 0)
