@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import importlib
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -43,6 +44,12 @@ if TYPE_CHECKING:
     from meshd.fleet.monitor import DeviceMonitor
 
 _LOGGER = logging.getLogger(__name__)
+
+
+def _import_api_client() -> None:
+    importlib.import_module("aioesphomeapi.client")
+    importlib.import_module("aioesphomeapi.core")
+
 
 VERIFY_TIMEOUT: Final = 120.0
 """Seconds to wait for the device after a flash. An ESP32 reboots in 2-10 s and
@@ -309,7 +316,11 @@ class FlashVerifier:
     async def _watch_api(
         self, watch: _Watch, expected: BuildIdentity, api: ApiTarget, addresses: Sequence[str]
     ) -> None:
-        # Imported here: aioesphomeapi costs ~0.3 s to import, paid only when verifying.
+        # Imported here: aioesphomeapi costs ~0.3 s to import, paid only when verifying;
+        # and in a worker thread, so the first verification does not stall the event
+        # loop (every other job's output, uploads and the API) for that long
+        # (docs/PERFORMANCE.md, scenario 3).
+        await asyncio.to_thread(_import_api_client)
         from aioesphomeapi.client import APIClient
         from aioesphomeapi.core import (
             APIConnectionError,
