@@ -11,8 +11,8 @@ The benchmark plays the devices: after each upload the stand-in records, the dev
 says goodbye (it reboots), stays away ``REBOOT`` seconds and announces the config hash
 of its new build, so meshd's verification (``verify.py``: mDNS against the build's
 ``build_info.json``) waits for a real return. The two offline devices come online,
-still on the old build, half-way through the online devices' bound; their armed
-uploads are released by that advert.
+still on the old build, while the last uploads run (half an upload after the last
+compile can end at best); their armed uploads are released by that advert.
 
 Measured: from starting ``meshd update --outdated DIR --wait-online --json`` (the CLI
 process, which also reads the fleet first) to the last upload job finishing
@@ -88,14 +88,22 @@ async def _play_devices(
     hosts: dict[str, str],
     reboot: float,
     stop: asyncio.Event,
+    stamps: dict[str, dict[str, float]],
 ) -> None:
-    """After each recorded upload: goodbye, ``reboot`` seconds away, the new build's advert."""
+    """After each recorded upload: goodbye, ``reboot`` seconds away, the new build's advert.
+
+    ``stamps[name]`` gets the wall times the upload was seen in the stand-in's record
+    (the tool's end, within one poll) and the new advert was sent."""
 
     async def reboot_into(name: str) -> None:
-        await adverts.goodbye(name)
-        await asyncio.sleep(reboot)
+        seen = time.time()
+        stamps[name] = {"upload_seen": seen}
+        await adverts.goodbye(name)  # zeroconf's goodbye takes a while: part of the reboot
+        await asyncio.sleep(max(0.0, seen + reboot - time.time()))
         txt = esp32_txt(name, version=VERSION, config_hash=_new_hash(paths[name]))
-        await adverts.announce(name, port=6053, txt=txt, addresses=(hosts[name],))
+        sent = await adverts.announce(name, port=6053, txt=txt, addresses=(hosts[name],))
+        # announce() returns once zeroconf's repeats are out; the first went at ``sent``.
+        stamps[name]["announced"] = time.time() - (time.monotonic() - sent)
 
     handled = 0
     rebooting: list[asyncio.Task[None]] = []
@@ -180,6 +188,7 @@ async def run(bench: Bench, result: Result) -> None:
 
     online, offline = names[: count - late], names[count - late :]
     stop = asyncio.Event()
+    stamps: dict[str, dict[str, float]] = {}
     async with EsphomeAdvertiser() as adverts:
         for name in names:
             old = esp32_txt(name, version=VERSION, config_hash=OLD_HASH)
@@ -193,9 +202,11 @@ async def run(bench: Bench, result: Result) -> None:
         builders = k + 1
         ends = sorted(compile_ends(count, c_tool, builders))
         upload_s = u_tool + reboot
-        early_bound = pipeline_bound(ends[: len(online)], upload_s, slots)
-        online_at = early_bound / 2
-        player = asyncio.create_task(_play_devices(adverts, upload_log, paths, hosts, reboot, stop))
+        # Mid-run: once the last compile is done, half-way through an upload.
+        online_at = ends[-1] + upload_s / 2
+        player = asyncio.create_task(
+            _play_devices(adverts, upload_log, paths, hosts, reboot, stop, stamps)
+        )
         try:
             started = time.time()
             cli = asyncio.create_task(_update(offloader, configs))
@@ -289,6 +300,10 @@ async def run(bench: Bench, result: Result) -> None:
                 [c for c in compiles if c.get("runner") not in local_names], c_tool
             ),
             "upload_and_verify_over_u_plus_reboot_s_median": _over(uploads, upload_s),
+            "upload_start_to_tool_end_s_median": _median_gap(
+                uploads, stamps, "upload_seen", u_tool
+            ),
+            "advert_to_verified_s_median": _median_gap(uploads, stamps, "announced", None),
             "compile_end_to_upload_start_s_median": round(
                 median(
                     u["started_at"] - c["finished_at"]
@@ -299,6 +314,25 @@ async def run(bench: Bench, result: Result) -> None:
             ),
         }
     )
+
+
+def _median_gap(
+    uploads: list[dict[str, Any]],
+    stamps: dict[str, dict[str, float]],
+    stamp: str,
+    tool: float | None,
+) -> float | None:
+    """Median of (stamp - job start) - tool, or, without a tool time, job end - stamp."""
+    gaps = []
+    for upload in uploads:
+        at = stamps.get(Path(upload["configuration"]).stem, {}).get(stamp)
+        if at is None:
+            continue
+        if tool is None:
+            gaps.append(upload["finished_at"] - at)
+        else:
+            gaps.append(at - upload["started_at"] - tool)
+    return round(median(gaps), 3) if gaps else None
 
 
 def _over(jobs: list[dict[str, Any]], tool: float) -> float | None:
