@@ -311,8 +311,13 @@ class RemoteCompileRunner:
         return digest, len(data), [digest, *(f.digest for f in manifest.files)]
 
     async def _follow_remote(
-        self, ctx: JobContext, queue: asyncio.Queue[object], fingerprint: str, phases: _Phases
+        self,
+        ctx: JobContext,
+        queue: asyncio.Queue[object],
+        fingerprint: str,
+        phases: _Phases | None = None,
     ) -> None:
+        phases = phases or _Phases()
         logged = 0  # bytes of the receiver's log kept so far: a receiver cannot fill our disk
         queued = True
         while True:
