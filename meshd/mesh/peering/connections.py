@@ -309,8 +309,13 @@ class Connections:
         """Static peers always; trusted builders with a known address when dialling is on."""
         targets = list(self.static_targets)
         if self.dial_enabled:
+            # One trust-store read per pass: it runs on every registry change (each
+            # receiver's lane push), and a lookup per trusted peer cost 3-6 ms on the
+            # event loop at 200 of them (docs/PERFORMANCE.md, scenario 8).
             for peer in self.trust.list():
-                if peer.allows(Permission.BUILD_FOR_ME) and self._addresses(peer.fingerprint):
+                if peer.allows(Permission.BUILD_FOR_ME) and (
+                    peer.addresses or self.registry.addresses(peer.fingerprint)
+                ):
                     targets.append(DialTarget.peer(peer.fingerprint))
         return [t for t in targets if t not in self._refused]
 
