@@ -130,8 +130,14 @@ class ProvisionedToolchain:
 
     @property
     def esphome(self) -> tuple[str, ...]:
-        """The argv prefix that runs this toolchain's esphome (``Toolchain.esphome``)."""
-        return (str(self.path / "bin" / "esphome"),)
+        """The argv prefix that runs this toolchain's esphome (``Toolchain.esphome``).
+
+        Through the build directory the published name points at, not the name itself:
+        that is where the venv lives (its scripts' shebangs name it), it never moves
+        while leased, and it is the tree the build sandbox lends read-only, so a peer's
+        sandboxed compile finds the program (the ``toolchains/`` link is not in there).
+        """
+        return (str(self.path.resolve() / "bin" / "esphome"),)
 
     @property
     def python(self) -> Path:
