@@ -75,12 +75,14 @@ def pip_runs(log: str) -> int:
     return log.count(f"[meshd] pip install esphome=={A}")
 
 
-def processes_mentioning(text: str) -> list[int]:
+def processes_mentioning(*texts: str) -> list[int]:
+    """Pids whose command line contains every one of ``texts``."""
     found = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             with contextlib.suppress(OSError):
-                if text.encode() in (entry / "cmdline").read_bytes():
+                cmdline = (entry / "cmdline").read_bytes()
+                if all(text.encode() in cmdline for text in texts):
                     found.append(int(entry.name))
     return found
 
@@ -285,7 +287,8 @@ def test_cancel_during_provisioning_leaves_nothing_ready_and_the_receiver_serves
         ids = pi.cli_json("compile", str(host_config(tmp_path / "cfg", "kitchen")), "--detach")
         remote = until("the receiver's copy", lambda: remote_jobs(rx) or None)[0]
         until("pip waiting on the index", lambda: pip_runs(job_log(rx, remote["id"])) == 1)
-        until("pip running", lambda: processes_mentioning(f"esphome=={A}") or None)
+        pip = (f"esphome=={A}", str(rx.data_dir))  # this receiver's pip, nobody else's
+        until("pip running", lambda: processes_mentioning(*pip) or None)
 
         assert pi.cli("cancel", ids["compile"]).returncode == 0
         assert pi.wait_status(ids["compile"], *ENDED)["status"] == "cancelled"
@@ -294,7 +297,7 @@ def test_cancel_during_provisioning_leaves_nothing_ready_and_the_receiver_serves
             lambda: [j["status"] for j in remote_jobs(rx)] == ["cancelled"],
         )
         # pip's process group is gone and so is its half-built venv; nothing is ready.
-        until("pip gone", lambda: not processes_mentioning(f"esphome=={A}"))
+        until("pip gone", lambda: not processes_mentioning(*pip))
         assert not ready(rx, A)
         assert builds(rx) == [] and not (toolchains(rx) / f"esphome-{A}").exists()
         assert f"[meshd] esphome {A} ready" not in job_log(rx, remote["id"])
