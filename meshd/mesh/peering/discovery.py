@@ -484,11 +484,6 @@ class Discovery:
             self._advert = replace(self._advert, toolchains=advert_toolchains(toolchains))
         self._dirty.set()
 
-    @property
-    def advert(self) -> AdvertInfo | None:
-        """What we advertise now (the newest state, perhaps not yet published)."""
-        return self._advert
-
     def _service_info(self, advert: AdvertInfo) -> AsyncServiceInfo:
         label = instance_label(advert.name, advert.fingerprint)
         addresses = list(advert.addresses) or self._interfaces or _local_ipv4()
