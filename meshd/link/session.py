@@ -440,7 +440,7 @@ class LinkSession:
         self._write(self._conn.send(message, rid))
         await self._drain()
 
-    def _write(self, data: bytes) -> None:
+    def _write(self, data: bytes | bytearray) -> None:
         """Put bytes on the transport. Sealing and writing happen with no await between,
         so frames go out in counter order."""
         if not data:
@@ -522,7 +522,7 @@ class LinkSession:
         ):
             _LOGGER.info("link to %s closed: %s", self.peer.fingerprint_hex[:16], error)
         # close() also seals after a remote protocol error (our direction is intact).
-        farewell = b""
+        farewell: bytes | bytearray = b""
         with contextlib.suppress(LinkError):
             farewell = self._conn.close(notify if notify is not None else error.reason, message)
         if notify is not None and not abort and farewell:
