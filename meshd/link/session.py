@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -60,6 +59,7 @@ from meshd.link.errors import (
     close_reason,
 )
 from meshd.link.handshake import Mode
+from meshd.link.hashing import BackgroundSha256
 from meshd.link.limits import (
     DEAD_AFTER_INTERVALS,
     DEFAULT_CHUNK_SIZE,
@@ -402,7 +402,7 @@ class LinkSession:
         self._next_sid += 2
         out = OutgoingStream(sid)
         self._out_streams[sid] = out
-        hasher = hashlib.sha256()
+        hasher = BackgroundSha256()
         finished = False
         try:
             await self._send(StreamOpen(sid, kind, name, size, meta or {}))
@@ -412,12 +412,15 @@ class LinkSession:
                 self._check_open()
                 self._write(self._conn.send(StreamChunk(sid, piece)))
                 await self._drain()
-            digest = hasher.digest()
+                if hasher.pending > STREAM_WINDOW:
+                    await hasher.settle()  # pieces are pinned until hashed: bound them
+            digest = await hasher.digest()
             await self._send(StreamEnd(sid, digest))
             finished = True
             return digest
         finally:
             self._out_streams.pop(sid, None)
+            hasher.discard()
             if not finished and not self.closed and out.error is None:
                 with contextlib.suppress(LinkError, OSError, RuntimeError):
                     self._write(self._conn.send(StreamAbort(sid, "sender gave up")))

@@ -31,7 +31,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
@@ -48,8 +48,44 @@ RESULTS = Path(__file__).resolve().parent / "results" / "link.json"
 MIB = 1024 * 1024
 
 
-async def raw_copy(payload: bytes) -> float:
-    """Seconds to move ``payload`` over a plain asyncio TCP connection."""
+class Sample(NamedTuple):
+    """One transfer: wall seconds, and CPU seconds of each end (process, loop thread).
+
+    In one process both ends are the same process: ``receiver_*`` are then zero and
+    ``sender_*`` hold the cost of both ends.
+    """
+
+    seconds: float
+    sender_cpu: float
+    sender_loop_cpu: float
+    receiver_cpu: float = 0.0
+    receiver_loop_cpu: float = 0.0
+
+
+class Clock:
+    """Wall and CPU time of one transfer, from ``Clock()`` to ``stop()``.
+
+    CPU per MiB is what a transfer costs and hardly depends on what else the shared
+    machine runs; wall-clock throughput does. Process CPU counts every thread (hashing
+    runs on worker threads); the loop thread's CPU is what serialises on the event loop.
+    """
+
+    def __init__(self) -> None:
+        self.wall = time.perf_counter()
+        self.proc = time.process_time()
+        self.thread = time.thread_time()
+
+    def stop(self) -> tuple[float, float, float]:
+        """(wall seconds, process CPU seconds, loop-thread CPU seconds)."""
+        return (
+            time.perf_counter() - self.wall,
+            time.process_time() - self.proc,
+            time.thread_time() - self.thread,
+        )
+
+
+async def raw_copy(payload: bytes) -> Sample:
+    """Move ``payload`` over a plain asyncio TCP connection inside this process."""
     done = asyncio.get_running_loop().create_future()
 
     async def sink(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -67,12 +103,12 @@ async def raw_copy(payload: bytes) -> float:
     try:
         _reader, writer = await asyncio.open_connection(LOOPBACK, port, limit=MIB)
         view = memoryview(payload)
-        start = time.perf_counter()
+        clock = Clock()
         for i in range(0, len(view), DEFAULT_CHUNK_SIZE):
             writer.write(view[i : i + DEFAULT_CHUNK_SIZE])
             await writer.drain()
         got = await done
-        elapsed = time.perf_counter() - start
+        sample = Sample(*clock.stop())
         writer.close()
         await writer.wait_closed()
     finally:
@@ -80,22 +116,22 @@ async def raw_copy(payload: bytes) -> float:
         await server.wait_closed()
     if got != len(payload):
         raise RuntimeError("raw copy lost bytes")
-    return elapsed
+    return sample
 
 
-async def link_copy(payload: bytes, server: LinkServer, client_key: Ed25519PrivateKey) -> float:
-    """Seconds to stream ``payload`` over an established link session."""
+async def link_copy(payload: bytes, server: LinkServer, client_key: Ed25519PrivateKey) -> Sample:
+    """Stream ``payload`` over a link session to a server in this process."""
     session = await connect(LOOPBACK, server.port, client_key, authorize=lambda c: True)
     try:
-        start = time.perf_counter()
+        clock = Clock()
         digest = await session.send_stream(payload, kind="bench")
         got, received_digest = await RECEIVED.get()
-        elapsed = time.perf_counter() - start
+        sample = Sample(*clock.stop())
     finally:
         await session.close()
     if got != len(payload) or received_digest != digest:
         raise RuntimeError("link copy lost or changed bytes")
-    return elapsed
+    return sample
 
 
 RECEIVED: asyncio.Queue[tuple[int, bytes | None]]
@@ -123,7 +159,8 @@ class Child:
         return cls(proc, ports["raw"], ports["link"])
 
     async def report(self) -> list[str]:
-        """The child's next line: ``raw <bytes>`` or ``link <bytes> <sha256 hex>``."""
+        """The child's next line: ``raw <bytes> <cpu> <loop cpu>`` or
+        ``link <bytes> <sha256 hex> <cpu> <loop cpu>``."""
         assert self.proc.stdout is not None
         line = await self.proc.stdout.readline()
         if not line:
@@ -141,37 +178,37 @@ class Child:
             await self.proc.wait()
 
 
-async def raw_copy_child(payload: bytes, child: Child) -> float:
-    """Seconds to move ``payload`` over plain TCP to the child process."""
+async def raw_copy_child(payload: bytes, child: Child) -> Sample:
+    """Move ``payload`` over plain TCP to the child process."""
     _reader, writer = await asyncio.open_connection(LOOPBACK, child.raw_port, limit=MIB)
     view = memoryview(payload)
-    start = time.perf_counter()
+    clock = Clock()
     for i in range(0, len(view), DEFAULT_CHUNK_SIZE):
         writer.write(view[i : i + DEFAULT_CHUNK_SIZE])
         await writer.drain()
     writer.write_eof()
     report = await child.report()
-    elapsed = time.perf_counter() - start
+    seconds, proc, thread = clock.stop()
     writer.close()
     await writer.wait_closed()
-    if report != ["raw", str(len(payload))]:
+    if report[:2] != ["raw", str(len(payload))]:
         raise RuntimeError(f"raw copy to the child lost bytes: {report}")
-    return elapsed
+    return Sample(seconds, proc, thread, float(report[2]), float(report[3]))
 
 
-async def link_copy_child(payload: bytes, child: Child, client_key: Ed25519PrivateKey) -> float:
-    """Seconds to stream ``payload`` over a link session to the child process."""
+async def link_copy_child(payload: bytes, child: Child, client_key: Ed25519PrivateKey) -> Sample:
+    """Stream ``payload`` over a link session to the child process."""
     session = await connect(LOOPBACK, child.link_port, client_key, authorize=lambda c: True)
     try:
-        start = time.perf_counter()
+        clock = Clock()
         digest = await session.send_stream(payload, kind="bench")
         report = await child.report()
-        elapsed = time.perf_counter() - start
+        seconds, proc, thread = clock.stop()
     finally:
         await session.close()
-    if report != ["link", str(len(payload)), digest.hex()]:
+    if report[:3] != ["link", str(len(payload)), digest.hex()]:
         raise RuntimeError(f"link copy to the child lost or changed bytes: {report}")
-    return elapsed
+    return Sample(seconds, proc, thread, float(report[3]), float(report[4]))
 
 
 async def child_main() -> None:
@@ -183,17 +220,21 @@ async def child_main() -> None:
 
     async def sink(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         got = 0
+        clock = Clock()
         while data := await reader.read(MIB):
             got += len(data)
-        say(f"raw {got}")
+        _, proc, thread = clock.stop()
+        say(f"raw {got} {proc} {thread}")
         writer.close()
 
     async def link_sink(_session: LinkSession, stream: IncomingStream) -> None:
         got = 0
+        clock = Clock()
         async for chunk in stream:
             got += len(chunk)
+        _, proc, thread = clock.stop()
         assert stream.digest is not None
-        say(f"link {got} {stream.digest.hex()}")
+        say(f"link {got} {stream.digest.hex()} {proc} {thread}")
 
     router = Router()
     router.on_stream("bench", link_sink)
@@ -226,6 +267,22 @@ def sans_io_handshake() -> float:
     return time.perf_counter() - start
 
 
+def summarise(size_mib: int, samples: list[Sample]) -> dict[str, Any]:
+    """Best throughput of the rounds, and median CPU milliseconds per MiB of each end."""
+
+    def per_mib(values: list[float]) -> float:
+        return round(statistics.median(values) * 1000 / size_mib, 3)
+
+    return {
+        "mib_s": round(size_mib / min(s.seconds for s in samples), 1),
+        "mib_s_all": [round(size_mib / s.seconds, 1) for s in samples],
+        "sender_cpu_ms_per_mib": per_mib([s.sender_cpu for s in samples]),
+        "sender_loop_cpu_ms_per_mib": per_mib([s.sender_loop_cpu for s in samples]),
+        "receiver_cpu_ms_per_mib": per_mib([s.receiver_cpu for s in samples]),
+        "receiver_loop_cpu_ms_per_mib": per_mib([s.receiver_loop_cpu for s in samples]),
+    }
+
+
 async def run(size_mib: int, rounds: int, handshakes: int) -> dict[str, Any]:
     global RECEIVED
     RECEIVED = asyncio.Queue()
@@ -236,16 +293,16 @@ async def run(size_mib: int, rounds: int, handshakes: int) -> dict[str, Any]:
     server = LinkServer(server_key, authorize=lambda c: True, router=router)
     await server.start(LOOPBACK, 0)
     child = await Child.start()
-    times: dict[str, list[float]] = {"raw": [], "link": [], "raw_2p": [], "link_2p": []}
+    samples: dict[str, list[Sample]] = {"raw": [], "link": [], "raw_2p": [], "link_2p": []}
     connect_times: list[float] = []
     try:
         await link_copy(payload[: 4 * MIB], server, client_key)  # warm-up
         await link_copy_child(payload[: 4 * MIB], child, client_key)
         for _ in range(rounds):
-            times["raw"].append(await raw_copy(payload))
-            times["link"].append(await link_copy(payload, server, client_key))
-            times["raw_2p"].append(await raw_copy_child(payload, child))
-            times["link_2p"].append(await link_copy_child(payload, child, client_key))
+            samples["raw"].append(await raw_copy(payload))
+            samples["link"].append(await link_copy(payload, server, client_key))
+            samples["raw_2p"].append(await raw_copy_child(payload, child))
+            samples["link_2p"].append(await link_copy_child(payload, child, client_key))
         for _ in range(handshakes):
             start = time.perf_counter()
             session = await connect(LOOPBACK, server.port, client_key, authorize=lambda c: True)
@@ -255,22 +312,20 @@ async def run(size_mib: int, rounds: int, handshakes: int) -> dict[str, Any]:
         await server.close()
         await child.stop()
     sans_io = [sans_io_handshake() for _ in range(handshakes)]
-    best = {key: size_mib / min(values) for key, values in times.items()}
+    modes = {key: summarise(size_mib, values) for key, values in samples.items()}
     return {
         "size_mib": size_mib,
         "rounds": rounds,
         "chunk_kib": DEFAULT_CHUNK_SIZE // 1024,
         # one process, one event loop: both ends share an interpreter
-        "raw_mib_s": round(best["raw"], 1),
-        "link_mib_s": round(best["link"], 1),
-        "ratio_link_over_raw": round(best["link"] / best["raw"], 3),
+        "raw_mib_s": modes["raw"]["mib_s"],
+        "link_mib_s": modes["link"]["mib_s"],
+        "ratio_link_over_raw": round(modes["link"]["mib_s"] / modes["raw"]["mib_s"], 3),
         # two processes: the receiver in a child, as between two daemons
-        "raw_2p_mib_s": round(best["raw_2p"], 1),
-        "link_2p_mib_s": round(best["link_2p"], 1),
-        "ratio_2p_link_over_raw": round(best["link_2p"] / best["raw_2p"], 3),
-        "all_mib_s": {
-            key: [round(size_mib / t, 1) for t in values] for key, values in times.items()
-        },
+        "raw_2p_mib_s": modes["raw_2p"]["mib_s"],
+        "link_2p_mib_s": modes["link_2p"]["mib_s"],
+        "ratio_2p_link_over_raw": round(modes["link_2p"]["mib_s"] / modes["raw_2p"]["mib_s"], 3),
+        "modes": modes,
         "handshake_connect_ms_median": round(statistics.median(connect_times) * 1000, 2),
         "handshake_connect_ms_p90": round(statistics.quantiles(connect_times, n=10)[-1] * 1000, 2)
         if len(connect_times) >= 2
@@ -280,7 +335,7 @@ async def run(size_mib: int, rounds: int, handshakes: int) -> dict[str, Any]:
             "cpus": os.cpu_count(),
             "platform": platform.platform(),
             "python": platform.python_version(),
-            "note": "shared machine, numbers are noisy; best of rounds",
+            "note": "shared machine, throughput is noisy (best of rounds); CPU is the median",
         },
         "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
@@ -305,6 +360,19 @@ def report(result: dict[str, Any]) -> None:
         f"{result['ratio_link_over_raw']:.2f}",
         f"{result['ratio_2p_link_over_raw']:.2f}",
     )
+    modes = result["modes"]
+    for name, one, two in (("raw", "raw", "raw_2p"), ("link", "link", "link_2p")):
+        table.add_row(
+            f"{name}: CPU ms/MiB, both ends",
+            f"{modes[one]['sender_cpu_ms_per_mib']}",
+            f"{modes[two]['sender_cpu_ms_per_mib']} + {modes[two]['receiver_cpu_ms_per_mib']}",
+        )
+        table.add_row(
+            f"{name}: loop-thread CPU ms/MiB",
+            f"{modes[one]['sender_loop_cpu_ms_per_mib']}",
+            f"{modes[two]['sender_loop_cpu_ms_per_mib']}"
+            f" + {modes[two]['receiver_loop_cpu_ms_per_mib']}",
+        )
     table.add_row("connect + handshake (median)", f"{result['handshake_connect_ms_median']} ms", "")
     table.add_row("connect + handshake (p90)", f"{result['handshake_connect_ms_p90']} ms", "")
     table.add_row("sans-IO handshake (median)", f"{result['handshake_sans_io_ms_median']} ms", "")
