@@ -248,6 +248,29 @@ class Connection:
         elif not self._eof:
             self._buffer.feed(data)
 
+    def receive_buffer(self, size: int) -> memoryview:
+        """``size`` bytes of free space to read the peer's bytes straight into
+        (``asyncio.BufferedProtocol.get_buffer``); ``receive_committed`` says how many."""
+        self._check_usable()
+        return self._buffer.writable(size)
+
+    def receive_committed(self, size: int) -> None:
+        """``size`` bytes were written into the last ``receive_buffer`` view.
+
+        The same as ``receive_data`` of those bytes, minus the copy; bytes after EOF
+        are dropped, like ``receive_data``'s.
+        """
+        self._check_usable()
+        if size == 0:
+            raise ValueError("signal EOF with receive_data(b'')")
+        if not self._eof:
+            self._buffer.commit(size)
+
+    @property
+    def buffered(self) -> int:
+        """Received bytes not yet turned into events (the receiver's backlog)."""
+        return self._buffer.pending
+
     @property
     def session_id(self) -> bytes:
         """The final transcript hash h4 (empty before HS3): binds proofs to this session."""

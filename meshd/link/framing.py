@@ -35,44 +35,88 @@ def frame(body: bytes) -> bytes:
 
 
 class FrameBuffer:
-    """Accumulates received bytes and yields complete frame bodies, one at a time."""
+    """Accumulates received bytes and yields complete frame bodies, one at a time.
+
+    The bytes live in one buffer between a read and a write offset. A socket can read
+    straight into its free tail (``writable`` + ``commit``, for ``BufferedProtocol``),
+    and consumed frames only move the read offset, so receiving costs no copy until a
+    frame is opened. The buffer is never resized in place (a larger one replaces it),
+    so a view handed out earlier never blocks it or dangles.
+    """
 
     def __init__(self, max_frame: int) -> None:
         self._buf = bytearray()
+        self._start = 0  # first unconsumed byte
+        self._end = 0  # one past the last received byte
         self.max_frame = max_frame
 
     def feed(self, data: bytes | bytearray | memoryview) -> None:
         """Append received bytes (any split, any size)."""
-        self._buf += data
+        size = memoryview(data).nbytes
+        self._make_room(size)
+        self._buf[self._end : self._end + size] = data
+        self._end += size
+
+    def writable(self, size: int) -> memoryview:
+        """``size`` bytes of free space at the end, for a socket to read into;
+        ``commit`` then says how many bytes it wrote."""
+        self._make_room(size)
+        return memoryview(self._buf)[self._end : self._end + size]
+
+    def commit(self, size: int) -> None:
+        """``size`` bytes were written at the start of the last ``writable`` view."""
+        if not 0 <= size <= len(self._buf) - self._end:
+            raise ValueError("committed more than the writable space")
+        self._end += size
+
+    def _make_room(self, size: int) -> None:
+        free = len(self._buf) - self._end
+        if free >= size:
+            return
+        start, held = self._start, self._end - self._start
+        with memoryview(self._buf) as view, view[start : self._end] as kept:
+            if start and len(self._buf) - held >= size and held <= start:
+                # Slide the partial frame to the front: a same-length slice assignment
+                # never resizes, and source and target do not overlap.
+                self._buf[:held] = kept
+            else:
+                grown = bytearray(max(held + size, 2 * len(self._buf)))
+                grown[:held] = kept
+                self._buf = grown
+        self._start, self._end = 0, held
 
     @property
     def pending(self) -> int:
         """Bytes received but not yet returned as a frame."""
-        return len(self._buf)
+        return self._end - self._start
 
     def _frame_end(self) -> int | None:
         """End offset of the first frame if it is complete; refuses an oversize length
         as soon as its prefix is in."""
-        buf = self._buf
-        if len(buf) < LENGTH_PREFIX_SIZE:
+        start = self._start
+        if self._end - start < LENGTH_PREFIX_SIZE:
             return None
-        (length,) = _LENGTH.unpack_from(buf)
+        (length,) = _LENGTH.unpack_from(self._buf, start)
         if length > self.max_frame:
             raise RemoteProtocolError(f"frame length {length} exceeds limit {self.max_frame}")
-        end = LENGTH_PREFIX_SIZE + length
-        return end if len(buf) >= end else None
+        end = start + LENGTH_PREFIX_SIZE + length
+        return end if self._end >= end else None
+
+    def _consume(self, end: int) -> None:
+        self._start = end
+        if self._start == self._end:
+            self._start = self._end = 0
 
     def next_frame(self) -> tuple[bytes, bytes] | None:
         """(length prefix, body) of the next complete frame, or None if more is needed."""
-        buf = self._buf
         end = self._frame_end()
         if end is None:
             return None
-        prefix = bytes(buf[:LENGTH_PREFIX_SIZE])
-        with memoryview(buf) as view:
-            body = bytes(view[LENGTH_PREFIX_SIZE:end])
-        # Deleting a bytearray's prefix is O(1) in CPython (it moves the start offset).
-        del buf[:end]
+        start = self._start
+        with memoryview(self._buf) as view:
+            prefix = bytes(view[start : start + LENGTH_PREFIX_SIZE])
+            body = bytes(view[start + LENGTH_PREFIX_SIZE : end])
+        self._consume(end)
         return prefix, body
 
     def open_next(self, opener: FrameOpener) -> memoryview | None:
@@ -82,15 +126,14 @@ class FrameBuffer:
         receive buffer, never copied. The plaintext is a view of ``opener``'s buffer,
         valid until its next ``open_view``: decode it before asking for another frame.
         """
-        buf = self._buf
         end = self._frame_end()
         if end is None:
             return None
-        prefix = bytes(buf[:LENGTH_PREFIX_SIZE])
-        # Both views are released before the buffer is resized (a live export forbids it).
-        with memoryview(buf) as view, view[LENGTH_PREFIX_SIZE:end] as body:
+        start = self._start
+        with memoryview(self._buf) as view, view[start + LENGTH_PREFIX_SIZE : end] as body:
+            prefix = bytes(view[start : start + LENGTH_PREFIX_SIZE])
             plaintext = opener.open_view(prefix, body)
-        del buf[:end]
+        self._consume(end)
         return plaintext
 
 

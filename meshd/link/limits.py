@@ -39,10 +39,12 @@ MIN_SEALED_FRAME: Final = TAG_SIZE
 # re-established (never reached in practice: 2**64 frames of 1 byte is centuries).
 MAX_NONCE: Final = 2**64 - 1
 
-# Default payload per stream chunk. 256 KiB amortises the per-frame Python work (one
-# msgpack pack, one AEAD call, one write) to noise while keeping latency for
-# interleaved messages (log lines, heartbeats) low.
-DEFAULT_CHUNK_SIZE: Final = 256 * 1024
+# Default payload per stream chunk: the largest MAX_CHUNK_SIZE allows. The per-frame
+# Python work (one msgpack pack, one AEAD call, one write, one dispatch) is a fixed cost,
+# so halving the frames per MiB cut the link's CPU per MiB by about a sixth
+# (docs/PERFORMANCE.md "Peer link"); an interleaved message (a log line, a heartbeat)
+# still waits at most one chunk, about 4 ms at 1 Gbit/s.
+DEFAULT_CHUNK_SIZE: Final = 512 * 1024
 
 # Largest data field of one stream chunk; must fit MAX_FRAME with envelope overhead.
 MAX_CHUNK_SIZE: Final = 512 * 1024

@@ -81,6 +81,7 @@ from meshd.link.messages import (
     StreamWindow,
     UnknownMessage,
 )
+from meshd.link.receiver import SessionReceiver
 from meshd.link.streams import IncomingStream, OutgoingStream, iter_chunks
 
 _LOGGER = logging.getLogger(__name__)
@@ -561,13 +562,24 @@ class LinkSession:
     # -- receiving --------------------------------------------------------------------
 
     async def _read_loop(self) -> None:
+        receiver: SessionReceiver | None = None
         try:
             while True:
                 event = self._conn.next_event()
                 if event is NEED_DATA:
+                    if receiver is not None:
+                        more = await receiver.wait()
+                        self._last_rx = time.monotonic()
+                        if not more:
+                            self._conn.receive_data(b"")  # EOF
+                        continue
+                    # Until the stream reader is empty, read through it; then read
+                    # into the frame buffer directly (meshd.link.receiver).
                     data = await self._reader.read(READ_SIZE)
                     self._last_rx = time.monotonic()
                     self._conn.receive_data(data)
+                    if 0 < len(data) < READ_SIZE and not self._reader.at_eof():
+                        receiver = SessionReceiver.install(self._conn, self._writer)
                 elif isinstance(event, MessageReceived):
                     await self._dispatch(event)
                 elif isinstance(event, ConnectionClosed):

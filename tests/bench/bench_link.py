@@ -46,6 +46,9 @@ from tests.support.connection_pair import ConnectionPair  # noqa: E402
 LOOPBACK = "127.0.0.1"
 RESULTS = Path(__file__).resolve().parent / "results" / "link.json"
 MIB = 1024 * 1024
+# The raw copy's write size, fixed so the baseline is the same whatever the link's
+# chunk size is.
+RAW_WRITE = 256 * 1024
 
 
 class Sample(NamedTuple):
@@ -104,8 +107,8 @@ async def raw_copy(payload: bytes) -> Sample:
         _reader, writer = await asyncio.open_connection(LOOPBACK, port, limit=MIB)
         view = memoryview(payload)
         clock = Clock()
-        for i in range(0, len(view), DEFAULT_CHUNK_SIZE):
-            writer.write(view[i : i + DEFAULT_CHUNK_SIZE])
+        for i in range(0, len(view), RAW_WRITE):
+            writer.write(view[i : i + RAW_WRITE])
             await writer.drain()
         got = await done
         sample = Sample(*clock.stop())
@@ -183,8 +186,8 @@ async def raw_copy_child(payload: bytes, child: Child) -> Sample:
     _reader, writer = await asyncio.open_connection(LOOPBACK, child.raw_port, limit=MIB)
     view = memoryview(payload)
     clock = Clock()
-    for i in range(0, len(view), DEFAULT_CHUNK_SIZE):
-        writer.write(view[i : i + DEFAULT_CHUNK_SIZE])
+    for i in range(0, len(view), RAW_WRITE):
+        writer.write(view[i : i + RAW_WRITE])
         await writer.drain()
     writer.write_eof()
     report = await child.report()
