@@ -21,7 +21,7 @@ MAGIC: Final = b"MSHD"
 LENGTH_PREFIX_SIZE: Final = 4
 
 # Largest sealed frame body (ciphertext + tag) after the handshake. 1 MiB leaves room
-# for a 256 KiB chunk four times over while keeping the worst case a hostile peer can
+# for a largest (512 KiB) chunk twice over while keeping the worst case a hostile peer can
 # make us buffer per connection small enough for a Raspberry Pi.
 MAX_FRAME: Final = 1024 * 1024
 
@@ -41,7 +41,7 @@ MAX_NONCE: Final = 2**64 - 1
 
 # Default payload per stream chunk: the largest MAX_CHUNK_SIZE allows. The per-frame
 # Python work (one msgpack pack, one AEAD call, one write, one dispatch) is a fixed cost,
-# so halving the frames per MiB cut the link's CPU per MiB by about a sixth
+# so halving the frames per MiB cut the link's loop CPU per MiB by about a fifth
 # (docs/PERFORMANCE.md "Peer link"); an interleaved message (a log line, a heartbeat)
 # still waits at most one chunk, about 4 ms at 1 Gbit/s.
 DEFAULT_CHUNK_SIZE: Final = 512 * 1024

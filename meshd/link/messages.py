@@ -512,7 +512,7 @@ def encode(message: Message, rid: int = 0) -> bytes:
 class Encoder:
     """``encode`` into one reused buffer, for the sealer to read in place.
 
-    A 256 KiB stream chunk packed with ``encode`` costs a fresh allocation and a copy
+    A 512 KiB stream chunk packed with ``encode`` costs a fresh allocation and a copy
     per frame; the packer here keeps its buffer between messages, so the plaintext is
     only ever written once, by msgpack, and read once, by the cipher.
     """
