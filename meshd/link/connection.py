@@ -266,6 +266,14 @@ class Connection:
         if not self._eof:
             self._buffer.commit(size)
 
+    def trim_buffers(self) -> None:
+        """Give back receive and send buffers a burst grew (call when idle; they regrow
+        on demand). A partly received frame is kept."""
+        self._buffer.trim()
+        if self._opener is not None:
+            self._opener.trim()
+        self._encoder = Encoder()
+
     @property
     def buffered(self) -> int:
         """Received bytes not yet turned into events (the receiver's backlog)."""

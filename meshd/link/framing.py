@@ -90,6 +90,17 @@ class FrameBuffer:
         """Bytes received but not yet returned as a frame."""
         return self._end - self._start
 
+    @property
+    def capacity(self) -> int:
+        """Bytes of buffer held, used or not."""
+        return len(self._buf)
+
+    def trim(self) -> None:
+        """Give back the space a burst (a stream) grew, if nothing is pending."""
+        if self._start == self._end:
+            self._buf = bytearray()
+            self._start = self._end = 0
+
     def _frame_end(self) -> int | None:
         """End offset of the first frame if it is complete; refuses an oversize length
         as soon as its prefix is in."""
@@ -174,6 +185,10 @@ class FrameOpener:
         self.counter = 0
         # Reused plaintext buffer for open_view; grows to the largest frame seen (at most
         # MAX_FRAME), is replaced rather than resized so an old view never dangles.
+        self._plain = bytearray()
+
+    def trim(self) -> None:
+        """Give back the plaintext buffer (it regrows to the next frame's size)."""
         self._plain = bytearray()
 
     def _check(self, body: bytes | memoryview) -> None:

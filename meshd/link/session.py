@@ -718,6 +718,10 @@ class LinkSession:
             await asyncio.sleep(tick)
             now = time.monotonic()
             silent = now - self._last_rx
+            if not self._in_streams and not self._out_streams:
+                # No stream under way: give back what a burst grew (cheap if nothing
+                # did; what a frame in progress holds is kept).
+                self._conn.trim_buffers()
             if silent > cfg.dead_after and not self._rx_blocked:
                 self._shutdown(
                     PeerTimeout(f"peer silent for {silent:.1f}s"),

@@ -10,8 +10,9 @@ import os
 import random
 
 from meshd.link import CloseReason, IncomingStream, LinkSession, RemoteProtocolError, Router
+from meshd.link.limits import STREAM_WINDOW
 from meshd.link.messages import CachePut, Ping, Pong, StreamChunk, StreamEnd, StreamOpen
-from meshd.link.receiver import HIGH_WATER, READ_CHUNK, SessionReceiver
+from meshd.link.receiver import HIGH_WATER, MIN_READ, READ_CHUNK, SessionReceiver
 from meshd.link.session import SessionConfig
 from meshd.mesh.security.identity import Identity
 
@@ -161,3 +162,39 @@ async def _send_all(peer: RawPeer, messages: list[CachePut]) -> None:
     for message in messages:
         peer.writer.write(peer.conn.send(message))
         await peer.writer.drain()
+
+
+async def test_an_idle_session_gives_back_what_a_stream_grew(
+    harness: Harness, alice: Identity, bob: Identity
+) -> None:
+    drained = asyncio.Event()
+
+    async def drain(_s: LinkSession, stream: IncomingStream) -> None:
+        async for _chunk in stream:
+            pass
+        drained.set()
+
+    router = Router()
+    router.on_stream("bundle", drain)
+    peer, session = await _taken_over(harness, bob, alice, router=router)
+    conn = session._conn
+    payload = os.urandom(STREAM_WINDOW)  # all the credit a raw peer (no credit) may use
+    wire = peer.conn.send(StreamOpen(1, "bundle", "n", len(payload)))
+    for start in range(0, len(payload), 512 * 1024):
+        wire += peer.conn.send(StreamChunk(1, payload[start : start + 512 * 1024]))
+    wire += peer.conn.send(StreamEnd(1, hashlib.sha256(payload).digest()))
+    peaks: list[int] = []
+
+    async def watch() -> None:
+        while True:
+            peaks.append(conn._buffer.capacity)
+            await asyncio.sleep(0)
+
+    watcher = harness.spawn(watch())
+    peer.writer.write(bytes(wire))  # one burst: the server's buffer grows to keep up
+    await asyncio.wait_for(drained.wait(), 20)
+    watcher.cancel()
+    assert max(peaks) >= READ_CHUNK  # reads grew to the largest offer
+    # The raw peer does not ping; our own pings' answers are all the traffic now.
+    await _poll(lambda: conn._buffer.capacity <= MIN_READ, "the buffer shrank back")
+    assert not session.closed
