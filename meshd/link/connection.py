@@ -248,11 +248,12 @@ class Connection:
         elif not self._eof:
             self._buffer.feed(data)
 
-    def receive_buffer(self, size: int) -> memoryview:
-        """``size`` bytes of free space to read the peer's bytes straight into
-        (``asyncio.BufferedProtocol.get_buffer``); ``receive_committed`` says how many."""
+    def receive_buffer(self, size: int, most: int = 0) -> memoryview:
+        """``size`` bytes of free space (up to ``most`` if already there) to read the
+        peer's bytes straight into (``asyncio.BufferedProtocol.get_buffer``);
+        ``receive_committed`` says how many."""
         self._check_usable()
-        return self._buffer.writable(size)
+        return self._buffer.writable(size, most)
 
     def receive_committed(self, size: int) -> None:
         """``size`` bytes were written into the last ``receive_buffer`` view.

@@ -57,11 +57,13 @@ class FrameBuffer:
         self._buf[self._end : self._end + size] = data
         self._end += size
 
-    def writable(self, size: int) -> memoryview:
-        """``size`` bytes of free space at the end, for a socket to read into;
-        ``commit`` then says how many bytes it wrote."""
+    def writable(self, size: int, most: int = 0) -> memoryview:
+        """Free space at the end for a socket to read into: ``size`` bytes, or up to
+        ``most`` if the buffer already has them (it grows only for ``size``); ``commit``
+        then says how many bytes were written."""
         self._make_room(size)
-        return memoryview(self._buf)[self._end : self._end + size]
+        end = self._end
+        return memoryview(self._buf)[end : min(len(self._buf), end + max(size, most))]
 
     def commit(self, size: int) -> None:
         """``size`` bytes were written at the start of the last ``writable`` view."""

@@ -31,8 +31,9 @@ from meshd.link.limits import LENGTH_PREFIX_SIZE, MAX_FRAME
 
 # Most free space offered to one socket read: two default stream chunks. Measured
 # against 256 KiB it cut the receiver's loop CPU per MiB by a quarter (fewer reads and
-# wakeups). The offer starts at MIN_READ and doubles while reads fill it, halving
-# again when they come back small, so an idle session does not hold a stream's buffer.
+# wakeups). Space the buffer already has is offered up to READ_CHUNK; what it may grow
+# by for one read (the offer) starts at MIN_READ and doubles while reads fill it,
+# halving when they come back small, so an idle session does not grow a stream's buffer.
 READ_CHUNK: Final = 1024 * 1024
 MIN_READ: Final = 64 * 1024
 
@@ -82,7 +83,9 @@ class SessionReceiver(asyncio.BufferedProtocol):
     def get_buffer(self, sizehint: int) -> memoryview:
         if self._sink is None:
             try:
-                return self._conn.receive_buffer(self._offer)
+                # Room the buffer already has is offered up to READ_CHUNK; it grows
+                # only by the adaptive offer.
+                return self._conn.receive_buffer(self._offer, READ_CHUNK)
             except LinkError:  # the Connection broke: the session is ending
                 self._sink = bytearray(READ_CHUNK)
         return memoryview(self._sink)
@@ -91,7 +94,7 @@ class SessionReceiver(asyncio.BufferedProtocol):
         if self._sink is not None or nbytes == 0:
             return  # the session is over: nobody will read these bytes
         self._conn.receive_committed(nbytes)
-        if nbytes >= self._offer:
+        if nbytes >= self._offer:  # reads keep up with the offer: let it grow
             self._offer = min(2 * self._offer, READ_CHUNK)
         elif nbytes < self._offer // 4:
             self._offer = max(self._offer // 2, MIN_READ)
