@@ -5,6 +5,12 @@ loop that is the biggest per-byte cost after the cipher, and it serialises with
 everything else the loop does; ``hashlib`` releases the GIL for large updates, so on a
 worker thread it runs beside the loop on another core instead.
 
+That pays only with a core to spare: the hand-offs cost CPU of their own (about
+0.2 ms/MiB per end, docs/PERFORMANCE.md "Peer link"), and on a 2-CPU machine whose
+other core is busy the loop got fewer MiB/s with the thread than without. So hashing
+moves to the thread only when this process may run on more than two CPUs
+(``OFFLOAD``); otherwise every update is hashed inline, in order, on the loop.
+
 One daemon thread per process does all the hashing, taking batches from a FIFO queue,
 so the updates of each hash run in the order they were made. Handing work to a thread
 is not free (a futex wake, GIL hand-offs), so updates are batched to ``BATCH`` bytes,
@@ -18,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import os
 import queue
 import threading
 from typing import Final
@@ -30,6 +37,18 @@ INLINE_BELOW: Final = 64 * 1024
 
 # Bytes collected before a batch goes to the worker (four default stream chunks).
 BATCH: Final = 1024 * 1024
+
+
+def _spare_cores() -> bool:
+    try:
+        return len(os.sched_getaffinity(0)) > 2
+    except AttributeError:  # not Linux
+        return (os.cpu_count() or 1) > 2
+
+
+# Whether new hashes use the worker thread (read when each is created; tests and the
+# benchmark set it to compare both ways).
+OFFLOAD = _spare_cores()
 
 _Work = tuple["BackgroundSha256", list[Buffer], int]
 _queue: queue.SimpleQueue[_Work] = queue.SimpleQueue()
@@ -61,7 +80,9 @@ def _wake(waiter: asyncio.Future[None]) -> None:
 class BackgroundSha256:
     """An incremental SHA-256 whose large updates run on the hashing thread."""
 
-    def __init__(self) -> None:
+    def __init__(self, offload: bool | None = None) -> None:
+        """``offload``: use the worker thread (default: ``OFFLOAD``)."""
+        self._offload = OFFLOAD if offload is None else offload
         self._hash = hashlib.sha256()
         self._batch: list[Buffer] = []
         self._batch_bytes = 0
@@ -86,7 +107,7 @@ class BackgroundSha256:
         size = memoryview(data).nbytes
         if not size:
             return
-        if size < INLINE_BELOW and not self.pending:
+        if (not self._offload or size < INLINE_BELOW) and not self.pending:
             self._hash.update(data)  # the worker holds nothing of ours: safe inline
             return
         self._batch.append(data)

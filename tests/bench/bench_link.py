@@ -149,11 +149,13 @@ class Child:
         self.link_port = link_port
 
     @classmethod
-    async def start(cls) -> Child:
+    async def start(cls, hash_thread: str) -> Child:
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
             str(Path(__file__).resolve()),
             "--child",
+            "--hash-thread",
+            hash_thread,
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
         )
@@ -286,7 +288,19 @@ def summarise(size_mib: int, samples: list[Sample]) -> dict[str, Any]:
     }
 
 
-async def run(size_mib: int, rounds: int, handshakes: int) -> dict[str, Any]:
+def set_hash_thread(choice: str) -> bool | None:
+    """Force stream hashing onto the worker thread ("on") or the loop ("off"); "auto"
+    leaves meshd's choice (by CPU count). None: this tree hashes on the loop only."""
+    try:
+        from meshd.link import hashing
+    except ImportError:  # a tree from before meshd.link.hashing
+        return None
+    if choice != "auto":
+        hashing.OFFLOAD = choice == "on"
+    return hashing.OFFLOAD
+
+
+async def run(size_mib: int, rounds: int, handshakes: int, hash_thread: str) -> dict[str, Any]:
     global RECEIVED
     RECEIVED = asyncio.Queue()
     payload = os.urandom(size_mib * MIB)
@@ -295,7 +309,7 @@ async def run(size_mib: int, rounds: int, handshakes: int) -> dict[str, Any]:
     server_key, client_key = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
     server = LinkServer(server_key, authorize=lambda c: True, router=router)
     await server.start(LOOPBACK, 0)
-    child = await Child.start()
+    child = await Child.start(hash_thread)
     samples: dict[str, list[Sample]] = {"raw": [], "link": [], "raw_2p": [], "link_2p": []}
     connect_times: list[float] = []
     try:
@@ -320,6 +334,7 @@ async def run(size_mib: int, rounds: int, handshakes: int) -> dict[str, Any]:
         "size_mib": size_mib,
         "rounds": rounds,
         "chunk_kib": DEFAULT_CHUNK_SIZE // 1024,
+        "hash_thread": set_hash_thread(hash_thread),
         # one process, one event loop: both ends share an interpreter
         "raw_mib_s": modes["raw"]["mib_s"],
         "link_mib_s": modes["link"]["mib_s"],
@@ -349,7 +364,9 @@ def report(result: dict[str, Any]) -> None:
     from rich.table import Table
 
     table = Table(
-        title=f"meshd peer link on loopback ({result['size_mib']} MiB, best of {result['rounds']})"
+        title=f"meshd peer link on loopback ({result['size_mib']} MiB, best of"
+        f" {result['rounds']}, {result['chunk_kib']} KiB chunks,"
+        f" hash thread {'on' if result['hash_thread'] else 'off'})"
     )
     table.add_column("measure")
     table.add_column("one process", justify="right")
@@ -388,12 +405,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--handshakes", type=int, default=40)
     parser.add_argument("--output", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--hash-thread",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="stream SHA-256 on a worker thread (default: meshd's choice by CPU count)",
+    )
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    set_hash_thread(args.hash_thread)
     if args.child:
         asyncio.run(child_main())
         return {}
-    result = asyncio.run(run(args.size_mib, args.rounds, args.handshakes))
+    result = asyncio.run(run(args.size_mib, args.rounds, args.handshakes, args.hash_thread))
     report(result)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(result, indent=2) + "\n")

@@ -9,7 +9,16 @@ import hashlib
 import os
 import random
 
-from meshd.link import CloseReason, IncomingStream, LinkSession, RemoteProtocolError, Router
+import pytest
+
+from meshd.link import (
+    CloseReason,
+    IncomingStream,
+    LinkSession,
+    RemoteProtocolError,
+    Router,
+    hashing,
+)
 from meshd.link.limits import STREAM_WINDOW
 from meshd.link.messages import CachePut, Ping, Pong, StreamChunk, StreamEnd, StreamOpen
 from meshd.link.receiver import HIGH_WATER, MIN_READ, READ_CHUNK, SessionReceiver
@@ -55,9 +64,11 @@ async def _trickle(peer: RawPeer, data: bytes, rng: random.Random, biggest: int)
         pos += step
 
 
+@pytest.mark.parametrize("offload", [True, False], ids=["hash-thread", "hash-inline"])
 async def test_a_stream_in_ragged_pieces_arrives_whole(
-    harness: Harness, alice: Identity, bob: Identity
+    harness: Harness, alice: Identity, bob: Identity, offload: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(hashing, "OFFLOAD", offload)
     got: asyncio.Queue[tuple[bytes, bytes | None]] = asyncio.Queue()
 
     async def collect(_s: LinkSession, stream: IncomingStream) -> None:
@@ -198,3 +209,24 @@ async def test_an_idle_session_gives_back_what_a_stream_grew(
     # The raw peer does not ping; our own pings' answers are all the traffic now.
     await _poll(lambda: conn._buffer.capacity <= MIN_READ, "the buffer shrank back")
     assert not session.closed
+
+
+@pytest.mark.parametrize("offload", [True, False], ids=["hash-thread", "hash-inline"])
+async def test_send_stream_digest_both_ways(
+    harness: Harness, alice: Identity, bob: Identity, offload: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A whole session, both ends in this process, hashing on the thread or inline."""
+    monkeypatch.setattr(hashing, "OFFLOAD", offload)
+    got: asyncio.Queue[tuple[bytes, bytes | None]] = asyncio.Queue()
+
+    async def collect(_s: LinkSession, stream: IncomingStream) -> None:
+        await got.put((await stream.read_all(1 << 24), stream.digest))
+
+    router = Router()
+    router.on_stream("bundle", collect)
+    server = await harness.server(bob, router=router)
+    client = await harness.connect(alice, server.port)
+    payload = os.urandom(5 * 1024 * 1024 + 3)
+    digest = await client.send_stream(payload, kind="bundle")
+    data, received = await asyncio.wait_for(got.get(), 20)
+    assert digest == received == hashlib.sha256(payload).digest() and data == payload

@@ -148,7 +148,7 @@ def test_encoder_is_clean_after_a_refused_message() -> None:
 
 async def test_background_hash_matches_hashlib_at_every_size() -> None:
     rng = random.Random(1)
-    hasher, reference = BackgroundSha256(), hashlib.sha256()
+    hasher, reference = BackgroundSha256(offload=True), hashlib.sha256()
     sizes = [0, 1, INLINE_BELOW - 1, INLINE_BELOW, BATCH - 1, BATCH, 3 * BATCH + 7]
     for _ in range(40):
         data = rng.randbytes(rng.choice(sizes))
@@ -162,9 +162,19 @@ async def test_background_hash_matches_hashlib_at_every_size() -> None:
         hasher.update(b"late")
 
 
+async def test_inline_hash_matches_hashlib_and_never_pins_bytes() -> None:
+    hasher, reference = BackgroundSha256(offload=False), hashlib.sha256()
+    for size in (0, 1, INLINE_BELOW, 3 * BATCH):
+        data = os.urandom(size)
+        hasher.update(data)
+        reference.update(data)
+        assert hasher.pending == 0
+    assert await hasher.digest() == reference.digest()
+
+
 async def test_interleaved_hashes_stay_in_their_own_order() -> None:
     parts = [[os.urandom(INLINE_BELOW * (i + 1)) for i in range(6)] for _ in range(3)]
-    hashers = [BackgroundSha256() for _ in parts]
+    hashers = [BackgroundSha256(offload=True) for _ in parts]
     for step in range(6):
         for hasher, chunks in zip(hashers, parts, strict=True):
             hasher.update(chunks[step])
@@ -187,7 +197,7 @@ async def test_a_cancelled_settle_leaves_the_hash_intact() -> None:
     blocker = _Blocker()
     hashing._submit((blocker, [], 0))  # type: ignore[arg-type]
     try:
-        hasher = BackgroundSha256()
+        hasher = BackgroundSha256(offload=True)
         hasher.update(data)
         waiter = asyncio.ensure_future(hasher.settle())
         await asyncio.sleep(0.05)
@@ -201,11 +211,18 @@ async def test_a_cancelled_settle_leaves_the_hash_intact() -> None:
     assert hasher.pending == 0
 
 
+@pytest.fixture(params=[True, False], ids=["thread", "inline"])
+def offload(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> bool:
+    """Streams hash on the worker thread, or inline (hashing.OFFLOAD decides by CPUs)."""
+    monkeypatch.setattr(hashing, "OFFLOAD", request.param)
+    return bool(request.param)
+
+
 def _incoming(size: int | None = None) -> IncomingStream:
     return IncomingStream(StreamOpen(1, "blob", "x", size), lambda sid, n: None)
 
 
-async def test_a_large_stream_with_a_wrong_digest_fails_at_the_end() -> None:
+async def test_a_large_stream_with_a_wrong_digest_fails_at_the_end(offload: bool) -> None:
     chunks = [os.urandom(MAX_CHUNK_SIZE) for _ in range(3)]
     stream = _incoming()
     for chunk in chunks:
@@ -220,7 +237,7 @@ async def test_a_large_stream_with_a_wrong_digest_fails_at_the_end() -> None:
     assert stream.digest == hashlib.sha256(b"".join(chunks)).digest()
 
 
-async def test_a_large_stream_with_the_right_digest_ends_cleanly() -> None:
+async def test_a_large_stream_with_the_right_digest_ends_cleanly(offload: bool) -> None:
     chunks = [os.urandom(MAX_CHUNK_SIZE) for _ in range(3)]
     stream = _incoming(size=3 * MAX_CHUNK_SIZE)
     for chunk in chunks:
@@ -230,7 +247,7 @@ async def test_a_large_stream_with_the_right_digest_ends_cleanly() -> None:
     assert stream.digest == hashlib.sha256(b"".join(chunks)).digest()
 
 
-async def test_a_stream_that_dies_after_its_end_still_checks_the_digest() -> None:
+async def test_a_stream_that_dies_after_its_end_still_checks_the_digest(offload: bool) -> None:
     chunk = os.urandom(MAX_CHUNK_SIZE)
     stream = _incoming()
     stream.feed(chunk)
