@@ -5,9 +5,9 @@ loop that is the biggest per-byte cost after the cipher, and it serialises with
 everything else the loop does; ``hashlib`` releases the GIL for large updates, so on a
 worker thread it runs beside the loop on another core instead.
 
-That pays only with a core to spare: the hand-offs cost CPU of their own (about
-0.2 ms/MiB per end, docs/PERFORMANCE.md "Peer link"), and on a 2-CPU machine whose
-other core is busy the loop got fewer MiB/s with the thread than without. So hashing
+That pays only with a core to spare: the hand-offs cost CPU of their own (up to a few
+tenths of a ms per MiB per end, docs/PERFORMANCE.md "Peer link"), and on a 2-CPU
+machine running both ends a link moved fewer MiB/s with the thread than without. So hashing
 moves to the thread only when this process may run on more than two CPUs
 (``OFFLOAD``); otherwise every update is hashed inline, in order, on the loop.
 
