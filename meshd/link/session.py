@@ -13,6 +13,8 @@ sans-IO ``Connection``. It adds what needs a clock or concurrency:
   gets exactly one answer (its handler's, or an ``error``), so no requester waits for
   longer than its own timeout;
 * streams with credit-based flow control (``send_stream()``, ``Router.on_stream``);
+* once the stream reader that ran the handshake is empty, reads go straight into the
+  connection's frame buffer (``meshd.link.receiver``);
 * heartbeats: a ping every ``heartbeat_interval``; a peer silent for ``dead_after``
   seconds is declared dead (``PeerTimeout``) within ``dead_after + tick``;
 * one shutdown path: the first fatal error wins, cleanup runs once and synchronously,

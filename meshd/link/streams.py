@@ -8,9 +8,10 @@ returns credit with ``stream_window`` as its consumer reads. So the session read
 never blocks on a slow consumer (heartbeats keep flowing) and a receiver buffers at
 most one window per stream; a sender that overruns its credit is a protocol violation.
 
-Both ends hash on a worker thread (``meshd.link.hashing``). The receiver compares the
-digest when its consumer reaches the end, after the last byte has been hashed, so a
-mismatch still surfaces as ``StreamError`` from the iteration, never as success.
+Both ends hash with ``meshd.link.hashing`` (on a worker thread where there are cores
+to spare). The receiver compares the digest when its consumer reaches the end, after
+the last byte has been hashed, so a mismatch still surfaces as ``StreamError`` from
+the iteration, never as success.
 """
 
 from __future__ import annotations
