@@ -70,6 +70,9 @@ class BuildProvenance:
     """The canonical record bytes as signed, hex."""
     signature: str
     """The Ed25519 signature over ``meshd-provenance-v1`` || record, hex."""
+    receiver_key: str
+    """The receiver's raw Ed25519 public key (hex) the signature verified under, as
+    authenticated in the link handshake: enough to verify the record again offline."""
     verified: bool = True
     """The offloader checked signature, job and artifact digests before writing anything
     (a record that failed its check is never stored)."""
@@ -146,6 +149,7 @@ def _provenance_to_json(prov: BuildProvenance) -> dict[str, Any]:
         "signed_at": prov.signed_at,
         "record": prov.record,
         "signature": prov.signature,
+        "receiver_key": prov.receiver_key,
     }
 
 
@@ -219,6 +223,7 @@ def _decode_provenance(data: object) -> BuildProvenance:
         signed_at=float(signed_at),
         record=_str(data, "record") or "",
         signature=_str(data, "signature") or "",
+        receiver_key=_str(data, "receiver_key") or "",
         verified=verified,
     )
 

@@ -22,6 +22,7 @@ PROVENANCE = BuildProvenance(
     signed_at=1.0,
     record="89",
     signature="11" * 64,
+    receiver_key="22" * 32,
 )
 
 

@@ -36,6 +36,7 @@ REMOTE = JobBuild(
         signed_at=1764633600.25,
         record="89a9" + "00" * 40,
         signature="11" * 64,
+        receiver_key="22" * 32,
     ),
 )
 

@@ -70,6 +70,7 @@ async def test_a_remote_compile_records_the_verified_provenance_of_what_it_store
     prov = build.provenance
     assert prov is not None and prov.verified
     assert prov.receiver == desktop.fingerprint
+    assert prov.receiver_key == desktop.mesh.identity.public_key.hex()
     assert prov.offloader == pi.fingerprint
     assert prov.job_id == compile_job.id
     assert prov.esphome_version == A and prov.platform == "HOST"
@@ -91,7 +92,7 @@ async def test_a_remote_compile_records_the_verified_provenance_of_what_it_store
     again = verify(
         bytes.fromhex(prov.record),
         bytes.fromhex(prov.signature),
-        desktop.mesh.identity.public_key,
+        bytes.fromhex(prov.receiver_key),
         ExpectedJob(pi.mesh.identity.fingerprint, compile_job.id, bytes.fromhex(prov.bundle), A),
         [ArtifactDigest(a.path, a.role, bytes.fromhex(a.sha256)) for a in prov.artifacts],
     )

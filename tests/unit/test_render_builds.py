@@ -53,6 +53,7 @@ def remote_build(**fields: Any) -> dict[str, Any]:
             "signed_at": 1764633600.0,
             "record": "89" * 80,
             "signature": "11" * 64,
+            "receiver_key": "22" * 32,
         },
     }
     build.update(fields)

@@ -409,11 +409,15 @@ class RemoteCompileRunner:
             f"[meshd] received {len(manifest.files)} artifacts ({manifest.total_size} bytes, "
             f"{len(missing)} transferred); wrote {len(written)} files for esphome upload"
         )
-        ctx.record_build(self._job_build(fingerprint, record, reply))
+        ctx.record_build(self._job_build(fingerprint, record, reply, session.peer.public_key))
         ctx.progress(1.0)
 
     def _job_build(
-        self, fingerprint: str, record: ProvenanceRecord | None, reply: ArtifactReply
+        self,
+        fingerprint: str,
+        record: ProvenanceRecord | None,
+        reply: ArtifactReply,
+        receiver_key: bytes,
     ) -> JobBuild:
         """What the job keeps about this remote build: the verified record, if signed."""
         name = self._peer_name(fingerprint) or fingerprint[:16]
@@ -431,6 +435,7 @@ class RemoteCompileRunner:
             signed_at=record.time_ms / 1000,
             record=reply.provenance.hex(),
             signature=reply.provenance_sig.hex(),
+            receiver_key=receiver_key.hex(),
             verified=True,
         )
         return JobBuild(
