@@ -19,7 +19,7 @@ import click
 from rich.table import Table
 from rich.text import Text
 
-from meshd.api.client import Client
+from meshd.api.client import Client, DaemonUnreachable, EventStream
 from meshd.cli.app import (
     EXIT_JOB_FAILED,
     EXIT_OK,
@@ -34,7 +34,11 @@ from meshd.cli.jobs import submit_install
 from meshd.cli.sanitize import clean
 
 POLL_INTERVAL = 0.25
-"""Seconds between looks at the jobs being followed (a request each, on loopback)."""
+"""Seconds between looks at the followed jobs when the events stream is not available."""
+RESYNC_INTERVAL = 5.0
+"""Seconds without a relevant event before a full look (a missed event costs no more)."""
+# Events that never move an install from one phase to another.
+_QUIET_EVENTS = frozenset({"job_output", "job_progress", "lane_status", "peer_changed"})
 
 _TERMINAL = {"completed", "failed", "cancelled"}
 
@@ -158,6 +162,73 @@ def _reason(compile_job: dict[str, Any], upload_job: dict[str, Any]) -> str:
     return str(upload_job.get("reason") or "")
 
 
+class _InstallFollower:
+    """Where each followed install stands, and the line printed when it moves on."""
+
+    def __init__(
+        self,
+        installs: list[dict[str, Any]],
+        names: dict[str, str],
+        *,
+        wait_online: bool,
+        quiet: bool,
+    ) -> None:
+        self.order = [i["configuration"] for i in installs]
+        self.state = {i["configuration"]: (i["compile"], i["upload"], "") for i in installs}
+        self.by_job = {
+            job["id"]: i["configuration"] for i in installs for job in (i["compile"], i["upload"])
+        }
+        self.names = names
+        self.wait_online = wait_online
+        self.quiet = quiet
+        self.done: dict[str, dict[str, Any]] = {}
+
+    @property
+    def finished(self) -> bool:
+        return len(self.done) == len(self.state)
+
+    def outcomes(self) -> list[dict[str, Any]]:
+        return [self.done[config] for config in self.order]
+
+    async def refresh(self, client: Client, config: str) -> None:
+        """Fetch both jobs of ``config``'s install and report what changed."""
+        if config in self.done:
+            return
+        compile_job, upload_job, last = self.state[config]
+        compile_job = await client.job(compile_job["id"])
+        upload_job = await client.job(upload_job["id"])
+        phase = _phase(compile_job, upload_job)
+        name = self.names.get(config) or Path(config).stem
+        if phase != last:
+            self.state[config] = (compile_job, upload_job, phase)
+            if not self.quiet:
+                line = f"{name}: {phase}"
+                if phase == "failed":
+                    line += f": {_reason(compile_job, upload_job)}"
+                elif phase == "flashed" and upload_job.get("device"):
+                    line += f" ({upload_job['device']})"
+                console.print(line, highlight=False, markup=False)
+        deferred = phase == "waiting for device" and not self.wait_online
+        if phase in ("flashed", "failed") or deferred:
+            self.done[config] = {
+                "configuration": config,
+                "name": name,
+                "outcome": "deferred" if deferred else phase,
+                "reason": (
+                    "armed: flashes when the device announces itself"
+                    if deferred
+                    else _reason(compile_job, upload_job)
+                ),
+                "compile": compile_job["id"],
+                "upload": upload_job["id"],
+                "device": upload_job.get("device"),
+            }
+
+    async def refresh_all(self, client: Client) -> None:
+        for config in self.order:
+            await self.refresh(client, config)
+
+
 async def follow_installs(
     client: Client,
     installs: list[dict[str, Any]],
@@ -166,44 +237,48 @@ async def follow_installs(
     wait_online: bool,
     quiet: bool,
 ) -> list[dict[str, Any]]:
-    """Print a line per device each time its install moves on; return the outcomes."""
-    state = {i["configuration"]: (i["compile"], i["upload"], "") for i in installs}
-    done: dict[str, dict[str, Any]] = {}
-    while len(done) < len(state):
-        for config, (compile_job, upload_job, last) in list(state.items()):
-            if config in done:
-                continue
-            compile_job = await client.job(compile_job["id"])
-            upload_job = await client.job(upload_job["id"])
-            phase = _phase(compile_job, upload_job)
-            name = names.get(config) or Path(config).stem
-            if phase != last:
-                state[config] = (compile_job, upload_job, phase)
-                if not quiet:
-                    line = f"{name}: {phase}"
-                    if phase == "failed":
-                        line += f": {_reason(compile_job, upload_job)}"
-                    elif phase == "flashed" and upload_job.get("device"):
-                        line += f" ({upload_job['device']})"
-                    console.print(line, highlight=False, markup=False)
-            deferred = phase == "waiting for device" and not wait_online
-            if phase in ("flashed", "failed") or deferred:
-                done[config] = {
-                    "configuration": config,
-                    "name": name,
-                    "outcome": "deferred" if deferred else phase,
-                    "reason": (
-                        "armed: flashes when the device announces itself"
-                        if deferred
-                        else _reason(compile_job, upload_job)
-                    ),
-                    "compile": compile_job["id"],
-                    "upload": upload_job["id"],
-                    "device": upload_job.get("device"),
-                }
-        if len(done) < len(state):
+    """Print a line per device each time its install moves on; return the outcomes.
+
+    The daemon's events say which job changed, so a fleet of 100 costs a request per
+    change rather than 200 requests per look. A full look right after subscribing
+    catches what changed before, and another every ``RESYNC_INTERVAL`` seconds guards
+    against a missed event; without the events stream it falls back to polling.
+    """
+    follower = _InstallFollower(installs, names, wait_online=wait_online, quiet=quiet)
+    try:
+        stream = await client.events()
+    except DaemonUnreachable:
+        stream = None
+    try:
+        await follower.refresh_all(client)
+        if stream is not None:
+            await _follow_events(client, stream, follower)
+        while not follower.finished:  # no stream, or it ended: poll the rest
             await asyncio.sleep(POLL_INTERVAL)
-    return [done[i["configuration"]] for i in installs]
+            await follower.refresh_all(client)
+    finally:
+        if stream is not None:
+            await stream.close()
+    return follower.outcomes()
+
+
+async def _follow_events(client: Client, stream: EventStream, follower: _InstallFollower) -> None:
+    """Refresh an install whenever an event names one of its jobs, until all are done."""
+    events = aiter(stream)
+    while not follower.finished:
+        try:
+            event = await asyncio.wait_for(anext(events), RESYNC_INTERVAL)
+        except TimeoutError:
+            await follower.refresh_all(client)
+            continue
+        except StopAsyncIteration:
+            return
+        if event.get("type") in _QUIET_EVENTS:
+            continue
+        job = event.get("job")
+        config = follower.by_job.get(job.get("id")) if isinstance(job, dict) else None
+        if config is not None:
+            await follower.refresh(client, config)
 
 
 def _summary(outcomes: list[dict[str, Any]]) -> Table:

@@ -22,6 +22,7 @@ import os
 import re
 import signal
 import sys
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -34,6 +35,9 @@ MAX_LINE = 64 * 1024
 READ_CHUNK = 64 * 1024
 # Lines kept for a failure's message: enough to show a compiler error and its context.
 TAIL_LINES = 40
+# How long the output pipe may stay open after the leader exited, before the group is
+# killed (and again before a pipe held outside the group is abandoned).
+OUTPUT_LINGER = 2.0
 _LINE_BREAK = re.compile(rb"\r\n|\r|\n")
 
 
@@ -107,47 +111,120 @@ async def run_process(
     Raises ``FileNotFoundError`` when the program does not exist. On cancellation the
     whole process group is terminated before ``CancelledError`` propagates.
     """
-    proc = await asyncio.create_subprocess_exec(
-        *argv,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-        cwd=cwd,
-        env=dict(env) if env is not None else None,
-        start_new_session=True,
-        preexec_fn=_die_with(os.getpid()),
-    )
+    # The output pipe is ours, not asyncio's: ``Process.wait()`` on a PIPE waits for the
+    # pipe to close too, so a grandchild holding it would hide the leader's exit.
+    read_fd, write_fd = os.pipe()
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *argv,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=write_fd,
+            stderr=asyncio.subprocess.STDOUT,
+            cwd=cwd,
+            env=dict(env) if env is not None else None,
+            start_new_session=True,
+            preexec_fn=_die_with(os.getpid()),
+        )
+    except BaseException:
+        os.close(read_fd)
+        raise
+    finally:
+        os.close(write_fd)
     if on_start is not None:
         on_start(proc.pid)
-    tail: list[str] = []
+    tail: deque[str] = deque(maxlen=tail_lines)
 
     def emit(piece: bytes) -> None:
         line = piece.decode("utf-8", "replace")
         tail.append(line)
-        if len(tail) > tail_lines:
-            del tail[0]
         on_line(line)
 
-    assert proc.stdout is not None
     try:
-        pending = b""
-        while chunk := await proc.stdout.read(READ_CHUNK):
-            # Progress bars redraw with a bare \r; each redraw is a line of its own,
-            # as ESPHome's dashboard treats them, so OTA percentages stream live.
-            pieces = _LINE_BREAK.split(pending + chunk)
-            pending = pieces.pop()
-            for piece in pieces:
-                if piece:
-                    emit(piece)
-            while len(pending) > MAX_LINE:
-                emit(pending[:MAX_LINE])
-                pending = pending[MAX_LINE:]
-        if pending:
-            emit(pending)
-        returncode = await proc.wait()
+        reader, transport = await _open_reader(read_fd)
     except BaseException:
         await asyncio.shield(_terminate(proc, kill_grace))
         raise
+    try:
+        returncode = await _read_until_exit(proc, reader, emit)
+    except BaseException:
+        await asyncio.shield(_terminate(proc, kill_grace))
+        raise
+    finally:
+        transport.close()
     # The leader exited; anything it left behind in its group is an orphan of ours.
     _kill_group(proc.pid, signal.SIGKILL)
     return ProcessResult(returncode=returncode, tail=tuple(tail))
+
+
+async def _open_reader(read_fd: int) -> tuple[asyncio.StreamReader, asyncio.ReadTransport]:
+    """A stream over the read end of the child's output pipe (owned from here on)."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=2 * READ_CHUNK, loop=loop)
+    pipe = os.fdopen(read_fd, "rb", buffering=0)
+    try:
+        transport, _ = await loop.connect_read_pipe(
+            lambda: asyncio.StreamReaderProtocol(reader, loop=loop), pipe
+        )
+    except BaseException:
+        pipe.close()
+        raise
+    return reader, transport
+
+
+async def _pump(stdout: asyncio.StreamReader, emit: Callable[[bytes], None]) -> None:
+    """Split the child's output into lines until the pipe closes."""
+    pending = b""
+    while chunk := await stdout.read(READ_CHUNK):
+        # Progress bars redraw with a bare \r; each redraw is a line of its own,
+        # as ESPHome's dashboard treats them, so OTA percentages stream live.
+        pieces = _LINE_BREAK.split(pending + chunk)
+        pending = pieces.pop()
+        for piece in pieces:
+            if piece:
+                emit(piece)
+        while len(pending) > MAX_LINE:
+            emit(pending[:MAX_LINE])
+            pending = pending[MAX_LINE:]
+    if pending:
+        emit(pending)
+
+
+async def _read_until_exit(
+    proc: asyncio.subprocess.Process,
+    stdout: asyncio.StreamReader,
+    emit: Callable[[bytes], None],
+) -> int:
+    """Stream output until the leader exits and the pipe closes; return its exit code.
+
+    A grandchild that outlives the leader while holding the pipe (a PlatformIO helper,
+    a compiler server) would otherwise keep the job running forever after the tool
+    itself finished. So once the leader is gone the pipe gets ``OUTPUT_LINGER`` seconds
+    to drain, then the group is killed, and a pipe still held by something that left
+    the group is abandoned.
+    """
+    pump = asyncio.ensure_future(_pump(stdout, emit))
+    try:
+        returncode = await proc.wait()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(pump), OUTPUT_LINGER)
+        if not pump.done():
+            _kill_group(proc.pid, signal.SIGKILL)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(pump), OUTPUT_LINGER)
+        await _settle(pump)
+        return returncode
+    finally:
+        if not pump.done():
+            pump.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.shield(pump)
+
+
+async def _settle(pump: asyncio.Future[None]) -> None:
+    """Finish ``pump`` now: wait for it if it ended, else stop reading an abandoned pipe."""
+    if pump.done():
+        await pump  # re-raises a failure of the reader itself
+        return
+    pump.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await pump

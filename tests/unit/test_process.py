@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import signal
 import sys
+from pathlib import Path
 
 from meshd.toolchain.process import MAX_LINE, run_process
 
@@ -70,3 +74,57 @@ async def test_lines_arrive_while_the_process_runs() -> None:
         pass
     else:
         raise AssertionError("the cancel did not propagate")
+
+
+async def test_a_grandchild_holding_the_pipe_does_not_keep_the_run_alive(tmp_path: Path) -> None:
+    # The leader exits at once; its child (same group) keeps stdout open for 60 s.
+    marker = tmp_path / "grandchild.pid"
+    script = (
+        "import subprocess, sys\n"
+        "child = subprocess.Popen(['sleep', '60'])\n"
+        f"open({str(marker)!r}, 'w').write(str(child.pid))\n"
+        "print('leader done', flush=True)\n"
+    )
+    lines: list[str] = []
+    result = await asyncio.wait_for(
+        run_process([sys.executable, "-c", script], on_line=lines.append), 30
+    )
+    assert result.returncode == 0
+    assert lines == ["leader done"]
+    pid = int(marker.read_text())
+    await _wait_gone(pid)
+
+
+async def test_a_pipe_held_outside_the_group_is_abandoned(tmp_path: Path) -> None:
+    # The grandchild leaves the group (setsid), so killing the group cannot close the
+    # pipe; the run still ends with the leader's exit code, and the escapee is ours
+    # to clean up here.
+    marker = tmp_path / "escapee.pid"
+    script = (
+        "import subprocess, sys\n"
+        "child = subprocess.Popen(['sleep', '60'], start_new_session=True)\n"
+        f"open({str(marker)!r}, 'w').write(str(child.pid))\n"
+        "print('bye', flush=True)\n"
+        "sys.exit(3)\n"
+    )
+    lines: list[str] = []
+    try:
+        result = await asyncio.wait_for(
+            run_process([sys.executable, "-c", script], on_line=lines.append), 30
+        )
+    finally:
+        if marker.exists():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(marker.read_text()), signal.SIGKILL)
+    assert result.returncode == 3
+    assert lines == ["bye"]
+
+
+async def _wait_gone(pid: int) -> None:
+    for _ in range(200):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"process {pid} outlived the run")
