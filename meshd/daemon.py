@@ -288,6 +288,8 @@ class Daemon:
             esphome_version=lambda: self.node.esphome_version,
             version_known=self._version_probed.wait,
             toolchains=self.store.ready_versions if self.store is not None else tuple,
+            recent_toolchains=self.store.recent_versions if self.store is not None else None,
+            watch_toolchains=self.store.watch if self.store is not None else None,
         )
         self.hooks.mesh = mesh.node
         self.hooks.routes.extend(mesh_routes(mesh.node))

@@ -33,7 +33,12 @@ from meshd.mesh.content.stores import PeerQuota, StoreSet
 from meshd.mesh.dispatch.cache_store import SharedCacheStore
 from meshd.mesh.dispatch.offloader import RemoteCompileRunner
 from meshd.mesh.dispatch.placer import MeshPlacer
-from meshd.mesh.peering.advert import follow_compile_lane, receiver_advert
+from meshd.mesh.peering.advert import (
+    ToolchainWatch,
+    follow_compile_lane,
+    follow_toolchains,
+    receiver_advert,
+)
 from meshd.mesh.peering.connections import Connections, SessionHooks, sync_registry_trust
 from meshd.mesh.peering.discovery import Discovery
 from meshd.mesh.peering.introductions import Introductions
@@ -81,10 +86,18 @@ class MeshNode:
         *,
         esphome_version: Callable[[], str],
         toolchains: Callable[[], Sequence[str]] = tuple,
+        recent_toolchains: Callable[[], Sequence[str]] | None = None,
+        watch_toolchains: ToolchainWatch | None = None,
     ) -> None:
+        """``toolchains``: the ready provisioned versions (``node_info``, lane status);
+        ``recent_toolchains`` the same, most recently used first (the bounded mDNS
+        ``tc``; default ``toolchains``); ``watch_toolchains`` subscribes to changes of
+        them (``ToolchainStore.watch``) so the advert stays current."""
         self.settings = settings
         self.engine = engine
         self._esphome_version = esphome_version
+        self._recent_toolchains = recent_toolchains or toolchains
+        self._watch_toolchains = watch_toolchains
         env = toolchain.environ()
         # security
         self.identity: Identity = load_or_create(data_dir)
@@ -203,6 +216,10 @@ class MeshNode:
         await self.receiver.start()
         sync_registry_trust(self.registry, self.trust)
         self._unlisten.append(self.registry.add_listener(lambda _c: self.engine.reschedule()))
+        if self._watch_toolchains is not None:
+            # lane_status carries the ready toolchains: a sweep must not wait for the
+            # next lane change to reach the offloaders.
+            self._unlisten.append(self._watch_toolchains(self.receiver.status.refresh))
         await self.server.start(self.settings.listen_host, self.settings.listen_port)
         if self.settings.mdns:
             advert = None
@@ -213,6 +230,8 @@ class MeshNode:
                     port=self.server.port,
                     esphome_version=self._esphome_version(),
                     lane=self.engine.lane_status(LaneName.COMPILE),
+                    provisions=self.settings.provision,
+                    toolchains=self._recent_toolchains(),
                 )
             self.discovery = Discovery(
                 self.registry,
@@ -220,7 +239,12 @@ class MeshNode:
                 advertise=advert,
                 browse=self.settings.offload,
             )
-            self._unlisten.append(follow_compile_lane(self.engine.bus, self.discovery))
+            recent = self._recent_toolchains
+            self._unlisten.append(follow_compile_lane(self.engine.bus, self.discovery, recent))
+            if self._watch_toolchains is not None:
+                self._unlisten.append(
+                    follow_toolchains(self._watch_toolchains, self.discovery, recent)
+                )
             await self.discovery.start()
         await self.connections.start()
         if self.placer is not None:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from meshd.jobs.engine import Engine
 from meshd.mesh.node import MeshNode, MeshSettings
+from meshd.mesh.peering.advert import ToolchainWatch
 from meshd.toolchain.tools import Toolchain
 
 # The mesh advertises and schedules by esphome version; wait this long for the
@@ -31,6 +32,8 @@ class MeshService:
         esphome_version: Callable[[], str | None],
         version_known: Callable[[], Awaitable[object]],
         toolchains: Callable[[], Sequence[str]] = tuple,
+        recent_toolchains: Callable[[], Sequence[str]] | None = None,
+        watch_toolchains: ToolchainWatch | None = None,
     ) -> None:
         self._version_known = version_known
         self._esphome_version = esphome_version
@@ -42,6 +45,8 @@ class MeshService:
             settings,
             esphome_version=lambda: esphome_version() or "",
             toolchains=toolchains,
+            recent_toolchains=recent_toolchains,
+            watch_toolchains=watch_toolchains,
         )
 
     async def start(self) -> None:

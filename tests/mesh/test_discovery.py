@@ -32,12 +32,15 @@ from hypothesis import strategies as st
 from zeroconf.asyncio import AsyncServiceInfo, AsyncZeroconf
 
 from meshd.mesh.peering.discovery import (
+    MAX_ADVERT_TOOLCHAINS,
     MAX_NAME_LEN,
+    MAX_TC_LEN,
     MAX_TXT_BYTES,
     SERVICE_TYPE,
     AdvertError,
     AdvertInfo,
     Discovery,
+    advert_toolchains,
     build_txt,
     instance_label,
     parse_advert,
@@ -105,6 +108,87 @@ def test_busy_txt_has_no_idle_since() -> None:
     assert txt["idle"] == "0" and "idle_since" not in txt
 
 
+def test_toolchain_hints_round_trip_bounded_most_recent_first() -> None:
+    # 20 ready toolchains, most recently used first, and one a file system could hold
+    # but a TXT cannot carry: the advert names the 8 most recent, within 200 bytes.
+    recent = [f"2026.{month}.{patch}" for month in range(12, 2, -1) for patch in (1, 0)]
+    advert = AdvertInfo(
+        random_fingerprint(),
+        "desk",
+        7420,
+        1,
+        "2026.6.5",
+        provisions=True,
+        toolchains=("bad version", *recent),
+    )
+    txt = build_txt(advert)
+    assert txt["prov"] == "1"
+    assert txt["tc"].split(",") == recent[:MAX_ADVERT_TOOLCHAINS]
+    assert len(txt["tc"]) <= MAX_TC_LEN and len("tc=" + txt["tc"]) < 255
+    parsed = parse_advert(
+        "d", {k.encode(): v.encode() for k, v in txt.items()}, addresses=["10.0.0.1"], port=1
+    )
+    assert parsed.provisions is True
+    assert parsed.toolchains == tuple(recent[:MAX_ADVERT_TOOLCHAINS])
+    # Long version strings: those that would overflow the value are left out, not cut.
+    long = [f"2026.{i}.0-dev{'x' * 20}" for i in range(12)]
+    chosen = advert_toolchains(long)
+    assert chosen and len(",".join(chosen)) <= MAX_TC_LEN and set(chosen) <= set(long)
+    assert "tc" not in build_txt(AdvertInfo(random_fingerprint(), "d", 1, 1, "2026.6.5"))
+
+
+@pytest.mark.parametrize(
+    ("change", "provisions", "toolchains", "why"),
+    [
+        ({"prov": "yes"}, False, (), "prov is not 0 or 1"),
+        (
+            {"prov": "1", "tc": "2026.5.1,../../etc,2026.4.0"},
+            True,
+            ("2026.5.1", "2026.4.0"),
+            "not a version string",
+        ),
+        ({"tc": "2026.5.1,,2026.5.1"}, False, ("2026.5.1",), "not a version string"),
+        ({"tc": "2026.1.1," * 30}, False, (), f"longer than {MAX_TC_LEN}"),
+        (
+            {"tc": ",".join(f"2026.{i}.0" for i in range(1, 13))},
+            False,
+            tuple(f"2026.{i}.0" for i in range(1, 9)),
+            f"more than {MAX_ADVERT_TOOLCHAINS}",
+        ),
+        ({"tc": b"2026.5.1,\xff\xfe"}, False, ("2026.5.1",), "not a version string"),
+    ],
+)
+def test_odd_toolchain_hints_lose_the_hint_not_the_advert(
+    change: dict[str, str | bytes], provisions: bool, toolchains: tuple[str, ...], why: str
+) -> None:
+    reasons: list[str] = []
+    parsed = parse_advert(
+        "x", props(**GOOD, **change), addresses=["10.0.0.1"], port=7420, on_odd=reasons.append
+    )
+    assert (parsed.provisions, parsed.toolchains) == (provisions, toolchains)
+    assert parsed.accepts_builds and parsed.idle  # the rest of the advert stands
+    assert len(reasons) == 1 and why in reasons[0]
+
+
+def test_advert_toolchain_hints_count_until_the_session_says_otherwise() -> None:
+    registry = Registry()
+    fp = random_fingerprint()
+    advert = parse_advert(
+        "d._meshd._tcp.local.",
+        props(**{**GOOD, "fp": fp}, prov="1", tc="2026.5.1"),
+        addresses=["10.0.0.1"],
+        port=7420,
+    )
+    assert registry.mdns_seen(advert)
+    [view] = registry.views()
+    assert view.provisions and view.has_ready("2026.5.1")  # before any node_info
+    registry.link_up(fp)
+    registry.link_hello(fp, provisions=False, toolchains=["2026.4.0"])
+    registry.mdns_seen(advert)  # an advert while connected does not override node_info
+    [view] = registry.views()
+    assert not view.provisions and view.toolchains == frozenset({"2026.4.0"})
+
+
 GOOD = {"fp": "a" * 64, "proto": "1", "idle": "1", "idle_since": "1700000000000", "builds": "1"}
 
 
@@ -170,7 +254,19 @@ def test_missing_optional_fields_take_safe_defaults() -> None:
 
 @given(
     st.dictionaries(
-        st.sampled_from([b"fp", b"proto", b"name", b"esphome", b"idle", b"idle_since", b"builds"])
+        st.sampled_from(
+            [
+                b"fp",
+                b"proto",
+                b"name",
+                b"esphome",
+                b"idle",
+                b"idle_since",
+                b"builds",
+                b"prov",
+                b"tc",
+            ]
+        )
         | st.binary(max_size=12),
         st.none() | st.binary(max_size=80),
         max_size=12,
@@ -186,6 +282,7 @@ def test_parser_only_returns_adverts_or_raises_advert_error(
     except AdvertError:
         return
     assert len(parsed.fingerprint) == 64 and parsed.addresses
+    assert len(parsed.toolchains) <= MAX_ADVERT_TOOLCHAINS
 
 
 # -- loopback: real zeroconf ---------------------------------------------------------------
@@ -291,6 +388,30 @@ async def test_lane_changes_reach_the_browser(nodes: NodeFactory) -> None:
     # Busy again: the same lane state as two steps ago must still be seen as a change.
     adv.update_lane(False, None)
     await until(registry, lambda: not peer(registry, info.fingerprint).idle, "idle=0 again")
+
+
+@requires_loopback_multicast
+async def test_toolchain_changes_reach_the_browser(nodes: NodeFactory) -> None:
+    _, registry = await nodes()
+    info = advert_info(provisions=True)
+    adv, _ = await nodes(advertise=info, browse=False)
+    await until(registry, lambda: info.fingerprint in registry, "the advert")
+    assert peer(registry, info.fingerprint).provisions
+    assert peer(registry, info.fingerprint).toolchains == ()
+
+    adv.update_advert(toolchains=["2026.5.1", "2026.4.0"])  # one became ready
+    await until(
+        registry,
+        lambda: peer(registry, info.fingerprint).toolchains == ("2026.5.1", "2026.4.0"),
+        "tc after provisioning",
+    )
+    sent = adv.updates_sent
+    adv.update_advert(toolchains=["2026.5.1", "2026.4.0"])  # nothing changed: no update
+    adv.update_advert(toolchains=["2026.5.1"])  # swept
+    await until(
+        registry, lambda: peer(registry, info.fingerprint).toolchains == ("2026.5.1",), "swept"
+    )
+    assert adv.updates_sent == sent + 1
 
 
 @requires_loopback_multicast
@@ -406,6 +527,9 @@ async def test_hostile_adverts_are_dropped_without_exceptions(
         "huge-txt": {"fp": bad_fp, "proto": "1", **{f"pad{i}": "x" * 240 for i in range(6)}},
     }
     good_fp = random_fingerprint()
+    # An odd toolchain hint loses the hint (logged once), not the advert.
+    odd_fp = random_fingerprint()
+    odd = {"fp": odd_fp, "proto": "1", "prov": "maybe", "tc": "2026.5.1,$(reboot)"}
     zc = AsyncZeroconf(interfaces=[LOOPBACK])
     infos = [
         AsyncServiceInfo(
@@ -415,16 +539,23 @@ async def test_hostile_adverts_are_dropped_without_exceptions(
             properties=txt,
             parsed_addresses=[LOOPBACK],
         )
-        for label, txt in [*hostile.items(), ("good", {"fp": good_fp, "proto": "1"})]
+        for label, txt in [
+            *hostile.items(),
+            ("good", {"fp": good_fp, "proto": "1"}),
+            ("odd", odd),
+        ]
     ]
     try:
         registrations = [await zc.async_register_service(i) for i in infos]
         await asyncio.gather(*registrations)
         await until(registry, lambda: good_fp in registry, "the well-formed advert")
+        await until(registry, lambda: odd_fp in registry, "the advert with odd hints")
         # The browser resolves in parallel: give the others until every one is logged.
+        expected = len(hostile) + 2  # and the odd advert's two reasons
         async with asyncio.timeout(WAIT):
-            while sum("ignoring mDNS advert" in r.message for r in caplog.records) < len(hostile):
+            while sum("ignoring mDNS advert" in r.message for r in caplog.records) < expected:
                 await asyncio.sleep(0.05)
+        odd_peer = peer(registry, odd_fp)
         listed = list(registry.fingerprints())
     finally:
         for info in infos:
@@ -436,7 +567,8 @@ async def test_hostile_adverts_are_dropped_without_exceptions(
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert loop_errors == []
     bad_logs = [r.message for r in caplog.records if "ignoring mDNS advert" in r.message]
-    assert len(bad_logs) == len(hostile)  # once each, although announced three times
+    assert len(bad_logs) == expected  # once each, although announced three times
+    assert (odd_peer.provisions, odd_peer.toolchains) == (False, ("2026.5.1",))
 
 
 @requires_loopback_multicast

@@ -33,7 +33,7 @@ from meshd.toolchain.versions import (
     plan_sweep,
 )
 from meshd.toolchain.versions.pip import install_argv
-from meshd.toolchain.versions.store import BUILDS_DIR, READY_MARKER
+from meshd.toolchain.versions.store import BUILDS_DIR, LAST_USED, READY_MARKER
 from meshd.toolchain.versions.sweep import DAY, Installed
 from tests.support.standin_wheel import build_standin_wheel
 
@@ -566,6 +566,29 @@ async def test_sweep_removes_unused_and_never_a_leased_one(store: ToolchainStore
     assert report.removed == (V1,)
     assert store.ready_versions() == []
     assert build_dirs(store) == []
+
+
+async def test_watchers_hear_of_ready_and_swept_toolchains_most_recent_first(
+    store: ToolchainStore,
+) -> None:
+    heard: list[list[str]] = []
+    remove = store.watch(lambda: heard.append(store.recent_versions()))
+    await store.ensure(V1)
+    await store.ensure(V2)
+    assert heard == [[V1], [V2, V1]]  # newest provisioned first
+    hour_ago = time.time() - 3600
+    os.utime(store.path(V2) / LAST_USED, (hour_ago, hour_ago))
+    async with store.use(V1):
+        pass  # a lease moves V1 to the front (what a bounded advert keeps)
+    assert store.recent_versions() == [V1, V2]
+    await store.ensure(V1)  # already ready: no change to announce
+    assert len(heard) == 2
+    report = await store.sweep(SweepPolicy(max_idle=0, disk_budget=None), now=time.time() + DAY)
+    assert set(report.removed) == {V1, V2}
+    assert heard[-1] == [] and len(heard) == 3
+    await store.sweep(SweepPolicy(max_idle=0, disk_budget=None))  # nothing removed
+    assert len(heard) == 3
+    remove()
 
 
 async def test_sweep_keeps_recent_ones_within_budget(store: ToolchainStore) -> None:

@@ -5,7 +5,7 @@ addresses (all interfaces only when none are given; tests always pin to 127.0.0.
 run in their own network namespace).
 
 * Advertiser: registers ``<name>-<fp8>._meshd._tcp.local.`` with the peer-link port and
-  a TXT record (``proto fp name esphome idle idle_since builds``, see
+  a TXT record (``proto fp name esphome idle idle_since builds prov tc``, see
   docs/DISCOVERY.md). Lane changes arrive through the synchronous ``update_lane``; a
   publisher task sends at most one TXT update per ``MIN_UPDATE_INTERVAL`` (RFC 6762
   §6.2: a record may be multicast at most once per second), always with the newest
@@ -14,7 +14,8 @@ run in their own network namespace).
 * Browser: an ``AsyncServiceBrowser`` reports added/updated/removed instance names; each
   add/update is resolved (from the cache when possible) in a bounded number of tasks,
   the TXT parsed defensively by ``parse_advert`` and fed to the registry. A malformed
-  or hostile advert is logged once and dropped, never raised out of a handler. Removed
+  or hostile advert is logged once and dropped, never raised out of a handler; an odd
+  value of an optional hint (``prov``, ``tc``) only loses that hint, also logged once. Removed
   (a goodbye, or the record's TTL running out: that is how a crashed or partitioned
   node goes stale) becomes ``Registry.mdns_gone``.
 
@@ -30,7 +31,7 @@ import ipaddress
 import logging
 import re
 import unicodedata
-from collections.abc import Awaitable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Final
 
@@ -71,7 +72,7 @@ MAX_TXT_BYTES: Final = 1024
 under 1300 to fit one packet, so anything bigger is not a meshd node."""
 
 MAX_TXT_KEYS: Final = 32
-"""Most TXT keys accepted (ours: 7, plus room for future fields)."""
+"""Most TXT keys accepted (ours: at most 10, plus room for future fields)."""
 
 MAX_NAME_LEN: Final = 63
 """Node names, like DNS labels, fit 63 characters."""
@@ -82,7 +83,14 @@ MAX_VERSION_LEN: Final = 32
 MAX_IDLE_SINCE_DIGITS: Final = 15
 """Epoch milliseconds have 13 digits until the year 2286; 15 rejects absurd values."""
 
-"""Distinct bad adverts logged before going quiet (a flood must not flood the log)."""
+MAX_ADVERT_TOOLCHAINS: Final = 8
+"""Ready toolchains named in ``tc``; a receiver with more advertises the most recently
+used (the full list arrives in ``node_info`` once a session is up)."""
+
+MAX_TC_LEN: Final = 200
+"""Bytes of the ``tc`` value. One TXT string (``tc=`` and the value) holds at most 255
+bytes (RFC 6763 §6.1); 200 keeps the whole record near 500 bytes, well inside one
+packet. Versions that would not fit are left out, not cut."""
 
 LABEL_NAME_LEN: Final = 40
 """Characters of the node name used in the instance label (plus ``-`` and 8 of the
@@ -116,6 +124,11 @@ class AdvertInfo:
     addresses: tuple[str, ...] = ()
     """IPs to publish; empty means the pinned interfaces' (or every IPv4 address)."""
     ttl: int = ADVERT_TTL
+    provisions: bool = False
+    """It provisions the esphome version an offloader asks for (TXT ``prov``)."""
+    toolchains: tuple[str, ...] = ()
+    """Ready provisioned esphome versions, most recently used first (TXT ``tc``);
+    :func:`advert_toolchains` bounds it."""
 
 
 # -- pure helpers -----------------------------------------------------------------------
@@ -125,6 +138,27 @@ def instance_label(name: str, fingerprint: str) -> str:
     """``My Desk!`` + fp → ``My-Desk-1a2b3c4d``: DNS-safe, unique per key."""
     clean = _LABEL_BAD.sub("-", name).strip("-")[:LABEL_NAME_LEN].strip("-") or "meshd"
     return f"{clean}-{fingerprint[:8]}"
+
+
+def advert_toolchains(versions: Sequence[str]) -> tuple[str, ...]:
+    """The ``tc`` list for ``versions`` (most recently used first): at most
+    ``MAX_ADVERT_TOOLCHAINS`` version strings, joined no longer than ``MAX_TC_LEN``.
+
+    Anything that is not a version string is left out (it could not be parsed back),
+    and so is each version that would make the value too long.
+    """
+    chosen: list[str] = []
+    length = -1  # no comma before the first
+    for version in versions:
+        if len(chosen) >= MAX_ADVERT_TOOLCHAINS:
+            break
+        if version in chosen or not _VERSION_RE.fullmatch(version):
+            continue
+        if length + 1 + len(version) > MAX_TC_LEN:
+            continue
+        chosen.append(version)
+        length += 1 + len(version)
+    return tuple(chosen)
 
 
 def build_txt(advert: AdvertInfo, seq: int = 0) -> dict[str, str]:
@@ -141,8 +175,12 @@ def build_txt(advert: AdvertInfo, seq: int = 0) -> dict[str, str]:
         "esphome": advert.esphome_version,
         "idle": "1" if advert.idle else "0",
         "builds": "1" if advert.accepts_builds else "0",
+        "prov": "1" if advert.provisions else "0",
         "seq": str(seq),
     }
+    toolchains = advert_toolchains(advert.toolchains)
+    if toolchains:
+        txt["tc"] = ",".join(toolchains)
     if advert.idle and advert.idle_since is not None:
         txt["idle_since"] = str(round(advert.idle_since * 1000))
     return txt
@@ -178,6 +216,46 @@ def _text(value: bytes, what: str, limit: int) -> str:
     return text
 
 
+def _ignore_odd(_reason: str) -> None:
+    return None
+
+
+def _provisions(props: Mapping[bytes, bytes | None], odd: Callable[[str], None]) -> bool:
+    """``prov``: a hint only, so an odd value loses the hint, not the advert."""
+    value = props.get(b"prov")
+    if value is None or value == b"0":
+        return False
+    if value == b"1":
+        return True
+    odd("prov is not 0 or 1; taken as 0")
+    return False
+
+
+def _toolchains(props: Mapping[bytes, bytes | None], odd: Callable[[str], None]) -> tuple[str, ...]:
+    """``tc``: comma-separated version strings; odd entries are dropped, a value over
+    ``MAX_TC_LEN`` is dropped whole, and at most ``MAX_ADVERT_TOOLCHAINS`` are kept."""
+    value = props.get(b"tc")
+    if not value:
+        return ()
+    if len(value) > MAX_TC_LEN:
+        odd(f"tc longer than {MAX_TC_LEN} bytes; ignored")
+        return ()
+    versions: list[str] = []
+    bad = False
+    for raw in value.split(b","):
+        version = raw.decode("ascii", "replace")
+        if not _VERSION_RE.fullmatch(version):
+            bad = True
+        elif version not in versions:
+            versions.append(version)
+    if bad:
+        odd("tc lists something that is not a version string; dropped it")
+    if len(versions) > MAX_ADVERT_TOOLCHAINS:
+        odd(f"tc lists more than {MAX_ADVERT_TOOLCHAINS} versions; kept the first")
+        del versions[MAX_ADVERT_TOOLCHAINS:]
+    return tuple(versions)
+
+
 def parse_advert(
     instance: str,
     props: Mapping[bytes, bytes | None],
@@ -185,11 +263,14 @@ def parse_advert(
     addresses: Sequence[str],
     port: int | None,
     txt_size: int = 0,
+    on_odd: Callable[[str], None] = _ignore_odd,
 ) -> MdnsAdvert:
     """Validate one resolved instance; raise ``AdvertError`` for anything unusable.
 
     Unknown keys are ignored (newer nodes may add fields); ``fp``, ``proto``, a port
-    and an address are required; absent flags mean "no" (not idle, no builds).
+    and an address are required; absent flags mean "no" (not idle, no builds, does not
+    provision). The toolchain hints (``prov``, ``tc``) are only hints: an odd value is
+    reported to ``on_odd`` (once per reason, by the caller) and that hint is dropped.
     """
     if txt_size > MAX_TXT_BYTES:
         raise AdvertError(f"TXT record of {txt_size} bytes (limit {MAX_TXT_BYTES})")
@@ -237,6 +318,8 @@ def parse_advert(
         idle=idle,
         idle_since=idle_ms / 1000.0 if idle and idle_ms else None,
         addresses=tuple(hosts[:MAX_ADDRESSES]),
+        provisions=_provisions(props, on_odd),
+        toolchains=_toolchains(props, on_odd),
     )
 
 
@@ -377,15 +460,28 @@ class Discovery:
         self._dirty.set()
 
     def update_advert(
-        self, *, accepts_builds: bool | None = None, esphome_version: str | None = None
+        self,
+        *,
+        accepts_builds: bool | None = None,
+        esphome_version: str | None = None,
+        provisions: bool | None = None,
+        toolchains: Sequence[str] | None = None,
     ) -> None:
-        """Other advertised facts changed (builds toggled, esphome upgraded)."""
+        """Other advertised facts changed (builds toggled, esphome upgraded, a toolchain
+        became ready or was swept: ``toolchains`` most recently used first).
+
+        Coalesced like lane changes; nothing is sent when the advert ends up as it was.
+        """
         if self._advert is None:
             return
         if accepts_builds is not None:
             self._advert = replace(self._advert, accepts_builds=accepts_builds)
         if esphome_version is not None:
             self._advert = replace(self._advert, esphome_version=esphome_version)
+        if provisions is not None:
+            self._advert = replace(self._advert, provisions=provisions)
+        if toolchains is not None:
+            self._advert = replace(self._advert, toolchains=advert_toolchains(toolchains))
         self._dirty.set()
 
     def _service_info(self, advert: AdvertInfo) -> AsyncServiceInfo:
@@ -500,6 +596,7 @@ class Discovery:
                 addresses=info.parsed_scoped_addresses(),
                 port=info.port,
                 txt_size=len(info.text or b""),
+                on_odd=lambda reason: self._bad.warn(name, reason),
             )
         except AdvertError as err:
             self._bad.warn(name, str(err))

@@ -106,6 +106,10 @@ class MdnsAdvert:
     """Epoch seconds (TXT carries milliseconds)."""
     addresses: tuple[str, ...]
     """``host:port`` (IPv6 as ``[addr]:port``)."""
+    provisions: bool = False
+    """TXT ``prov``: it provisions the esphome an offloader asks for."""
+    toolchains: tuple[str, ...] = ()
+    """TXT ``tc``: some of its ready toolchains (bounded; ``node_info`` has them all)."""
 
 
 @dataclass(frozen=True)
@@ -135,9 +139,11 @@ class PeerRecord:
     mdns_instances: tuple[str, ...]
     claimed_idle_since: float | None = None
     provisions: bool = False
-    """It provisions the esphome an offloader asks for (its ``node_info``)."""
+    """It provisions the esphome an offloader asks for (its ``node_info``; before a
+    session, its advert's ``prov``)."""
     toolchains: tuple[str, ...] = ()
-    """esphome versions it has ready besides its own (``node_info``, ``lane_status``)."""
+    """esphome versions it has ready besides its own (``node_info``, ``lane_status``;
+    before a session, its advert's bounded ``tc``)."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -414,6 +420,8 @@ class Registry:
         peer.protocol = advert.protocol
         peer.esphome_version = advert.esphome_version
         peer.accepts_builds = advert.accepts_builds
+        peer.provisions = advert.provisions
+        peer.toolchains = advert.toolchains
         peer.set_lane(advert.idle, advert.idle_since, self._clock())
         peer.lane_via = LaneVia.MDNS
 

@@ -77,6 +77,12 @@ class StatusPusher:
             toolchains=tuple(self._toolchains())[:MAX_TOOLCHAINS],
         )
 
+    def refresh(self) -> None:
+        """Something the status carries besides the lane changed (a toolchain became
+        ready or was swept): push to every session again."""
+        for wanted in self._wanted.values():
+            wanted.set()
+
     def _on_event(self, event: Event) -> None:
         if isinstance(event, LaneStatusChanged) and event.snapshot.lane is LaneName.COMPILE:
             for wanted in self._wanted.values():

@@ -130,8 +130,14 @@ class ProvisionedToolchain:
 
     @property
     def esphome(self) -> tuple[str, ...]:
-        """The argv prefix that runs this toolchain's esphome (``Toolchain.esphome``)."""
-        return (str(self.path / "bin" / "esphome"),)
+        """The argv prefix that runs this toolchain's esphome (``Toolchain.esphome``).
+
+        Through the build directory the published name points at, not the name itself:
+        that is where the venv lives (its scripts' shebangs name it), it never moves
+        while leased, and it is the tree the build sandbox lends read-only, so a peer's
+        sandboxed compile finds the program (the ``toolchains/`` link is not in there).
+        """
+        return (str(self.path.resolve() / "bin" / "esphome"),)
 
     @property
     def python(self) -> Path:
@@ -175,6 +181,31 @@ class ToolchainStore:
         self._clock = clock
         self._provision_locks: dict[str, asyncio.Lock] = {}
         self._leases: Counter[str] = Counter()
+        self._watchers: list[Callable[[], None]] = []
+
+    # -- change notifications ----------------------------------------------------------
+
+    def watch(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """Call ``callback`` (in the event loop) whenever the ready set changed in this
+        process: a toolchain was published, or a sweep removed one. Returns the remover.
+
+        The mesh republishes its mDNS advert from it (``tc``, docs/DISCOVERY.md).
+        """
+        self._watchers.append(callback)
+
+        def remove() -> None:
+            if callback in self._watchers:
+                self._watchers.remove(callback)
+
+        return remove
+
+    def _changed(self) -> None:
+        for callback in list(self._watchers):
+            try:
+                callback()
+            except Exception:
+                # A broken watcher must not fail the job that provisioned.
+                log.exception("toolchain store watcher failed")
 
     # -- paths and state ---------------------------------------------------------------
 
@@ -208,6 +239,17 @@ class ToolchainStore:
     def ready_versions(self) -> list[str]:
         """Every ready version, oldest release first (for node_info and mDNS)."""
         return sorted((v for v in self._published() if self.is_ready(v)), key=_sort_key)
+
+    def recent_versions(self) -> list[str]:
+        """Every ready version, most recently used (or provisioned) first, the newer
+        release first on a tie: what a bounded advert keeps when it cannot name all."""
+        ready: list[tuple[float, str]] = []
+        for version in self._published():
+            target = self._ready_target(version)
+            if target is not None:
+                ready.append((self._last_used(target), version))
+        ready.sort(key=lambda item: (item[0], _sort_key(item[1])), reverse=True)
+        return [version for _, version in ready]
 
     def in_use(self, version: str) -> bool:
         """Whether a job in *this* process holds a lease on ``version``."""
@@ -294,6 +336,7 @@ class ToolchainStore:
             raise
         on_line(f"[meshd] esphome {version} ready ({time.monotonic() - started:.1f} s)")
         log.info("provisioned esphome %s in %.1f s", version, time.monotonic() - started)
+        self._changed()
 
     def _environ(self) -> dict[str, str]:
         env = hermetic_environ(os.environ)
@@ -341,6 +384,7 @@ class ToolchainStore:
     ) -> None:
         """``<venv>/bin/esphome version`` must answer exactly ``version``."""
         esphome = build / "bin" / "esphome"
+        on_line(f"[meshd] checking that `esphome version` answers {version}")
         try:
             async with asyncio.timeout(self._check_timeout):
                 result = await self._run(
@@ -465,7 +509,10 @@ class ToolchainStore:
 
     async def sweep(self, policy: SweepPolicy, *, now: float | None = None) -> SweepReport:
         """Remove toolchains unused too long or over the disk budget; never one in use."""
-        return await asyncio.to_thread(self._sweep, policy, self._clock() if now is None else now)
+        report = await asyncio.to_thread(self._sweep, policy, self._clock() if now is None else now)
+        if report.removed:
+            self._changed()
+        return report
 
     def _sweep(self, policy: SweepPolicy, now: float) -> SweepReport:
         installed: list[Installed] = []
