@@ -59,6 +59,8 @@ from meshd.api.ui import ui_routes
 from meshd.config import Settings
 from meshd.db import database_path
 from meshd.fleet.service import FleetService
+from meshd.fleet.state import FlashedBuild
+from meshd.jobs.build import JobBuild
 from meshd.jobs.engine import Engine
 from meshd.jobs.events import Event, JobFinished
 from meshd.jobs.history import HistoryLimits
@@ -92,6 +94,19 @@ EXIT_FAILURE = 1
 # The database is corrupt or unusable: restarting will not help (sysexits EX_DATAERR;
 # the systemd unit does not restart on it).
 EXIT_BAD_DATA = 65
+
+
+def flashed_build(engine: Engine, configuration: str) -> FlashedBuild | None:
+    """The fleet's view of the last upload of ``configuration`` the engine completed:
+    which job, and which esphome built what it flashed (its ``build`` record)."""
+    job = engine.last_flashed(configuration)
+    if job is None:
+        return None
+    build = job.build
+    if not isinstance(build, JobBuild):  # none, or a record that no longer reads
+        return FlashedBuild(job.id, None)
+    verified = build.provenance.verified if build.provenance is not None else None
+    return FlashedBuild(job.id, build.esphome_version, build.builder, verified)
 
 
 class Service(Protocol):
@@ -306,6 +321,7 @@ class Daemon:
         )
         self.fleet = fleet
         self.engine.devices_online = fleet.online_address
+        fleet.last_flash = lambda configuration: flashed_build(self.engine, configuration)
         self.hooks.routes.extend(fleet_routes(fleet.rows, s.config_dirs))
         return fleet
 

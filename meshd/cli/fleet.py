@@ -17,6 +17,7 @@ from urllib.parse import urlencode
 
 import click
 from rich.table import Table
+from rich.text import Text
 
 from meshd.api.client import Client, DaemonUnreachable, EventStream
 from meshd.cli.app import (
@@ -30,6 +31,7 @@ from meshd.cli.app import (
     run_client,
 )
 from meshd.cli.jobs import submit_install
+from meshd.cli.sanitize import clean
 
 POLL_INTERVAL = 0.25
 """Seconds between looks at the followed jobs when the events stream is not available."""
@@ -54,9 +56,24 @@ async def fetch_devices(client: Client, directories: tuple[Path, ...]) -> dict[s
     return result
 
 
+def _flashed(flash: object) -> Text:
+    """The esphome of the build meshd last flashed, and who built it (``2026.6.5 by
+    desktop``); ``?`` when that upload has no build record."""
+    if not isinstance(flash, dict):
+        return Text("—")
+    version = flash.get("esphome_version") or "?"
+    builder = flash.get("builder")
+    if not builder or builder == "local":
+        return Text(clean(str(version)))
+    mark = " ✓" if flash.get("verified") is True else ""
+    # A Text, not a str: a receiver's name must not be read as rich markup.
+    return Text(clean(f"{version} by {builder}{mark}"))
+
+
 def _devices_table(rows: list[dict[str, Any]]) -> Table:
     table = Table(box=None, header_style="bold")
-    for column in ("configuration", "name", "address", "state", "running", "hash", "built", "why"):
+    columns = ("configuration", "name", "address", "state", "running", "flashed", "hash", "built")
+    for column in (*columns, "why"):
         table.add_column(column)
     for row in rows:
         online = row.get("online")
@@ -69,6 +86,7 @@ def _devices_table(rows: list[dict[str, Any]]) -> Table:
             (row.get("address") or "—") + ("" if online else " (offline)"),
             f"[{style}]{row['state']}[/{style}]" if style else row["state"],
             row.get("running_version") or "—",
+            _flashed(row.get("last_flash")),
             row.get("running_config_hash") or "—",
             row.get("last_build_config_hash") or "—",
             "; ".join(row.get("reasons") or []),

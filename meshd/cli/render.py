@@ -317,11 +317,54 @@ JOB_FIELDS: list[JobField] = [
 ]
 
 
+def built_line(build: dict[str, Any]) -> Text:
+    """Who built a job, with which esphome, and whether its provenance was verified.
+
+    ``built by desktop (ab12…) with esphome 2026.6.5 on host; provenance signature
+    verified``. Every value came from the daemon (a receiver's name from its advert):
+    cleaned before it reaches the terminal.
+    """
+    if build.get("unreadable"):
+        return Text(clean(f"unreadable build record: {build.get('error') or '?'}"), style="yellow")
+    version = build.get("esphome_version")
+    esphome = f"esphome {version}" if version else "an esphome that did not say its version"
+    platform = build.get("platform")
+    on = f" on {str(platform).lower()}" if platform else ""
+    if build.get("where") != "remote":
+        return Text(clean(f"built locally with {esphome}{on}"))
+    fingerprint = str(build.get("builder_fingerprint") or "")
+    who = f"{build.get('builder') or fingerprint[:SHORT_FINGERPRINT]} ({fingerprint[:4]}…)"
+    if build.get("verified") is True:
+        return Text(clean(f"built by {who} with {esphome}{on}; provenance signature verified"))
+    return Text(
+        clean(f"built by {who} with {esphome}{on}; no signed provenance (the receiver signs none)"),
+        style="yellow",
+    )
+
+
+def _provenance_line(provenance: dict[str, Any]) -> str:
+    """The signed record in one line: when, which bundle, how many artifacts."""
+    artifacts = provenance.get("artifacts") or []
+    signed_at = provenance.get("signed_at")
+    when = _clock(float(signed_at)) if isinstance(signed_at, int | float) else "?"
+    bundle = str(provenance.get("bundle") or "")[:SHORT_FINGERPRINT]
+    return clean(
+        f"signed {when} for job {provenance.get('job_id')}, bundle {bundle}…, "
+        f"{len(artifacts)} artifact digests"
+    )
+
+
 def job_table(job: dict[str, Any]) -> Table:
     """One job, whole: every field, its options, and the complete error."""
     rows: list[tuple[str, Cell]] = [
         (label, show(job[key])) for key, label, show in JOB_FIELDS if job.get(key) is not None
     ]
+    build = job.get("build")
+    if isinstance(build, dict):
+        rows.append(("Built", built_line(build)))
+        provenance = build.get("provenance")
+        if isinstance(provenance, dict):
+            rows.append(("Provenance", _provenance_line(provenance)))
     rows += [(f"args.{key}", str(value)) for key, value in sorted((job.get("args") or {}).items())]
     args = job.get("args") or {}
     hits, misses = args.get("cache_hits"), args.get("cache_misses")

@@ -33,7 +33,7 @@ from meshd.fleet.configs import DeviceConfig, read_config, scan_config_dirs
 from meshd.fleet.model import DeviceEvent, DeviceState
 from meshd.fleet.monitor import DeviceMonitor
 from meshd.fleet.resolve import Resolution, ResolveError, resolve_device
-from meshd.fleet.state import BuildRecord, fleet_rows
+from meshd.fleet.state import BuildRecord, FlashedBuild, fleet_rows
 from meshd.fleet.store import FleetStore, open_store
 from meshd.fleet.verify import VERIFY_TIMEOUT, FlashVerifier, Outcome, api_target
 from meshd.toolchain.storage import ArtifactError
@@ -85,6 +85,9 @@ class FleetService:
         self._hasher_version: str | None = None
         self._remove: Callable[[], None] | None = None
         self._browse = browse
+        self.last_flash: Callable[[str], FlashedBuild | None] = lambda _configuration: None
+        """Hook (the daemon, from the job store): what meshd last flashed for a
+        configuration and which esphome built it."""
 
     async def start(self) -> None:
         self.store = open_store(self._data_dir)
@@ -218,12 +221,27 @@ class FleetService:
             local_version=self._esphome_version() or "",
             current_hashes=current,
             last_builds=builds,
+            last_flashes=self._last_flashes(configs),
         )
         return {
             "directories": [str(d) for d in dirs],
             "devices": [row.to_dict() for row in rows],
             "problems": problems,
         }
+
+    def _last_flashes(self, configs: Sequence[DeviceConfig]) -> dict[str, FlashedBuild]:
+        out: dict[str, FlashedBuild] = {}
+        for config in configs:
+            key = str(config.path)
+            try:
+                flashed = self.last_flash(key)
+            except Exception:
+                # The job history is a nicety here: the rows stand without it.
+                _LOGGER.exception("cannot read the last flash of %s", key)
+                continue
+            if flashed is not None:
+                out[key] = flashed
+        return out
 
     def _last_builds(self, configs: Sequence[DeviceConfig]) -> Mapping[str, BuildRecord]:
         env = self._toolchain.environ()

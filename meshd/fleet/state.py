@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from packaging.version import InvalidVersion, Version
 
@@ -57,6 +57,28 @@ class BuildRecord:
 
 
 @dataclass(frozen=True)
+class FlashedBuild:
+    """What meshd last flashed for a configuration: its upload job and the record of the
+    compile that upload flashed (``build`` of the job, docs/API.md)."""
+
+    upload_job: str
+    esphome_version: str | None
+    """The esphome that built what was flashed; None when no record says."""
+    builder: str | None = None
+    """``local`` or the receiver's name; None without a record."""
+    verified: bool | None = None
+    """A remote build's signed provenance was verified; None for a local build or none."""
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "upload_job": self.upload_job,
+            "esphome_version": self.esphome_version,
+            "builder": self.builder,
+            "verified": self.verified,
+        }
+
+
+@dataclass(frozen=True)
 class FleetRow:
     configuration: str
     name: str | None
@@ -70,6 +92,8 @@ class FleetRow:
     needs_update: bool | None
     """Would ``--outdated`` flash it (also for an offline device, from its last advert);
     None when that cannot be told."""
+    last_flash: FlashedBuild | None = None
+    """meshd's last completed upload of the configuration and what built it."""
 
     @property
     def address(self) -> str | None:
@@ -103,6 +127,7 @@ class FleetRow:
             "state": self.state.value,
             "reasons": list(self.reasons),
             "needs_update": self.needs_update,
+            "last_flash": self.last_flash.to_dict() if self.last_flash is not None else None,
             "device": self.device.to_dict() if self.device is not None else None,
         }
 
@@ -219,24 +244,26 @@ def fleet_rows(
     local_version: str,
     current_hashes: Mapping[str, str | None],
     last_builds: Mapping[str, BuildRecord],
+    last_flashes: Mapping[str, FlashedBuild] | None = None,
 ) -> list[FleetRow]:
     """Every configuration's rows (one per matched device, or one without a device).
 
-    ``current_hashes`` and ``last_builds`` are keyed by ``str(config.path)``.
+    ``current_hashes``, ``last_builds`` and ``last_flashes`` are keyed by
+    ``str(config.path)``.
     """
+    flashes = last_flashes or {}
     known = list(devices)
     rows: list[FleetRow] = []
     for config in configs:
         key = str(config.path)
         matched: list[DeviceState | None] = list(devices_for(config, known)) or [None]
         for device in matched:
-            rows.append(
-                row_state(
-                    config,
-                    device,
-                    local_version=local_version,
-                    current_hash=current_hashes.get(key),
-                    last_build=last_builds.get(key),
-                )
+            row = row_state(
+                config,
+                device,
+                local_version=local_version,
+                current_hash=current_hashes.get(key),
+                last_build=last_builds.get(key),
             )
+            rows.append(replace(row, last_flash=flashes.get(key)))
     return rows

@@ -52,6 +52,7 @@ from meshd.jobs.armed import (
     no_device_name,
     no_device_online,
 )
+from meshd.jobs.build import StoredBuild
 from meshd.jobs.diskio import LocalWriteError, describe, is_write_error
 from meshd.jobs.events import (
     EventBus,
@@ -349,6 +350,11 @@ class Engine:
         if job is None:
             raise UnknownJob(job_id)
         return job
+
+    def last_flashed(self, configuration: str) -> Job | None:
+        """The newest completed upload of ``configuration``; its ``build`` is the record of
+        the compile it flashed (None for an upload of a build meshd did not make)."""
+        return self.store.last_flashed(configuration)
 
     def jobs(self) -> list[Job]:
         """Every job the store knows, active ones as they are in memory, oldest first.
@@ -727,6 +733,10 @@ class Engine:
         job.status = JobStatus.RUNNING
         job.started_at = now()
         job.runner = placement.runner
+        if job.type is JobType.COMPILE:
+            job.build = None  # only this run's runner may say what built it
+        elif job.type is JobType.UPLOAD and job.depends_on is not None and job.build is None:
+            job.build = self._prerequisite_build(job.depends_on)
         if (error := self._persist(job)) is not None:
             # Never run what could not be recorded as running: after a crash nobody
             # would know to kill it or that it ran.
@@ -774,6 +784,11 @@ class Engine:
             # because the user was told it would not flash.
             return Result(Outcome.CANCELLED, job.error)
         return Result(Outcome.COMPLETED)
+
+    def _prerequisite_build(self, compile_id: str) -> StoredBuild | None:
+        """The build record of the compile an upload flashes (a keyed read), if any."""
+        prereq = self._unsaved.get(compile_id) or self.store.get(compile_id)
+        return prereq.build if prereq is not None else None
 
     async def _after_compile(self, ctx: JobContext) -> None:
         if self.after_compile is None:
@@ -856,6 +871,9 @@ class Engine:
         """Make a job terminal: persist, announce, then settle its held dependents."""
         job.status = JobStatus(outcome.value)
         job.finished_at = now()
+        if job.type is JobType.COMPILE and outcome is not Outcome.COMPLETED:
+            # Nothing usable was built (or it was never checked): no record of it.
+            job.build = None
         job.error = None if outcome is Outcome.COMPLETED else (error or outcome.value)
         if job.waiting is not None:
             self.upload_lane.unpark(job.id)
@@ -940,3 +958,5 @@ def _back_to_queued(job: Job) -> None:
     job.started_at = None
     job.progress = None
     job.runner = None
+    if job.type is JobType.COMPILE:
+        job.build = None

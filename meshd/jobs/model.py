@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from meshd.jobs.build import StoredBuild
 from meshd.jobs.options import JobOptions
 
 
@@ -96,6 +97,9 @@ class Job:
     """When the upload was armed (set with ``waiting``; kept after release for history)."""
     waiting_until: float | None = None
     """The armed upload's deadline: past it the job fails (``armed_upload_ttl``)."""
+    build: StoredBuild | None = None
+    """What built it (``meshd.jobs.build``): set by the runner of a completed compile,
+    copied to the upload that flashes that compile; None when nothing says."""
     # Monotonic submission order; the lanes are FIFO by this, not by wall clock.
     seq: int = 0
 
@@ -129,6 +133,7 @@ class Job:
             "waiting": self.waiting,
             "waiting_since": self.waiting_since,
             "waiting_until": self.waiting_until,
+            "build": self.build.to_api() if self.build is not None else None,
         }
 
     @classmethod
@@ -152,5 +157,6 @@ class Job:
             waiting=data.get("waiting"),
             waiting_since=data.get("waiting_since"),
             waiting_until=data.get("waiting_until"),
+            build=data.get("build"),
             seq=int(data.get("seq", 0)),
         )

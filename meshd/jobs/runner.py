@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from meshd.jobs.build import JobBuild
 from meshd.jobs.model import Job
 from meshd.jobs.options import JobOptions
 from meshd.jobs.placement import Placement, ReasonCode, Where
@@ -58,6 +59,12 @@ class JobContext:
     so a restart after a crash can kill what the dead daemon left running."""
     placement: Placement = _UNPLACED
     """Where the lane placed the job; a remote runner reads its receiver from here."""
+
+    def record_build(self, build: JobBuild) -> None:
+        """Say what built this compile (``meshd.jobs.build``), once it is built and
+        checked: the engine persists it with the job if the job completes, and drops it
+        if the job fails, is cancelled or re-routed."""
+        self.job.build = build
 
 
 class Runner(Protocol):

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from meshd.db import connect
+from meshd.jobs.build import decode_build
 from meshd.jobs.model import Job, JobStatus, JobType
 
 _LOGGER = logging.getLogger(__name__)
@@ -53,7 +54,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     reason_code   TEXT,
     waiting       TEXT,
     waiting_since REAL,
-    waiting_until REAL
+    waiting_until REAL,
+    build         TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_status ON jobs(status);
 CREATE TABLE IF NOT EXISTS job_processes (
@@ -99,6 +101,7 @@ _COLUMNS = (
     "waiting",
     "waiting_since",
     "waiting_until",
+    "build",
 )
 
 # Created after the missing columns were added. ``seq`` orders every page and every prune;
@@ -108,6 +111,7 @@ _INDEXES = """
 CREATE INDEX IF NOT EXISTS jobs_seq ON jobs(seq);
 CREATE INDEX IF NOT EXISTS jobs_status_seq ON jobs(status, seq);
 CREATE INDEX IF NOT EXISTS jobs_depends_on ON jobs(depends_on);
+CREATE INDEX IF NOT EXISTS jobs_configuration_seq ON jobs(configuration, seq);
 """
 
 _ACTIVE = ("queued", "running")
@@ -208,6 +212,7 @@ class JobStore:
             job.waiting,
             job.waiting_since,
             job.waiting_until,
+            job.build.to_json() if job.build is not None else None,
         )
         placeholders = ",".join("?" * len(_COLUMNS))
         self._conn.execute(
@@ -293,6 +298,16 @@ class JobStore:
             (*_ACTIVE, *_ACTIVE),
         ).fetchall()
         return [job for row in rows if (job := self._decode(row)) is not None]
+
+    def last_flashed(self, configuration: str) -> Job | None:
+        """The newest completed upload of ``configuration`` (its ``build`` says what was
+        flashed): one range scan of the ``(configuration, seq)`` index."""
+        rows = self._conn.execute(
+            f"{_SELECT} WHERE configuration = ? AND type = 'upload' AND status = 'completed' "
+            "ORDER BY seq DESC LIMIT 1",
+            (configuration,),
+        ).fetchall()
+        return next((job for row in rows if (job := self._decode(row)) is not None), None)
 
     def max_seq(self) -> int:
         row = self._conn.execute("SELECT MAX(seq) FROM jobs").fetchone()
@@ -450,6 +465,8 @@ def _row_to_job(data: Mapping[str, Any]) -> Job:
             "waiting": _text(data, "waiting", optional=True),
             "waiting_since": _number(data, "waiting_since", optional=True),
             "waiting_until": _number(data, "waiting_until", optional=True),
+            # Never a reason to quarantine the job: a bad record loads as a marker.
+            "build": decode_build(data.get("build")),
         }
     )
 

@@ -58,7 +58,7 @@ from meshd.link.limits import (
     MIN_PROTOCOL_VERSION,
     PROTOCOL_VERSION,
 )
-from meshd.link.messages import Close, Hello, Message, UnknownMessage, decode, encode
+from meshd.link.messages import Close, Encoder, Hello, Message, UnknownMessage, decode, encode
 
 
 class Role(enum.Enum):
@@ -215,6 +215,7 @@ class Connection:
         self._out = bytearray()
         self._sealer: FrameSealer | None = None
         self._opener: FrameOpener | None = None
+        self._encoder = Encoder()
         self._pending_event: Event | None = None
         # After the peer broke the protocol on an established session, our own sending
         # direction is still intact: we may seal exactly one ``close`` to say why.
@@ -246,6 +247,38 @@ class Connection:
             self._eof = True
         elif not self._eof:
             self._buffer.feed(data)
+
+    def receive_buffer(self, size: int, most: int = 0) -> memoryview:
+        """``size`` bytes of free space (up to ``most`` if already there) to read the
+        peer's bytes straight into (``asyncio.BufferedProtocol.get_buffer``);
+        ``receive_committed`` says how many."""
+        self._check_usable()
+        return self._buffer.writable(size, most)
+
+    def receive_committed(self, size: int) -> None:
+        """``size`` bytes were written into the last ``receive_buffer`` view.
+
+        The same as ``receive_data`` of those bytes, minus the copy; bytes after EOF
+        are dropped, like ``receive_data``'s.
+        """
+        self._check_usable()
+        if size == 0:
+            raise ValueError("signal EOF with receive_data(b'')")
+        if not self._eof:
+            self._buffer.commit(size)
+
+    def trim_buffers(self) -> None:
+        """Give back receive and send buffers a burst grew (call when idle; they regrow
+        on demand). A partly received frame is kept."""
+        self._buffer.trim()
+        if self._opener is not None:
+            self._opener.trim()
+        self._encoder = Encoder()
+
+    @property
+    def buffered(self) -> int:
+        """Received bytes not yet turned into events (the receiver's backlog)."""
+        return self._buffer.pending
 
     @property
     def session_id(self) -> bytes:
@@ -285,16 +318,20 @@ class Connection:
             self._out += self._sealer_or_fail().seal(encode(Close(int(reason), message)))
         self.closed = ConnectionClosed(int(reason), message, by_peer=False)
 
-    def send(self, message: Message, rid: int = 0) -> bytes:
+    def send(self, message: Message, rid: int = 0) -> bytearray:
         """The sealed frame carrying ``message`` (established sessions only)."""
         self._check_usable()
         if self.state is not State.ESTABLISHED:
             raise LocalProtocolError(f"cannot send {message.TYPE} in state {self.state.value}")
         if isinstance(message, Close):
             raise LocalProtocolError("use close() to send a close message")
-        return self._sealer_or_fail().seal(encode(message, rid))
+        sealer = self._sealer_or_fail()
+        with self._encoder.encode(message, rid) as plaintext:
+            return sealer.seal(plaintext)
 
-    def close(self, reason: CloseReason = CloseReason.NORMAL, message: str = "") -> bytes:
+    def close(
+        self, reason: CloseReason = CloseReason.NORMAL, message: str = ""
+    ) -> bytes | bytearray:
         """The sealed ``close`` frame if established (else b""); the connection is done.
 
         After a remote protocol error on an established session this still returns one
@@ -306,7 +343,7 @@ class Connection:
             return self._sealer_or_fail().seal(encode(Close(int(reason), message)))
         if self.state in (State.CLOSED, State.ERROR):
             return b""
-        data = b""
+        data: bytes | bytearray = b""
         if self.state is State.ESTABLISHED:
             self._transition(Input.SEND_CLOSE)
             data = self._sealer_or_fail().seal(encode(Close(int(reason), message)))
@@ -336,20 +373,29 @@ class Connection:
             return self.closed
         if self.state in (State.I_START, State.I_DECIDE, State.R_DECIDE):
             return NEED_DATA
+        if self.state in (State.I_AWAIT_HELLO, State.ESTABLISHED):
+            # Sealed frames: decrypted in place, decoded before the next one is opened.
+            plaintext = self._buffer.open_next(self._opener_or_fail())
+            if plaintext is None:
+                return self._need_data()
+            with plaintext:
+                message, rid = decode(plaintext)
+            if self.state is State.I_AWAIT_HELLO:
+                return self._on_hello(message)
+            return self._on_message(message, rid)
         got = self._buffer.next_frame()
         if got is None:
-            if not self._eof:
-                return NEED_DATA
-            return self._on_eof()
+            return self._need_data()
         prefix, body = got
         handler = {
             State.R_AWAIT_HS1: self._on_hs1,
             State.I_AWAIT_HS2: self._on_hs2,
             State.R_AWAIT_HS3: self._on_hs3,
-            State.I_AWAIT_HELLO: self._on_hello,
-            State.ESTABLISHED: self._on_message,
         }[self.state]
         return handler(prefix, body)
+
+    def _need_data(self) -> Event | _NeedData:
+        return NEED_DATA if not self._eof else self._on_eof()
 
     def _on_eof(self) -> Event:
         if self._buffer.pending:
@@ -450,8 +496,7 @@ class Connection:
         )
         return self.peer
 
-    def _on_hello(self, prefix: bytes, body: bytes) -> Event:
-        message, _rid = decode(self._opener_or_fail().open(prefix, body))
+    def _on_hello(self, message: Message | UnknownMessage) -> Event:
         if isinstance(message, Close):
             self.state = State.CLOSED
             self.closed = ConnectionClosed(message.reason, message.message, by_peer=True)
@@ -469,8 +514,7 @@ class Connection:
         self.established = self._make_established()
         return self.established
 
-    def _on_message(self, prefix: bytes, body: bytes) -> Event:
-        message, rid = decode(self._opener_or_fail().open(prefix, body))
+    def _on_message(self, message: Message | UnknownMessage, rid: int) -> Event:
         if isinstance(message, Close):
             self._transition(Input.RECV_CLOSE)
             self.closed = ConnectionClosed(message.reason, message.message, by_peer=True)

@@ -13,6 +13,8 @@ sans-IO ``Connection``. It adds what needs a clock or concurrency:
   gets exactly one answer (its handler's, or an ``error``), so no requester waits for
   longer than its own timeout;
 * streams with credit-based flow control (``send_stream()``, ``Router.on_stream``);
+* once the stream reader that ran the handshake is empty, reads go straight into the
+  connection's frame buffer (``meshd.link.receiver``);
 * heartbeats: a ping every ``heartbeat_interval``; a peer silent for ``dead_after``
   seconds is declared dead (``PeerTimeout``) within ``dead_after + tick``;
 * one shutdown path: the first fatal error wins, cleanup runs once and synchronously,
@@ -28,7 +30,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -60,6 +61,7 @@ from meshd.link.errors import (
     close_reason,
 )
 from meshd.link.handshake import Mode
+from meshd.link.hashing import BackgroundSha256
 from meshd.link.limits import (
     DEAD_AFTER_INTERVALS,
     DEFAULT_CHUNK_SIZE,
@@ -81,6 +83,7 @@ from meshd.link.messages import (
     StreamWindow,
     UnknownMessage,
 )
+from meshd.link.receiver import SessionReceiver
 from meshd.link.streams import IncomingStream, OutgoingStream, iter_chunks
 
 _LOGGER = logging.getLogger(__name__)
@@ -402,7 +405,7 @@ class LinkSession:
         self._next_sid += 2
         out = OutgoingStream(sid)
         self._out_streams[sid] = out
-        hasher = hashlib.sha256()
+        hasher = BackgroundSha256()
         finished = False
         try:
             await self._send(StreamOpen(sid, kind, name, size, meta or {}))
@@ -412,12 +415,15 @@ class LinkSession:
                 self._check_open()
                 self._write(self._conn.send(StreamChunk(sid, piece)))
                 await self._drain()
-            digest = hasher.digest()
+                if hasher.pending > STREAM_WINDOW:
+                    await hasher.settle()  # pieces are pinned until hashed: bound them
+            digest = await hasher.digest()
             await self._send(StreamEnd(sid, digest))
             finished = True
             return digest
         finally:
             self._out_streams.pop(sid, None)
+            hasher.discard()
             if not finished and not self.closed and out.error is None:
                 with contextlib.suppress(LinkError, OSError, RuntimeError):
                     self._write(self._conn.send(StreamAbort(sid, "sender gave up")))
@@ -440,7 +446,7 @@ class LinkSession:
         self._write(self._conn.send(message, rid))
         await self._drain()
 
-    def _write(self, data: bytes) -> None:
+    def _write(self, data: bytes | bytearray) -> None:
         """Put bytes on the transport. Sealing and writing happen with no await between,
         so frames go out in counter order."""
         if not data:
@@ -522,7 +528,7 @@ class LinkSession:
         ):
             _LOGGER.info("link to %s closed: %s", self.peer.fingerprint_hex[:16], error)
         # close() also seals after a remote protocol error (our direction is intact).
-        farewell = b""
+        farewell: bytes | bytearray = b""
         with contextlib.suppress(LinkError):
             farewell = self._conn.close(notify if notify is not None else error.reason, message)
         if notify is not None and not abort and farewell:
@@ -558,13 +564,24 @@ class LinkSession:
     # -- receiving --------------------------------------------------------------------
 
     async def _read_loop(self) -> None:
+        receiver: SessionReceiver | None = None
         try:
             while True:
                 event = self._conn.next_event()
                 if event is NEED_DATA:
+                    if receiver is not None:
+                        more = await receiver.wait()
+                        self._last_rx = time.monotonic()
+                        if not more:
+                            self._conn.receive_data(b"")  # EOF
+                        continue
+                    # Until the stream reader is empty, read through it; then read
+                    # into the frame buffer directly (meshd.link.receiver).
                     data = await self._reader.read(READ_SIZE)
                     self._last_rx = time.monotonic()
                     self._conn.receive_data(data)
+                    if 0 < len(data) < READ_SIZE and not self._reader.at_eof():
+                        receiver = SessionReceiver.install(self._conn, self._writer)
                 elif isinstance(event, MessageReceived):
                     await self._dispatch(event)
                 elif isinstance(event, ConnectionClosed):
@@ -703,6 +720,10 @@ class LinkSession:
             await asyncio.sleep(tick)
             now = time.monotonic()
             silent = now - self._last_rx
+            if not self._in_streams and not self._out_streams:
+                # No stream under way: give back what a burst grew (cheap if nothing
+                # did; what a frame in progress holds is kept).
+                self._conn.trim_buffers()
             if silent > cfg.dead_after and not self._rx_blocked:
                 self._shutdown(
                     PeerTimeout(f"peer silent for {silent:.1f}s"),

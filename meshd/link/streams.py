@@ -7,18 +7,23 @@ the bytes). Flow control is credit based, as in HTTP/2: the sender may have at m
 returns credit with ``stream_window`` as its consumer reads. So the session reader
 never blocks on a slow consumer (heartbeats keep flowing) and a receiver buffers at
 most one window per stream; a sender that overruns its credit is a protocol violation.
+
+Both ends hash with ``meshd.link.hashing`` (on a worker thread where there are cores
+to spare). The receiver compares the digest when its consumer reaches the end, after
+the last byte has been hashed, so a mismatch still surfaces as ``StreamError`` from
+the iteration, never as success.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import hashlib
 import hmac
 from collections.abc import AsyncIterator, Callable
 from typing import Self
 
 from meshd.link.errors import CloseReason, LinkError, RemoteProtocolError, StreamError
+from meshd.link.hashing import BackgroundSha256
 from meshd.link.limits import STREAM_WINDOW
 from meshd.link.messages import StreamOpen
 
@@ -51,7 +56,8 @@ class IncomingStream:
         self._consumed = 0
         self._granted_at = 0
         self._chunks: collections.deque[bytes] = collections.deque()
-        self._hasher = hashlib.sha256()
+        self._hasher = BackgroundSha256()
+        self._expected: bytes | None = None  # stream_end's digest, checked at the end
         self._ended = False
         self._error: LinkError | None = None
         self._wakeup = asyncio.Event()
@@ -75,27 +81,35 @@ class IncomingStream:
         self._wakeup.set()
 
     def end(self, sha256: bytes) -> None:
-        """The sender finished; remember whether the digest matched."""
+        """The sender finished; the digest is compared once the consumer gets there."""
         if self._ended or self._error is not None:
             return
         self._ended = True
-        self.digest = self._hasher.digest()
-        if not hmac.compare_digest(self.digest, sha256):
-            self._error = StreamError(f"stream {self.sid} ({self.name}): SHA-256 mismatch")
-        elif self.size is not None and self.received != self.size:
+        self._expected = sha256
+        if self.size is not None and self.received != self.size:
             self._error = StreamError(
                 f"stream {self.sid}: got {self.received} bytes, {self.size} declared"
             )
+            self._hasher.discard()
         self._wakeup.set()
 
     def fail(self, error: LinkError) -> None:
         """The sender aborted or the link died: wake the consumer with ``error``."""
         if self._ended and self._error is None:
-            return  # everything arrived and matched; let the consumer finish
+            return  # everything arrived; let the consumer finish (and check the digest)
         if self._error is None:
             self._error = error
         self._chunks.clear()
+        self._hasher.discard()
         self._wakeup.set()
+
+    async def _verify(self) -> None:
+        """At the end: the digest of every byte received against ``stream_end``'s."""
+        assert self._expected is not None
+        self.digest = await self._hasher.digest()
+        if not hmac.compare_digest(self.digest, self._expected):
+            self._error = StreamError(f"stream {self.sid} ({self.name}): SHA-256 mismatch")
+        self._expected = None
 
     @property
     def finished(self) -> bool:
@@ -117,9 +131,15 @@ class IncomingStream:
             if self._error is not None:
                 raise self._error
             if self._ended:
+                if self._expected is not None:
+                    await self._verify()
+                    continue
                 raise StopAsyncIteration
             self._wakeup.clear()
             await self._wakeup.wait()
+        if self._hasher.pending > self._window:
+            # Chunks the consumer has taken stay pinned until hashed: bound them too.
+            await self._hasher.settle()
         chunk = self._chunks.popleft()
         self._consumed += len(chunk)
         if self._consumed - self._granted_at >= self._window // 2:

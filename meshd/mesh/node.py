@@ -191,6 +191,7 @@ class MeshNode:
             version_policy=settings.version_policy,
             on_duration=self.registry.record_compile,
             env=env,
+            peer_name=self._peer_name,
         )
         self.offloader.register(self.router)
         self.shared_cache = SharedCacheStore(
@@ -268,6 +269,10 @@ class MeshNode:
 
     def _session_for(self, fingerprint: str) -> LinkSession | None:
         return self.connections.session_for(fingerprint)
+
+    def _peer_name(self, fingerprint: str) -> str | None:
+        peer = self.registry.get(fingerprint)
+        return peer.name if peer is not None else None
 
     def _opened(self, session: LinkSession) -> None:
         self.receiver.attach(session)

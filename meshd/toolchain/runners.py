@@ -15,11 +15,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import replace
 from pathlib import Path
 
+from meshd.jobs.build import LOCAL_BUILDER, JobBuild
 from meshd.jobs.model import Job, JobType
 from meshd.jobs.runner import JobContext, JobFailed, Runner
 from meshd.toolchain.archive import ArchiveError, BuildArchive
@@ -143,6 +144,26 @@ async def pinned_toolchain(
         raise JobFailed(f"{PROVISION_FAILED} {wanted} ({exc.stage}): {exc}") from None
 
 
+def built_with(ctx: JobContext, default: str | None) -> str | None:
+    """The esphome version ``pinned_toolchain`` builds ``ctx``'s job with: its pin (the
+    store checked that the provisioned toolchain answers exactly it), else the node's
+    own (None when that did not answer ``esphome version``)."""
+    return ctx.job.options.esphome_version or default
+
+
+async def record_local_build(
+    ctx: JobContext, version: str | None, config: Path, env: Mapping[str, str] | None
+) -> None:
+    """Record on a completed compile that this node built it, with ``version``, for the
+    platform its StorageJSON names (None if esphome wrote none)."""
+    try:
+        storage = await asyncio.to_thread(load_storage, config, env)
+        platform: str | None = storage.target_platform
+    except ArtifactError:
+        platform = None
+    ctx.record_build(JobBuild(esphome_version=version, builder=LOCAL_BUILDER, platform=platform))
+
+
 @contextlib.asynccontextmanager
 async def compile_cache(
     toolchain: Toolchain,
@@ -224,11 +245,13 @@ class CompileRunner:
 
     async def run(self, ctx: JobContext) -> None:
         config = _config_file(ctx)
+        default = self._default_version()
         async with (
-            pinned_toolchain(self.toolchain, self.store, self._default_version(), ctx) as base,
+            pinned_toolchain(self.toolchain, self.store, default, ctx) as base,
             compile_cache(base, self.caches, ctx, config, self.remote_storage) as toolchain,
         ):
             await run_esphome(toolchain, ctx, ["compile", str(config)], CompileProgress())
+        await record_local_build(ctx, built_with(ctx, default), config, self.toolchain.environ())
 
 
 class UploadRunner:

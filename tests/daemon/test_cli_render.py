@@ -64,6 +64,13 @@ def test_jobs_status_and_show_fit_80_columns(daemon: Meshd, tmp_path: Path) -> N
     squeezed = re.sub(r"\s+", "", shown.stdout)
     assert re.sub(r"\s+", "", failed_job["error"]) in squeezed, "show prints the error whole"
 
+    # A completed local compile says what built it, through the real daemon and CLI.
+    built = cli(daemon, "show", done["id"])
+    assert built.returncode == 0, built.stderr
+    assert re.search(r"^Built +built locally with esphome \S+ on host *$", built.stdout, re.M)
+    assert daemon.cli_json("show", done["id"], "--json")["build"]["where"] == "local"
+    assert failed_job["build"] is None  # a failed compile built nothing
+
     status = cli(daemon, "status")
     assert status.returncode == 0, status.stderr
     out = "\n".join(fits(status.stdout))

@@ -187,6 +187,18 @@ async def _scenario(
     for name in ("dev-b", "dev-c"):
         flashed = await _until_job(daemon, outcomes[name]["upload"], "completed")
         assert (flashed["reason_code"], flashed["reason"]) == ("verified", "verified")
+    # `meshd devices` now says which esphome built what meshd flashed to each of them.
+    after = await _devices(daemon)
+    for name in ("dev-b", "dev-c"):
+        assert after[name]["last_flash"] == {
+            "upload_job": outcomes[name]["upload"],
+            "esphome_version": VERSION,
+            "builder": "local",
+            "verified": None,
+        }
+    assert after["dev-a"]["last_flash"] is None
+    shown = await _cli(daemon, "devices")
+    assert shown.returncode == 0 and "flashed" in shown.stdout.splitlines()[0]
     armed = outcomes["dev-d"]["upload"]
 
     # The armed upload survives a restart...

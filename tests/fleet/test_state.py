@@ -11,6 +11,7 @@ from meshd.fleet.configs import DeviceConfig, NetworkInfo
 from meshd.fleet.model import DeviceState
 from meshd.fleet.state import (
     BuildRecord,
+    FlashedBuild,
     FleetState,
     devices_for,
     fleet_rows,
@@ -185,3 +186,25 @@ def test_row_json_without_a_device() -> None:
 def test_firmware_txt_for_the_host_platform_has_no_platform_key() -> None:
     txt = firmware_txt(version=LOCAL, config_hash=CURRENT, mac="983569abf679", board="host")
     assert "platform" not in txt and "network" not in txt
+
+
+def test_rows_carry_the_last_flash_of_their_configuration() -> None:
+    configs = [cfg("a"), cfg("b")]
+    flash = FlashedBuild("a1b2c3d4e5f6", "2026.5.2", "desktop", True)
+    rows = fleet_rows(
+        configs,
+        [dev("a"), dev("b")],
+        local_version=LOCAL,
+        current_hashes={},
+        last_builds={},
+        last_flashes={str(configs[0].path): flash},
+    )
+    by_name = {r.name: r.to_dict() for r in rows}
+    assert by_name["a"]["last_flash"] == {
+        "upload_job": "a1b2c3d4e5f6",
+        "esphome_version": "2026.5.2",
+        "builder": "desktop",
+        "verified": True,
+    }
+    assert by_name["a"]["running_version"] == LOCAL  # what the device says, beside it
+    assert by_name["b"]["last_flash"] is None

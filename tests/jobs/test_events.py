@@ -32,6 +32,7 @@ JOB_JSON = {
     "waiting": None,
     "waiting_since": None,
     "waiting_until": None,
+    "build": None,
 }
 
 

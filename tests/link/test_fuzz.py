@@ -95,15 +95,47 @@ def fuzz_initiator(rng: random.Random) -> None:
     drive(conn, mutate(seed, rng), eof=rng.random() < 0.3)
 
 
+def _frames_copying(data: bytes, counter: int) -> list[object]:
+    """Outcome of the copying path (next_frame + open): messages, then the error."""
+    buffer, opener = FrameBuffer(MAX_FRAME), FrameOpener(FRAME_KEY)
+    opener.counter = counter
+    buffer.feed(data)
+    out: list[object] = []
+    try:
+        while (got := buffer.next_frame()) is not None:
+            out.append(decode(opener.open(*got)))
+    except LinkError as exc:
+        out.append((type(exc), exc.reason))
+    return out
+
+
+def _frames_in_place(data: bytes, counter: int, rng: random.Random) -> list[object]:
+    """Outcome of the in-place path (open_next), fed in random pieces."""
+    buffer, opener = FrameBuffer(MAX_FRAME), FrameOpener(FRAME_KEY)
+    opener.counter = counter
+    out: list[object] = []
+    pos = 0
+    try:
+        while pos < len(data):
+            step = rng.randint(1, 64)
+            buffer.feed(data[pos : pos + step])
+            pos += step
+            while (plaintext := buffer.open_next(opener)) is not None:
+                with plaintext:
+                    out.append(decode(plaintext))
+    except LinkError as exc:
+        out.append((type(exc), exc.reason))
+    return out
+
+
 def fuzz_frames(rng: random.Random) -> None:
     start = rng.randrange(len(WIRE))
     data = mutate(b"".join(WIRE[start : start + rng.randint(1, 3)]), rng)
-    buffer = FrameBuffer(MAX_FRAME)
-    opener = FrameOpener(FRAME_KEY)
-    opener.counter = start
-    buffer.feed(data)
-    while (got := buffer.next_frame()) is not None:
-        decode(opener.open(*got))
+    # Both receive paths must agree exactly on what a hostile byte string means.
+    copying = _frames_copying(data, start)
+    assert _frames_in_place(data, start, rng) == copying
+    if copying and isinstance(copying[-1], tuple):
+        raise RemoteProtocolError("hostile frames refused")  # the target's LinkError
 
 
 def fuzz_messages(rng: random.Random) -> None:

@@ -26,7 +26,7 @@ from meshd.link import (
     SessionConfig,
     StreamError,
 )
-from meshd.link.limits import MAX_FRAME, STREAM_WINDOW
+from meshd.link.limits import DEFAULT_CHUNK_SIZE, MAX_FRAME, STREAM_WINDOW
 from meshd.link.messages import (
     CompileAccept,
     CompileRequest,
@@ -265,7 +265,7 @@ async def test_slow_consumer_bounds_buffering(
     await client.send_stream(bytes(12 * 1024 * 1024), kind="bundle")
     await asyncio.wait_for(done.wait(), 30)
     assert max(peaks) <= STREAM_WINDOW
-    assert len(peaks) == 48  # 12 MiB in 256 KiB chunks
+    assert len(peaks) == 12 * 1024 * 1024 // DEFAULT_CHUNK_SIZE  # the default chunks
 
 
 async def test_stream_of_unknown_kind_is_aborted(

@@ -114,6 +114,10 @@ async def test_a_lying_receiver_fails_the_job_and_nothing_is_written(
     assert pi.uploads(cfg) == []
     ended = await pi.wait_status(upload_job.id, *ENDED)
     assert ended.status is not JobStatus.COMPLETED
+    # A record that failed its check is not kept, nor passed on to the upload.
+    stored = pi.engine.store.get(compile_job.id)
+    assert stored is not None and stored.build is None
+    assert ended.build is None
 
 
 async def test_receiver_refuses_a_version_its_policy_does_not_allow(

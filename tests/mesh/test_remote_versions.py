@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from meshd.jobs.build import JobBuild
 from meshd.jobs.model import JobStatus
 from meshd.jobs.placement import ReasonCode
 from meshd.toolchain.storage import load_storage
@@ -87,6 +88,15 @@ async def test_the_receiver_provisions_the_offloaders_version_and_builds_with_it
     assert f"build provenance verified: built by {desktop.mesh.identity.short} " in log
     assert f"with esphome {A} for HOST" in log
     assert load_storage(cfg).esphome_version == A
+    # The job keeps it: built by the receiver with A, its signed provenance verified.
+    assert isinstance(compiled.build, JobBuild)
+    assert compiled.build.esphome_version == A
+    assert compiled.build.builder_fingerprint == desktop.fingerprint
+    assert compiled.build.provenance is not None and compiled.build.provenance.verified
+    assert compiled.build.provenance.esphome_version == A
+    assert pi.engine.get(upload_job.id).build == compiled.build
+    # ...and the receiver's own copy records the provisioned toolchain it ran.
+    assert isinstance(remote.build, JobBuild) and remote.build.esphome_version == A
     # The receiver now advertises A as ready; a second build goes there without pip.
     await pi.wait_peer(desktop.fingerprint, toolchains=[A])
     again, again_upload = pi.engine.install(str(config(tmp_path, "porch")), "192.0.2.11")

@@ -111,6 +111,7 @@ def test_a_missing_column_is_added_back_and_rows_still_load(tmp_path: Path) -> N
 def test_a_missing_required_column_quarantines_every_row_not_the_daemon(tmp_path: Path) -> None:
     path, _good = _store_with_good_jobs(tmp_path)
     with _db(path) as db:
+        db.execute("DROP INDEX jobs_configuration_seq")  # SQLite drops no indexed column
         db.execute("ALTER TABLE jobs DROP COLUMN configuration")
     store = JobStore(path)
     assert store.load_all() == []

@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
+from meshd.jobs.build import ArtifactSum, BuildProvenance, JobBuild
 from meshd.jobs.diskio import LocalWriteError, is_write_error
 from meshd.jobs.options import JobOptions
 from meshd.jobs.runner import JobContext, JobFailed
@@ -56,6 +57,7 @@ from meshd.mesh.security.provenance import (
     ArtifactDigest,
     ExpectedJob,
     ProvenanceError,
+    ProvenanceRecord,
     verify,
 )
 from meshd.toolchain.commands import EsphomeFailed, create_bundle
@@ -157,6 +159,7 @@ class RemoteCompileRunner:
         version_policy: VersionPolicy = VersionPolicy.ANY,
         on_duration: Callable[[str, float], None] = lambda _fp, _s: None,
         env: Mapping[str, str] | None = None,
+        peer_name: Callable[[str], str | None] = lambda _fp: None,
     ) -> None:
         self.toolchain = toolchain
         self.blobs = blobs
@@ -167,6 +170,8 @@ class RemoteCompileRunner:
         self._version_policy = version_policy
         self._on_duration = on_duration
         self._env = env
+        self._peer_name = peer_name
+        """The name a receiver goes by (the registry's), for the job's build record."""
         self._follow: dict[tuple[LinkSession, str], asyncio.Queue[object]] = {}
 
     def register(self, router: Router) -> None:
@@ -429,7 +434,7 @@ class RemoteCompileRunner:
             if not is_write_error(exc):
                 raise
             raise LocalWriteError.of(exc, self.blobs.store.root) from None
-        self._check_provenance(ctx, session, reply, manifest, expected)
+        record = self._check_provenance(ctx, session, reply, manifest, expected)
         phases.mark("provenance")
         try:
             written = await asyncio.to_thread(
@@ -447,7 +452,42 @@ class RemoteCompileRunner:
             f"[meshd] received {len(manifest.files)} artifacts ({manifest.total_size} bytes, "
             f"{len(missing)} transferred); wrote {len(written)} files for esphome upload"
         )
+        ctx.record_build(self._job_build(fingerprint, record, reply, session.peer.public_key))
         ctx.progress(1.0)
+
+    def _job_build(
+        self,
+        fingerprint: str,
+        record: ProvenanceRecord | None,
+        reply: ArtifactReply,
+        receiver_key: bytes,
+    ) -> JobBuild:
+        """What the job keeps about this remote build: the verified record, if signed."""
+        name = self._peer_name(fingerprint) or fingerprint[:16]
+        if record is None or reply.provenance is None or reply.provenance_sig is None:
+            # An older receiver that signs nothing: who built it, but not with what.
+            return JobBuild(esphome_version=None, builder=name, builder_fingerprint=fingerprint)
+        provenance = BuildProvenance(
+            receiver=record.receiver.hex(),
+            offloader=record.offloader.hex(),
+            job_id=record.job_id,
+            bundle=record.bundle.hex(),
+            esphome_version=record.esphome_version,
+            platform=record.platform,
+            artifacts=tuple(ArtifactSum(a.path, a.role, a.sha256.hex()) for a in record.artifacts),
+            signed_at=record.time_ms / 1000,
+            record=reply.provenance.hex(),
+            signature=reply.provenance_sig.hex(),
+            receiver_key=receiver_key.hex(),
+            verified=True,
+        )
+        return JobBuild(
+            esphome_version=record.esphome_version,
+            builder=name,
+            builder_fingerprint=fingerprint,
+            platform=record.platform,
+            provenance=provenance,
+        )
 
     def _check_provenance(
         self,
@@ -456,15 +496,16 @@ class RemoteCompileRunner:
         reply: ArtifactReply,
         manifest: ArtifactManifest,
         expected: ExpectedJob,
-    ) -> None:
-        """Verify the receiver's signed build record before anything is written (14.4).
+    ) -> ProvenanceRecord | None:
+        """Verify the receiver's signed build record before anything is written (14.4);
+        the verified record, or None for a receiver that does not sign.
 
         A receiver that negotiated ``provenance`` must sign; one that did not (an older
         meshd) is let through with a note in the log, as section 14.3 allows.
         """
         if "provenance" not in session.peer.caps:
             ctx.log("[meshd] the receiver does not sign its builds (no provenance capability)")
-            return
+            return None
         if reply.provenance is None or reply.provenance_sig is None:
             raise JobFailed("build provenance check failed (malformed): the receiver sent none")
         received = [ArtifactDigest(f.path, f.role, bytes.fromhex(f.digest)) for f in manifest.files]
@@ -486,3 +527,4 @@ class RemoteCompileRunner:
             f"with esphome {record.esphome_version} for {record.platform}, "
             f"{len(record.artifacts)} artifacts signed"
         )
+        return record

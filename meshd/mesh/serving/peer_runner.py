@@ -24,7 +24,13 @@ from meshd.mesh.content.stores import peer_key
 from meshd.toolchain.ccache import CompileCaches
 from meshd.toolchain.commands import EsphomeFailed, invoke_esphome
 from meshd.toolchain.progress import CompileProgress
-from meshd.toolchain.runners import RemoteStorage, compile_cache, pinned_toolchain
+from meshd.toolchain.runners import (
+    RemoteStorage,
+    built_with,
+    compile_cache,
+    pinned_toolchain,
+    record_local_build,
+)
 from meshd.toolchain.sandbox import TIMEOUT_EXIT, Sandbox, SandboxArea, SandboxUnavailable
 from meshd.toolchain.tools import Toolchain, ToolMissing
 from meshd.toolchain.versions import ToolchainStore
@@ -90,14 +96,14 @@ class PeerCompileRunner:
             # A bad fingerprint: compile_cache logs it and builds without the cache.
             with contextlib.suppress(ValueError):
                 extra = (*extra, self.caches.for_offloader(offloader).directory)
+        default = self.default_version()
         async with (
-            pinned_toolchain(
-                _with_env(toolchain, env), self.store, self.default_version(), ctx
-            ) as pinned,
+            pinned_toolchain(_with_env(toolchain, env), self.store, default, ctx) as pinned,
             compile_cache(pinned, self.caches, ctx, config, self.remote_storage) as cached,
         ):
             if self.sandbox is None:
                 await self._compile(ctx, cached, config)
+                await record_local_build(ctx, built_with(ctx, default), config, env)
                 return
             area = SandboxArea.for_offloader(
                 workdir,
@@ -111,6 +117,7 @@ class PeerCompileRunner:
             except (OSError, SandboxUnavailable) as exc:
                 raise JobFailed(f"cannot set up the build sandbox: {exc}") from exc
             await self._compile(ctx, wrapped, config)
+        await record_local_build(ctx, built_with(ctx, default), config, env)
 
     async def _compile(self, ctx: JobContext, toolchain: Toolchain, config: Path) -> None:
         try:
