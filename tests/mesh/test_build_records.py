@@ -77,7 +77,8 @@ async def test_a_remote_compile_records_the_verified_provenance_of_what_it_store
     # Every signed digest is the digest of what the offloader stored: the blob in its
     # content store, and (for a file written as served) the file esphome upload reads.
     assert prov.artifacts
-    assert {a.role for a in prov.artifacts} == {"app", "storage", "validated_config"}
+    roles = {a.role for a in prov.artifacts}
+    assert roles == {"app", "storage", "validated_config", "build_info"}
     data_dir = cfg.parent / ".esphome"
     compared_on_disk = 0
     for artifact in prov.artifacts:

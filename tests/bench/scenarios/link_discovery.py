@@ -100,7 +100,7 @@ async def run(bench: Bench, result: Result) -> None:
         kind: {k: [round(v, 4) for v in values] for k, values in runs.items()}
         for kind, runs in copies.items()
     }
-    linked = await bench_link.run(size, rounds, handshakes)
+    linked = await bench_link.run(size, rounds, handshakes, "auto")  # meshd's own choice
     result.add(
         "link.throughput",
         Figure(
