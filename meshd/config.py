@@ -42,6 +42,7 @@ from typing import Any
 
 from meshd import address
 from meshd.address import HostPort as HostPort  # re-exported: Settings fields use it
+from meshd.release_version import ToolchainVersionError, check_version
 
 # Re-exported: the settings carry the policy, and the CLI reads its choices from here.
 from meshd.version_policy import VersionPolicy as VersionPolicy
@@ -164,6 +165,10 @@ class Settings:
     """Seconds unused after which a provisioned toolchain is swept."""
     toolchain_disk_budget: int = DEFAULT_TOOLCHAIN_DISK_BUDGET
     """Bytes all provisioned toolchains may take; the least recently used go first."""
+    esphome_pins: tuple[tuple[str, str], ...] = ()
+    """Per-configuration esphome versions (configuration path, version): a compile or
+    install of that configuration without its own ``esphome_version`` builds with it.
+    A relative path is taken inside each of ``config_dirs``."""
     metrics_listen: HostPort | None = None
     """A second, unauthenticated listener serving only ``/metrics`` (for Prometheus)."""
     config_file: Path | None = None
@@ -297,6 +302,29 @@ def _url(value: Any) -> str:
     return text
 
 
+def _pins(value: Any) -> tuple[tuple[str, str], ...]:
+    """A TOML table ``{"kitchen.yaml" = "2026.6.4"}``; in the environment or on the
+    command line ``kitchen.yaml=2026.6.4``, comma-separated."""
+    if isinstance(value, Mapping):
+        items = [(str(k), v) for k, v in value.items()]
+    else:
+        items = []
+        for part in _list(value):
+            path, sep, version = part.rpartition("=")
+            if not sep or not path.strip():
+                raise ConfigError(f"{part!r} is not CONFIGURATION=VERSION")
+            items.append((path.strip(), version.strip()))
+    pins: dict[str, str] = {}
+    for path, version in items:
+        if not path:
+            raise ConfigError("a pin needs a configuration path")
+        try:
+            pins[path] = check_version(version)
+        except ToolchainVersionError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
+    return tuple(sorted(pins.items()))
+
+
 def _policy(value: Any) -> VersionPolicy:
     try:
         return VersionPolicy(str(value))
@@ -340,6 +368,7 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "toolchain_find_links": lambda v: tuple(_list(v)),
     "toolchain_max_idle": _duration,
     "toolchain_disk_budget": _size,
+    "esphome_pins": _pins,
 }
 
 SETTING_NAMES = tuple(_PARSERS)
@@ -428,4 +457,19 @@ def load_settings(
 
     merged: dict[str, Any] = {**file_values, **env_values, **flag_values}
     merged["data_dir"] = Path(data_dir).expanduser().absolute()
-    return replace(Settings(data_dir=merged["data_dir"]), **merged, config_file=used_file)
+    settings = replace(Settings(data_dir=merged["data_dir"]), **merged, config_file=used_file)
+    _check_pins_have_a_home(settings)
+    return settings
+
+
+def _check_pins_have_a_home(settings: Settings) -> None:
+    """A relative pin is taken inside the configuration directories; with none it would
+    silently pin nothing."""
+    if settings.config_dirs:
+        return
+    for path, _version in settings.esphome_pins:
+        if not Path(path).expanduser().is_absolute():
+            raise ConfigError(
+                f"esphome_pins: {path!r} is relative and no config_dirs are set to find it "
+                "in (set config-dirs or give the absolute path)"
+            )

@@ -56,6 +56,7 @@ from meshd.api.metrics import Metrics, MetricsServer, metrics_routes
 from meshd.api.server import ApiServer, load_token, write_api_file
 from meshd.api.state import ApiHooks, NodeFacts
 from meshd.api.ui import ui_routes
+from meshd.api.validation import resolve_pins
 from meshd.config import Settings
 from meshd.db import database_path
 from meshd.fleet.service import FleetService
@@ -216,6 +217,7 @@ class Daemon:
             token=load_token(settings.data_dir),
             hooks=self.hooks,
             config_dirs=settings.config_dirs,
+            esphome_pins=resolve_pins(settings.esphome_pins, settings.config_dirs),
         )
         self._stop_requested: asyncio.Event | None = None
 

@@ -181,6 +181,7 @@ class ApiServer:
         token: str | None = None,
         hooks: ApiHooks | None = None,
         config_dirs: tuple[Path, ...] = (),
+        esphome_pins: tuple[tuple[Path, str], ...] = (),
         gate: ConnectionGate | None = None,
     ) -> None:
         self.engine = engine
@@ -190,7 +191,9 @@ class ApiServer:
         self.hooks = hooks or ApiHooks()
         # The data dir holds the identity, the token and the trees built for peers.
         forbidden = (Path(node.data_dir),) if node.data_dir else ()
-        self.config_rules = ConfigRules(config_dirs=tuple(config_dirs), forbidden=forbidden)
+        self.config_rules = ConfigRules(
+            config_dirs=tuple(config_dirs), forbidden=forbidden, pins=esphome_pins
+        )
         self.gate = gate or ConnectionGate()
         self.url: str | None = None
         self._runner: web.AppRunner | None = None

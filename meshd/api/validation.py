@@ -33,7 +33,7 @@ from aiohttp import web
 from meshd.jobs.engine import MAX_INSTALLS
 from meshd.jobs.model import JobType
 from meshd.jobs.options import JobOptions
-from meshd.toolchain.versions.validate import ToolchainVersionError, check_version
+from meshd.release_version import ToolchainVersionError, check_version
 
 INSTALL = "install"
 JOB_KINDS = (*(t.value for t in JobType), INSTALL)
@@ -245,6 +245,12 @@ class ConfigRules:
 
     config_dirs: tuple[Path, ...] = ()
     forbidden: tuple[Path, ...] = ()
+    pins: tuple[tuple[Path, str], ...] = ()
+    """Per-configuration esphome versions, resolved paths (see :func:`resolve_pins`)."""
+
+    def pin_for(self, config: Path) -> str | None:
+        """The esphome version the fleet settings pin ``config`` (resolved) to, if any."""
+        return next((version for path, version in self.pins if path == config), None)
 
     def check_location(self, path: Path, *, what: str = "configuration") -> None:
         """403 if ``path`` (already resolved) is outside the config dirs or in a forbidden tree."""
@@ -356,6 +362,19 @@ def check_yaml_syntax(path: Path) -> None:
         )
 
 
+def resolve_pins(
+    pins: tuple[tuple[str, str], ...], config_dirs: tuple[Path, ...]
+) -> tuple[tuple[Path, str], ...]:
+    """The settings' pins as resolved paths: an absolute one as is, a relative one inside
+    each configuration directory (where the same name means the same device)."""
+    out: list[tuple[Path, str]] = []
+    for raw, version in pins:
+        path = Path(raw).expanduser()
+        bases = [path] if path.is_absolute() else [root / path for root in config_dirs]
+        out.extend((base.resolve(), version) for base in bases)
+    return tuple(out)
+
+
 def resolve_path(raw: str, cwd: str | None) -> Path:
     """An absolute, normalised path; a relative one is taken against ``cwd`` if given
     (the client's directory), else the daemon's working directory."""
@@ -436,6 +455,7 @@ def parse_job_request(body: Any, rules: ConfigRules | None = None) -> JobRequest
         upload_options = waiting
     elif kind == JobType.UPLOAD.value:
         options = replace(waiting, force_local=local, build=build)
+    pinnable = kind in (JobType.COMPILE.value, INSTALL)
 
     if kind == JobType.RESET_BUILD_ENV.value:
         directory = resolve_path(raw_config or ".", cwd)
@@ -462,6 +482,8 @@ def parse_job_request(body: Any, rules: ConfigRules | None = None) -> JobRequest
             "config_not_a_file", f"configuration {config} is not a file", path=str(config)
         )
     check_yaml_syntax(config)
+    if pinnable and pin is None and (fleet_pin := rules.pin_for(config)) is not None:
+        options = replace(options, esphome_version=fleet_pin)
     if kind == JobType.RENAME.value:
         new_name = _string(body, "new_name", required=True)
         assert new_name is not None

@@ -138,6 +138,13 @@ from meshd.config import (
     metavar="SIZE",
     help="Disk all provisioned toolchains may take (e.g. 4G) [4G].",
 )
+@click.option(
+    "--esphome-pin",
+    "esphome_pins",
+    multiple=True,
+    metavar="CONFIG=VERSION",
+    help="Build CONFIG with esphome VERSION unless a job asks for another (repeatable).",
+)
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 def serve(config_file: Path | None, verbose: bool, **flags: Any) -> None:
     """Run the meshd daemon in the foreground (systemd: Type=notify)."""

@@ -201,7 +201,13 @@ def test_api_client_loads_no_server() -> None:
 
 
 # Standard-library-only modules any layer may import (the CLI included).
-LEAVES = ("meshd.config", "meshd.db", "meshd.address", "meshd.version_policy")
+LEAVES = (
+    "meshd.config",
+    "meshd.db",
+    "meshd.address",
+    "meshd.version_policy",
+    "meshd.release_version",
+)
 
 
 @pytest.mark.parametrize("leaf", LEAVES)

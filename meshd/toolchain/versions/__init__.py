@@ -10,6 +10,7 @@ The node's own default esphome (``--esphome``) is not managed here; the store on
 holds the versions provisioned for builds that asked for another one.
 """
 
+from meshd.release_version import ToolchainVersionError, check_version, is_version
 from meshd.toolchain.versions.pip import PipOptionError, PipOptions
 from meshd.toolchain.versions.store import (
     ProvisionedToolchain,
@@ -19,7 +20,6 @@ from meshd.toolchain.versions.store import (
     hermetic_environ,
 )
 from meshd.toolchain.versions.sweep import SweepDecision, SweepPolicy, plan_sweep
-from meshd.toolchain.versions.validate import ToolchainVersionError, check_version, is_version
 
 __all__ = [
     "PipOptionError",

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Final
 from urllib.parse import urlsplit
 
-from meshd.toolchain.versions.validate import check_version
+from meshd.release_version import check_version
 
 _URL_SCHEMES: Final = frozenset({"http", "https", "file"})
 # `pip --python` (run the host's pip against another environment) arrived in pip 22.3.

@@ -47,6 +47,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Final
 
+from meshd.release_version import check_version, is_version
 from meshd.toolchain.process import DEFAULT_KILL_GRACE, ProcessResult, run_process
 from meshd.toolchain.versions.locks import FileLock
 from meshd.toolchain.versions.pip import (
@@ -62,7 +63,6 @@ from meshd.toolchain.versions.sweep import (
     disk_usage,
     plan_sweep,
 )
-from meshd.toolchain.versions.validate import check_version, is_version
 
 log = logging.getLogger(__name__)
 

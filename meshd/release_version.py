@@ -8,6 +8,9 @@ nothing else: no separators, no whitespace, no specifier operators, no extras, n
 local versions, no Unicode digits. Leading zeros are refused too: pip would normalise
 ``2026.06.5`` to ``2026.6.5``, and then ``esphome version`` would never answer the
 string that was asked for.
+
+A leaf (standard library only): the settings check a fleet pin with it, and the CLI
+loads the settings.
 """
 
 from __future__ import annotations
