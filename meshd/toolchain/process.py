@@ -203,8 +203,14 @@ async def _read_until_exit(
     the group is abandoned.
     """
     pump = asyncio.ensure_future(_pump(stdout, emit))
+    exited = asyncio.ensure_future(proc.wait())
     try:
-        returncode = await proc.wait()
+        await asyncio.wait((pump, exited), return_when=asyncio.FIRST_COMPLETED)
+        if pump.done() and pump.exception() is not None:
+            # The line handler failed (the job log hit a full disk): stop the tool now
+            # rather than let it block on a pipe nobody reads any more.
+            await pump
+        returncode = await exited
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.shield(pump), OUTPUT_LINGER)
         if not pump.done():
@@ -214,10 +220,11 @@ async def _read_until_exit(
         await _settle(pump)
         return returncode
     finally:
-        if not pump.done():
-            pump.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.shield(pump)
+        for task in (pump, exited):
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.shield(task)
 
 
 async def _settle(pump: asyncio.Future[None]) -> None:

@@ -128,3 +128,20 @@ async def _wait_gone(pid: int) -> None:
             return
         await asyncio.sleep(0.05)
     raise AssertionError(f"process {pid} outlived the run")
+
+
+async def test_a_failing_line_handler_stops_the_tool_at_once() -> None:
+    # The job log's disk is full: the handler raises, and a tool still writing must be
+    # stopped, not left blocked on a pipe nobody reads.
+    def on_line(_line: str) -> None:
+        raise OSError(28, "No space left on device")
+
+    script = "import sys\nwhile True:\n    sys.stdout.write('x' * 1000 + '\\n')\n"
+    try:
+        await asyncio.wait_for(
+            run_process([sys.executable, "-c", script], on_line=on_line, kill_grace=0.5), 30
+        )
+    except OSError as exc:
+        assert exc.errno == 28
+    else:
+        raise AssertionError("the handler's failure was swallowed")
