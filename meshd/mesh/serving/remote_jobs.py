@@ -12,7 +12,6 @@ are cancelled, and at start every job left from before a restart is cancelled to
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from dataclasses import dataclass, field
 
 from meshd.jobs.engine import Engine
@@ -143,16 +142,17 @@ class RemoteJobs:
 
     def detach(self, session: LinkSession) -> None:
         """A session ended: stop building for it (the offloader re-routes its jobs)."""
-        if self._stopped:
-            return
         for remote in [r for r in self._jobs.values() if r.session is session]:
-            if remote.local.status.active:
-                self.engine.logs.append(
-                    remote.local.id, "offloader disconnected; it re-routes this compile"
-                )
-                self._cancels.spawn(
-                    self.engine.cancel(remote.local.id), name=f"cancel-{remote.local.id}"
-                )
+            self._orphaned(remote)
+
+    def _orphaned(self, remote: _RemoteJob) -> None:
+        """``remote``'s offloader is gone: cancel its compile if it still runs."""
+        if self._stopped or not remote.local.status.active:
+            return
+        self.engine.logs.append(
+            remote.local.id, "offloader disconnected; it re-routes this compile"
+        )
+        self._cancels.spawn(self.engine.cancel(remote.local.id), name=f"cancel-{remote.local.id}")
 
     # -- forwarding -----------------------------------------------------------------------
 
@@ -182,6 +182,11 @@ class RemoteJobs:
             remote.outbox.put_nowait(None)
 
     async def _forward(self, remote: _RemoteJob) -> None:
-        with contextlib.suppress(LinkError):
+        try:
             while (message := await remote.outbox.get()) is not None:
                 await remote.session.send(message)
+        except LinkError:
+            # The session broke under this send (a receiver woken from a freeze finds
+            # its socket reset). The job leaves ``_jobs`` when this task ends, so the
+            # session's detach would no longer find it: drop it here.
+            self._orphaned(remote)
