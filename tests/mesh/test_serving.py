@@ -10,7 +10,11 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import pytest
+
+from meshd.jobs.events import JobOutput
 from meshd.jobs.model import Job, JobStatus, JobType
+from meshd.link.errors import LinkClosed
 from tests.mesh.nodes import (
     WAIT,
     Node,
@@ -113,3 +117,34 @@ async def test_jobs_still_running_at_stop_are_left_to_the_engine_and_cancelled_a
         await pi.mesh.stop()
         await pi.engine.stop()
     await assert_no_mesh_tasks_left()
+
+
+async def test_a_compile_whose_session_breaks_under_a_send_is_cancelled(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A receiver woken from a freeze may first learn of the lost session from a failed
+    send (its forwarder's), not from the session's end: the compile is dropped all the
+    same, while the session itself still looks open here."""
+    pi = await start_node(tmp_path, "pi", receiver=False, include_local=False)
+    desk = await start_node(tmp_path, "desk", offload=False)
+    try:
+        trust(pi, desk)
+        await pi.wait_peer(desk.fingerprint, connected=True, idle=True)
+        job = pi.engine.submit(JobType.COMPILE, str(slow_to_die(tmp_path)))
+        served = await remote_job(desk, job.id, JobStatus.RUNNING)
+        session = desk.mesh.connections.session_for(pi.fingerprint)
+        assert session is not None
+
+        async def reset(_message: object) -> None:
+            raise LinkClosed("connection lost: Connection lost", by_peer=True)
+
+        monkeypatch.setattr(session, "send", reset)
+        desk.engine.bus.publish(JobOutput(served.snapshot(), "a line for the offloader"))
+        ended = await remote_job(desk, job.id, JobStatus.CANCELLED)
+        assert "offloader disconnected" in "\n".join(desk.engine.logs.read_lines(ended.id))
+        assert not session.closed  # the session's own end did not do it
+    finally:
+        await pi.mesh.stop()
+        await desk.mesh.stop()
+        await pi.engine.stop()
+        await desk.engine.stop()
