@@ -10,6 +10,7 @@ armed, waiting for the device to announce itself).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from pathlib import Path
 from typing import Any
@@ -265,20 +266,30 @@ async def follow_installs(
 async def _follow_events(client: Client, stream: EventStream, follower: _InstallFollower) -> None:
     """Refresh an install whenever an event names one of its jobs, until all are done."""
     events = aiter(stream)
-    while not follower.finished:
-        try:
-            event = await asyncio.wait_for(anext(events), RESYNC_INTERVAL)
-        except TimeoutError:
-            await follower.refresh_all(client)
-            continue
-        except StopAsyncIteration:
-            return
-        if event.get("type") in _QUIET_EVENTS:
-            continue
-        job = event.get("job")
-        config = follower.by_job.get(job.get("id")) if isinstance(job, dict) else None
-        if config is not None:
-            await follower.refresh(client, config)
+    # One read stays pending across quiet spells: cancelling it would end the stream.
+    pending: asyncio.Future[dict[str, Any]] = asyncio.ensure_future(anext(events))
+    try:
+        while not follower.finished:
+            done, _ = await asyncio.wait({pending}, timeout=RESYNC_INTERVAL)
+            if not done:
+                await follower.refresh_all(client)
+                continue
+            try:
+                event = pending.result()
+            except StopAsyncIteration:
+                return
+            pending = asyncio.ensure_future(anext(events))
+            if event.get("type") in _QUIET_EVENTS:
+                continue
+            job = event.get("job")
+            config = follower.by_job.get(job.get("id")) if isinstance(job, dict) else None
+            if config is not None:
+                await follower.refresh(client, config)
+    finally:
+        if not pending.done():
+            pending.cancel()
+            with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
+                await pending
 
 
 def _summary(outcomes: list[dict[str, Any]]) -> Table:

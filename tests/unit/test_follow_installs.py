@@ -130,3 +130,21 @@ async def test_a_missed_event_is_caught_by_the_periodic_look(
     client.jobs["u-a.yaml"]["status"] = "completed"
     outcomes = await asyncio.wait_for(follow, 10)
     assert [o["outcome"] for o in outcomes] == ["flashed"]
+
+
+async def test_the_stream_survives_quiet_spells(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Several periodic looks pass with no event; the events after them still count (with
+    # polling made too slow to finish the test, only the stream can end it).
+    monkeypatch.setattr(fleet, "RESYNC_INTERVAL", 0.02)
+    monkeypatch.setattr(fleet, "POLL_INTERVAL", 3600.0)
+    client = ScriptedClient(events=True)
+    installs = [client.add("a.yaml")]
+    follow = asyncio.create_task(
+        fleet.follow_installs(client, installs, {}, wait_online=False, quiet=True)  # type: ignore[arg-type]
+    )
+    while len(client.fetches) < 8:  # the first look and at least three periodic ones
+        await asyncio.sleep(0.01)
+    client.jobs["c-a.yaml"]["status"] = "completed"
+    client.move("u-a.yaml", "completed", event="job_completed")
+    outcomes = await asyncio.wait_for(follow, 10)
+    assert [o["outcome"] for o in outcomes] == ["flashed"]
