@@ -58,14 +58,23 @@ class ScriptedClient:
         return self.stream
 
 
+def _follow(client: ScriptedClient, installs: list[dict[str, Any]]) -> asyncio.Task[Any]:
+    return asyncio.create_task(
+        fleet.follow_installs(client, installs, {}, wait_online=False, quiet=True)  # type: ignore[arg-type]
+    )
+
+
+async def _fetched(client: ScriptedClient, count: int) -> None:
+    """Until the follower has fetched ``count`` jobs."""
+    while len(client.fetches) < count:
+        await asyncio.sleep(0.01)
+
+
 async def test_only_the_install_an_event_names_is_fetched_again() -> None:
     client = ScriptedClient(events=True)
     installs = [client.add("a.yaml"), client.add("b.yaml")]
-    follow = asyncio.create_task(
-        fleet.follow_installs(client, installs, {}, wait_online=False, quiet=True)  # type: ignore[arg-type]
-    )
-    while len(client.fetches) < 4:  # the first full look
-        await asyncio.sleep(0.01)
+    follow = _follow(client, installs)
+    await _fetched(client, 4)  # the first full look
     client.fetches.clear()
     for _ in range(50):  # log lines and progress never cost a request
         client.queue.put_nowait({"type": "job_output", "job": client.jobs["c-a.yaml"]})
@@ -87,11 +96,8 @@ async def test_without_the_events_stream_it_polls_to_the_end(
     monkeypatch.setattr(fleet, "POLL_INTERVAL", 0.01)
     client = ScriptedClient(events=False)
     installs = [client.add("a.yaml")]
-    follow = asyncio.create_task(
-        fleet.follow_installs(client, installs, {}, wait_online=False, quiet=True)  # type: ignore[arg-type]
-    )
-    while len(client.fetches) < 6:  # it keeps looking
-        await asyncio.sleep(0.01)
+    follow = _follow(client, installs)
+    await _fetched(client, 6)  # it keeps looking
     client.move("c-a.yaml", "completed")
     client.move("u-a.yaml", "completed")
     outcomes = await asyncio.wait_for(follow, 10)
@@ -103,11 +109,8 @@ async def test_a_stream_that_ends_falls_back_to_polling(monkeypatch: pytest.Monk
     client = ScriptedClient(events=True)
     installs = [client.add("a.yaml")]
     client.queue.put_nowait(None)  # the daemon closes the websocket at once
-    follow = asyncio.create_task(
-        fleet.follow_installs(client, installs, {}, wait_online=False, quiet=True)  # type: ignore[arg-type]
-    )
-    while len(client.fetches) < 6:
-        await asyncio.sleep(0.01)
+    follow = _follow(client, installs)
+    await _fetched(client, 6)
     client.jobs["c-a.yaml"]["status"] = "completed"
     client.jobs["u-a.yaml"]["status"] = "completed"
     outcomes = await asyncio.wait_for(follow, 10)
@@ -120,11 +123,8 @@ async def test_a_missed_event_is_caught_by_the_periodic_look(
     monkeypatch.setattr(fleet, "RESYNC_INTERVAL", 0.05)
     client = ScriptedClient(events=True)
     installs = [client.add("a.yaml")]
-    follow = asyncio.create_task(
-        fleet.follow_installs(client, installs, {}, wait_online=False, quiet=True)  # type: ignore[arg-type]
-    )
-    while len(client.fetches) < 2:
-        await asyncio.sleep(0.01)
+    follow = _follow(client, installs)
+    await _fetched(client, 2)
     # The jobs end without any event reaching the follower.
     client.jobs["c-a.yaml"]["status"] = "completed"
     client.jobs["u-a.yaml"]["status"] = "completed"
@@ -139,11 +139,8 @@ async def test_the_stream_survives_quiet_spells(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setattr(fleet, "POLL_INTERVAL", 3600.0)
     client = ScriptedClient(events=True)
     installs = [client.add("a.yaml")]
-    follow = asyncio.create_task(
-        fleet.follow_installs(client, installs, {}, wait_online=False, quiet=True)  # type: ignore[arg-type]
-    )
-    while len(client.fetches) < 8:  # the first look and at least three periodic ones
-        await asyncio.sleep(0.01)
+    follow = _follow(client, installs)
+    await _fetched(client, 8)  # the first look and at least three periodic ones
     client.jobs["c-a.yaml"]["status"] = "completed"
     client.move("u-a.yaml", "completed", event="job_completed")
     outcomes = await asyncio.wait_for(follow, 10)
